@@ -1,0 +1,91 @@
+"""The ``pcam`` command line.
+
+Each subcommand lives in its own module, which defines ``add_arguments(parser)`` and
+``run(args) -> int | None``. Modules are imported only when their command runs, so
+``pcam --help`` answers without loading TensorFlow.
+
+Any :class:`pcam.errors.PcamError` becomes one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from pcam import __version__
+from pcam.errors import PcamError
+
+# (command, module, one-line help)
+COMMANDS: tuple[tuple[str, str, str], ...] = (
+    ("synth", "pcam.synth", "write synthetic PCam files in the official HDF5 format"),
+    ("download", "pcam.download", "download the official PCam files from Zenodo, verifying md5"),
+    ("ingest", "pcam.ingest", "read PCam in any format into a validated canonical dataset"),
+    ("split", "pcam.split", "split a dataset: stratified random (grouped by slide) or official"),
+    ("shard", "pcam.shard", "augment and write TFRecord shards with index.json"),
+    ("lr-find", "pcam.lr_find", "sweep the learning rate exponentially and plot loss vs LR"),
+    ("train", "pcam.train", "train one model under one learning-rate policy"),
+    ("finetune", "pcam.train_finetune", "fine-tune a trained transfer model with top layers unfrozen"),
+    ("evaluate", "pcam.evaluate", "evaluate a model with test-time augmentation"),
+    ("report", "pcam.report", "build the comparison report from evaluations"),
+    ("promote", "pcam.promote", "replace the champion model only if the candidate wins"),
+    ("run", "pcam.study", "run the whole study in-process: ingest to report"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pcam",
+        description="Train, compare and retrain metastatic-cancer classifiers on PatchCamelyon.",
+        epilog="Run `pcam COMMAND --help` for a command's options.",
+    )
+    parser.add_argument("--version", action="version", version=f"pcam {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module, help_text in COMMANDS:
+        sub.add_parser(name, help=help_text, description=help_text, add_help=False)
+    return parser
+
+
+def _command_parser(name: str, module_name: str, help_text: str) -> tuple[argparse.ArgumentParser, object]:
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"pcam {name}", description=help_text)
+    module.add_arguments(parser)
+    return parser, module
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    top = build_parser()
+    known = {name: (module, text) for name, module, text in COMMANDS}
+    # Split global flags from the subcommand so each module owns its own parser.
+    position = next((i for i, a in enumerate(argv) if a in known), None)
+    if position is None:
+        top.parse_args(argv)  # handles --help / --version / errors
+        top.print_help()
+        return 2
+    args_top = top.parse_args(argv[:position])
+    logging.basicConfig(
+        level=logging.DEBUG if args_top.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    name = argv[position]
+    module_name, help_text = known[name]
+    try:
+        parser, module = _command_parser(name, module_name, help_text)
+        args = parser.parse_args(argv[position + 1 :])
+        result = module.run(args)
+    except PcamError as exc:
+        print(f"pcam {name}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"pcam {name}: interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

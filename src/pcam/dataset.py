@@ -1,0 +1,192 @@
+"""The canonical dataset: what ingest writes and every later step reads.
+
+Layout of a dataset directory::
+
+    images.npy     (N, 96, 96, 3) uint8, memory-mappable (read without loading it whole)
+    labels.npy     (N,) uint8 in {0, 1}
+    meta.csv       index,id,source_split,label,slide   (slide empty when unknown)
+    manifest.json  written last: counts, checksums, source, format, duplicates
+
+Why ``.npy``: one contiguous array is written in a stream through a memory map, so
+ingest of the 6 GB official training file keeps memory bounded, and shard writing
+reads any index subset at memory speed. The directory is built under a temporary
+name and renamed into place on :meth:`DatasetWriter.finish`, so an interrupted
+ingest leaves nothing that :func:`open_dataset` would accept.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pcam import IMAGE_SHAPE, __version__
+from pcam.errors import DataError
+from pcam.fsutil import file_sha256, read_json, write_json
+
+FORMAT_VERSION = 1
+IMAGES_FILE = "images.npy"
+LABELS_FILE = "labels.npy"
+META_FILE = "meta.csv"
+MANIFEST_FILE = "manifest.json"
+META_COLUMNS = ("index", "id", "source_split", "label", "slide")
+SPLITS = ("train", "valid", "test")
+
+
+class DatasetWriter:
+    """Stream patches into a new canonical dataset; nothing is visible until :meth:`finish`.
+
+    ``capacity`` is the exact number of patches that will be added (every reader
+    knows it up front: HDF5 shapes, file lists, CSV rows).
+    """
+
+    def __init__(self, out_dir: str | os.PathLike[str], capacity: int):
+        if capacity <= 0:
+            raise DataError(f"{out_dir}: no patches to write (the source is empty)")
+        self.out_dir = Path(out_dir)
+        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".tmp", dir=self.out_dir.parent))
+        self.capacity = capacity
+        self._images = np.lib.format.open_memmap(self._tmp / IMAGES_FILE, mode="w+", dtype=np.uint8,
+                                                 shape=(capacity, *IMAGE_SHAPE))
+        self._labels = np.zeros(capacity, dtype=np.uint8)
+        self._meta: list[tuple[int, str, str, int, str]] = []
+        self._hashes: dict[bytes, str] = {}
+        self._duplicates: list[tuple[str, str]] = []
+        self._count = 0
+
+    def add(self, images: np.ndarray, labels: np.ndarray, ids: list[str], source_split: str,
+            slides: list[str] | None = None) -> None:
+        """Append a batch. Callers validate pixels and labels first (naming the source file)."""
+        n = len(images)
+        if images.shape[1:] != IMAGE_SHAPE or images.dtype != np.uint8:
+            raise DataError(f"batch from {source_split!r}: expected uint8 {IMAGE_SHAPE}, got {images.dtype} {images.shape[1:]}")
+        if len(labels) != n or len(ids) != n or (slides is not None and len(slides) != n):
+            raise DataError(f"batch from {source_split!r}: images, labels, ids and slides differ in length")
+        if source_split not in SPLITS:
+            raise DataError(f"unknown source split {source_split!r}; expected one of {SPLITS}")
+        if self._count + n > self.capacity:
+            raise DataError(f"more patches than announced ({self.capacity})")
+        start = self._count
+        self._images[start:start + n] = images
+        self._labels[start:start + n] = labels
+        for i in range(n):
+            key = hashlib.blake2b(images[i].tobytes(), digest_size=16).digest()
+            first = self._hashes.setdefault(key, ids[i])
+            if first != ids[i]:
+                self._duplicates.append((first, ids[i]))
+            self._meta.append((start + i, ids[i], source_split, int(labels[i]), slides[i] if slides else ""))
+        self._count += n
+
+    def abort(self) -> None:
+        shutil.rmtree(self._tmp, ignore_errors=True)
+
+    def finish(self, source: str, fmt: str, *, synthetic: bool = False,
+               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Flush, checksum, write manifest.json last, and rename the directory into place."""
+        if self._count != self.capacity:
+            self.abort()
+            raise DataError(f"{source}: announced {self.capacity} patches but read {self._count}")
+        try:
+            self._images.flush()
+            del self._images
+            np.save(self._tmp / LABELS_FILE, self._labels)
+            with open(self._tmp / META_FILE, "w", newline="") as handle:
+                writer = csv.writer(handle)
+                writer.writerow(META_COLUMNS)
+                writer.writerows(self._meta)
+            manifest = self._manifest(source, fmt, synthetic, extra or {})
+            write_json(self._tmp / MANIFEST_FILE, manifest)
+            if self.out_dir.exists():
+                shutil.rmtree(self.out_dir)
+            os.replace(self._tmp, self.out_dir)
+        except BaseException:
+            self.abort()
+            raise
+        return manifest
+
+    def _manifest(self, source: str, fmt: str, synthetic: bool, extra: dict[str, Any]) -> dict[str, Any]:
+        counts: dict[str, dict[str, int]] = {}
+        slides: set[str] = set()
+        for _, _, split, label, slide in self._meta:
+            counts.setdefault(split, {"0": 0, "1": 0})[str(label)] += 1
+            if slide:
+                slides.add(slide)
+        return {
+            "format_version": FORMAT_VERSION,
+            "pcam_version": __version__,
+            "source": source,
+            "format": fmt,
+            "synthetic": synthetic,
+            "count": self._count,
+            "image_shape": list(IMAGE_SHAPE),
+            "counts": counts,
+            "slides_known": bool(slides) and len(slides) > 1,
+            "num_slides": len(slides),
+            "duplicates": {"count": len(self._duplicates), "examples": self._duplicates[:20]},
+            "files": {name: {"sha256": file_sha256(self._tmp / name), "bytes": (self._tmp / name).stat().st_size}
+                      for name in (IMAGES_FILE, LABELS_FILE, META_FILE)},
+            **extra,
+        }
+
+
+@dataclass
+class CanonicalDataset:
+    root: Path
+    images: np.ndarray
+    """Read-only memory map, shape (N, 96, 96, 3), uint8."""
+    labels: np.ndarray
+    meta: pd.DataFrame
+    manifest: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.meta["id"].to_numpy(dtype=str)
+
+    @property
+    def slides(self) -> np.ndarray | None:
+        """Slide id per patch, or None when the source does not say."""
+        if not self.manifest.get("slides_known"):
+            return None
+        return self.meta["slide"].fillna("").astype(str).to_numpy()
+
+
+def open_dataset(path: str | os.PathLike[str], verify: bool = True) -> CanonicalDataset:
+    """Open a dataset written by :class:`DatasetWriter`, checking manifest counts and checksums."""
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(f"{root}: no dataset here (run `pcam ingest` first)")
+    manifest = read_json(root / MANIFEST_FILE)
+    if manifest.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{root / MANIFEST_FILE}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+    for name, info in manifest["files"].items():
+        file = root / name
+        if not file.exists():
+            raise DataError(f"{file}: missing, but listed in the manifest")
+        if file.stat().st_size != info["bytes"]:
+            raise DataError(f"{file}: {file.stat().st_size} bytes, manifest says {info['bytes']} (truncated?)")
+        if verify and file_sha256(file) != info["sha256"]:
+            raise DataError(f"{file}: checksum does not match the manifest (file changed or corrupt)")
+    images = np.load(root / IMAGES_FILE, mmap_mode="r")
+    labels = np.load(root / LABELS_FILE)
+    meta = pd.read_csv(root / META_FILE, dtype={"id": str, "source_split": str, "slide": str}, keep_default_na=False)
+    if not (len(images) == len(labels) == len(meta) == manifest["count"]):
+        raise DataError(f"{root}: images/labels/meta/manifest counts disagree")
+    return CanonicalDataset(root=root, images=images, labels=labels, meta=meta, manifest=manifest)
+
+
+def label_counts(labels: np.ndarray) -> dict[str, int]:
+    counts = Counter(int(x) for x in labels)
+    return {"0": counts.get(0, 0), "1": counts.get(1, 0)}

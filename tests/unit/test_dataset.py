@@ -1,0 +1,51 @@
+import numpy as np
+import pytest
+
+from pcam.dataset import MANIFEST_FILE, DatasetWriter, open_dataset
+from pcam.errors import DataError
+
+
+def _batch(n, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, size=(n, 96, 96, 3), dtype=np.uint8), rng.integers(0, 2, size=n).astype(np.uint8)
+
+
+def test_write_then_open_round_trip(tmp_path):
+    images, labels = _batch(10)
+    writer = DatasetWriter(tmp_path / "ds", capacity=12)
+    writer.add(images, labels, [f"a{i}" for i in range(10)], "train", [f"s{i % 3}" for i in range(10)])
+    writer.add(images[:2], labels[:2], ["dup0", "dup1"], "test", ["s9", "s9"])
+    manifest = writer.finish("mem://", "test")
+    ds = open_dataset(tmp_path / "ds")
+    assert len(ds) == 12
+    np.testing.assert_array_equal(ds.images[:10], images)
+    assert manifest["duplicates"]["count"] == 2
+    assert manifest["counts"]["test"]["0"] + manifest["counts"]["test"]["1"] == 2
+    assert ds.slides is not None and ds.slides[0] == "s0"
+    assert [p.name for p in tmp_path.iterdir()] == ["ds"]
+
+
+def test_unfinished_writer_leaves_nothing_openable(tmp_path):
+    images, labels = _batch(4)
+    writer = DatasetWriter(tmp_path / "ds", capacity=8)
+    writer.add(images, labels, list("abcd"), "train")
+    with pytest.raises(DataError, match="announced 8"):
+        writer.finish("mem://", "test")
+    assert not (tmp_path / "ds").exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_corrupted_dataset_is_refused(tmp_path):
+    images, labels = _batch(4)
+    writer = DatasetWriter(tmp_path / "ds", capacity=4)
+    writer.add(images, labels, list("abcd"), "train")
+    writer.finish("mem://", "test")
+    labels_file = tmp_path / "ds" / "labels.npy"
+    data = bytearray(labels_file.read_bytes())
+    data[-1] ^= 1
+    labels_file.write_bytes(bytes(data))
+    with pytest.raises(DataError, match="checksum"):
+        open_dataset(tmp_path / "ds")
+    (tmp_path / "ds" / MANIFEST_FILE).unlink()
+    with pytest.raises(DataError, match="manifest.json"):
+        open_dataset(tmp_path / "ds")
