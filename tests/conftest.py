@@ -33,3 +33,7 @@ def pcam_sample(shared_dir: Path) -> Path:
 def kaggle_sample(shared_dir: Path) -> Path:
     """Real Kaggle-layout patches: train/<id>.tif, train_labels.csv, test/<id>.tif."""
     return shared_dir / "kaggle-sample"
+
+# Session fixtures that build real tiny artifacts (dataset, split, shards, trained
+# models) live in their own plugin modules, one per owner.
+pytest_plugins = ["tests.fixtures_data", "tests.fixtures_shards"]

@@ -1,0 +1,1 @@
+"""Fixtures that ingest and split tiny real PCam data (owned by the data step)."""

@@ -1,0 +1,1 @@
+"""Fixtures that write tiny real TFRecord shards (owned by the shard step)."""
