@@ -1,0 +1,319 @@
+"""Evaluate a trained model on one split, with test-time augmentation (TTA).
+
+Each patch is shown to the model in V views (default 5: identity, horizontal flip,
+vertical flip, rotation by 90 and by 270 degrees; PCam patches have no canonical
+orientation, so every view is an equally valid picture of the same tissue). For each
+batch the V views are concatenated into one V*B batch and the model runs once on it,
+so TTA costs one forward pass per batch, not a Python loop over images or views.
+
+Two decisions come out of the V probabilities:
+
+- the **label** is the majority vote of the V thresholded predictions
+  (``p >= threshold``). A tie (possible with an even number of views) counts as
+  **positive**: in metastasis screening a missed tumour costs more than a second look
+  at a normal patch;
+- the **probability** used for AUC, the ROC curve and the sensitivity operating point
+  is the mean of the V view probabilities (a vote count has only V+1 levels, too
+  coarse for a ROC curve).
+
+The identity view alone is scored beside it ("single"), so the report shows what TTA
+bought. Outputs (``out_dir``, built under a temporary name then renamed):
+``metrics.json``, ``predictions.csv``, ``roc.json``, ``confusion.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import logging
+import os
+import time
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pcam import metrics as M
+from pcam.config import TTA_VIEW_NAMES, ExperimentConfig, load_config
+from pcam.errors import ConfigError, DataError
+from pcam.fsutil import atomic_dir, file_sha256, write_json
+
+log = logging.getLogger(__name__)
+
+MODEL_FILE = "model.keras"
+VOTE_RULE = "majority of thresholded views; ties count as positive"
+
+
+def _view(images: Any, name: str) -> Any:
+    """One view of a (B, H, W, C) batch; rotations are counter-clockwise (as np.rot90)."""
+    import tensorflow as tf
+
+    if name == "identity":
+        return images
+    if name == "hflip":
+        return tf.reverse(images, axis=[2])
+    if name == "vflip":
+        return tf.reverse(images, axis=[1])
+    if name == "rot90":
+        return tf.image.rot90(images, k=1)
+    if name == "rot180":
+        return tf.image.rot90(images, k=2)
+    if name == "rot270":
+        return tf.image.rot90(images, k=3)
+    if name == "transpose":
+        return tf.transpose(images, perm=[0, 2, 1, 3])
+    raise ConfigError(f"unknown TTA view {name!r}; expected one of {', '.join(TTA_VIEW_NAMES)}")
+
+
+def tta_views(images: Any, names: tuple[str, ...] | list[str]) -> Any:
+    """Stack the views of a (B, H, W, C) batch into one (V*B, H, W, C) tensor, view-major.
+
+    Row ``v*B + i`` is view ``names[v]`` of image ``i``, so the model's output reshapes
+    to (V, B).
+    """
+    import tensorflow as tf
+
+    images = tf.convert_to_tensor(images)
+    if images.shape.rank != 4:
+        raise DataError(f"TTA expects a (B, H, W, C) batch, got shape {tuple(images.shape)}")
+    names = tuple(names)
+    if not names:
+        raise ConfigError("evaluate.tta_views needs at least one view")
+    if images.shape[1] != images.shape[2] and any(n in ("rot90", "rot270", "transpose") for n in names):
+        raise DataError(f"rotated views need square images, got {tuple(images.shape)}")
+    return tf.concat([_view(images, n) for n in names], axis=0)
+
+
+def load_model(model_dir: str | os.PathLike[str]) -> Any:
+    """Load ``model_dir/model.keras`` (or a ``.keras`` file given directly) without compiling.
+
+    A missing or unreadable file is a :class:`DataError` naming it.
+    """
+    path = Path(model_dir)
+    if path.is_dir() or path.suffix != ".keras":
+        path = path / MODEL_FILE
+    if not path.is_file():
+        raise DataError(f"{path}: model file missing (did the train step finish?)")
+    import keras
+
+    try:  # custom layers, if the models module defines any, register on import
+        import pcam.models  # noqa: F401
+    except ImportError:
+        pass
+    try:
+        model = keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as exc:
+        raise DataError(f"{path}: not a readable Keras model ({type(exc).__name__}: {exc})") from None
+    if not isinstance(model, keras.Model):
+        raise DataError(f"{path}: holds a {type(model).__name__}, not a Keras model")
+    return model
+
+
+def predict_views(
+    model: Any, images: np.ndarray, names: tuple[str, ...], batch_size: int = 256, *, progress: bool = True
+) -> np.ndarray:
+    """Probabilities of shape (V, N): one batched forward pass per batch of ``batch_size`` images."""
+    import tensorflow as tf
+    from tqdm import tqdm
+
+    names = tuple(names)
+    n = len(images)
+
+    @tf.function(reduce_retracing=True)
+    def forward(batch: tf.Tensor) -> tf.Tensor:
+        x = tta_views(tf.cast(batch, tf.float32), names)
+        return tf.reshape(tf.cast(model(x, training=False), tf.float32), (len(names), -1))
+
+    out = np.empty((len(names), n), dtype=np.float32)
+    starts = range(0, n, batch_size)
+    for start in tqdm(starts, desc=f"evaluate ({len(names)} views)", unit="batch", disable=not progress,
+                      total=len(starts)):
+        stop = min(start + batch_size, n)
+        out[:, start:stop] = forward(tf.convert_to_tensor(images[start:stop])).numpy()
+    return out
+
+
+def vote(probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Majority vote over the view axis of (V, N) probabilities: (labels, positive vote counts).
+
+    Ties (V even, half the views positive) resolve to positive.
+    """
+    positive = (probs >= threshold).sum(axis=0)
+    return (2 * positive >= probs.shape[0]).astype(np.int64), positive.astype(np.int64)
+
+
+def data_fingerprint(ids: Any, labels: Any) -> str:
+    """sha256 over (id, label) pairs in order: tells whether two evaluations saw the same test data."""
+    digest = hashlib.sha256()
+    for i, y in zip(ids, np.asarray(labels).reshape(-1), strict=True):
+        name = i.decode() if isinstance(i, bytes) else str(i)
+        digest.update(f"{name}\t{int(y)}\n".encode())
+    return digest.hexdigest()
+
+
+def evaluate_arrays(
+    model: Any,
+    images: np.ndarray,
+    labels: np.ndarray,
+    ids: Any,
+    *,
+    views: tuple[str, ...],
+    threshold: float = 0.5,
+    target_sensitivity: float = 0.95,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score ``images`` in every view; returns metrics plus per-image arrays (not written)."""
+    views = tuple(views)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if len(images) == 0:
+        raise DataError("evaluation split is empty")
+    if len(images) != len(labels) or len(labels) != len(ids):
+        raise DataError(f"images, labels and ids differ in length: {len(images)}, {len(labels)}, {len(ids)}")
+    # The identity view is always computed (it is the single-view baseline), but only
+    # votes when it is one of the configured views.
+    forward_views = views if "identity" in views else (*views, "identity")
+    start = time.perf_counter()
+    probs = predict_views(model, images, forward_views, batch_size, progress=progress)
+    seconds = time.perf_counter() - start
+    tta_probs = probs[: len(views)]
+    single = probs[forward_views.index("identity")]
+    tta_label, positive_votes = vote(tta_probs, threshold)
+    tta_score = tta_probs.mean(axis=0)
+    single_label = (single >= threshold).astype(np.int64)
+    notes = []
+    if not M.both_classes(labels):
+        notes.append("the split holds one class only: AUC, ROC and the sensitivity operating point are undefined")
+    return {
+        "single": M.binary_metrics(labels, single, single_label, target_sensitivity=target_sensitivity),
+        "tta": M.binary_metrics(labels, tta_score, tta_label, target_sensitivity=target_sensitivity),
+        "views": list(views),
+        "n_views": len(views),
+        "threshold": float(threshold),
+        "vote_rule": VOTE_RULE,
+        "target_sensitivity": float(target_sensitivity),
+        "n": int(len(labels)),
+        "positives": int(labels.sum()),
+        "negatives": int(len(labels) - labels.sum()),
+        "seconds": round(seconds, 3),
+        "images_per_second": round(len(labels) / seconds, 1) if seconds > 0 else None,
+        "notes": notes,
+        "_arrays": {
+            "ids": [i.decode() if isinstance(i, bytes) else str(i) for i in ids],
+            "labels": labels,
+            "probability": tta_score,
+            "vote": tta_label,
+            "positive_votes": positive_votes,
+            "single_probability": single,
+        },
+    }
+
+
+def _write_outputs(out: Path, result: dict[str, Any]) -> None:
+    arrays = result.pop("_arrays")
+    labels = arrays["labels"]
+    with open(out / "predictions.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["id", "label", "probability", "vote", "positive_votes", "single_probability"])
+        for row in zip(arrays["ids"], labels, arrays["probability"], arrays["vote"],
+                       arrays["positive_votes"], arrays["single_probability"], strict=True):
+            writer.writerow([row[0], int(row[1]), f"{row[2]:.6f}", int(row[3]), int(row[4]), f"{row[5]:.6f}"])
+    roc = M.roc_curve(labels, arrays["probability"])
+    roc_single = M.roc_curve(labels, arrays["single_probability"])
+    write_json(out / "roc.json", M.json_safe({
+        **roc,
+        "auc": result["tta"]["auc"],
+        "single": {**roc_single, "auc": result["single"]["auc"]},
+        "score": f"mean probability over {result['n_views']} TTA views",
+        "note": "scikit-learn's first threshold (inf: nothing predicted positive) is written as "
+                "max(1.0, highest score); empty lists when the split holds one class",
+    }))
+    confusion = {
+        "labels": ["normal (0)", "tumour (1)"],
+        "layout": "matrix[true][predicted]",
+        "threshold": result["threshold"],
+    }
+    for mode in ("tta", "single"):
+        c = result[mode]["confusion"]
+        confusion[mode] = {**c, "matrix": [[c["tn"], c["fp"]], [c["fn"], c["tp"]]]}
+    write_json(out / "confusion.json", confusion)
+    write_json(out / "metrics.json", M.json_safe(result))  # last: its presence marks completion
+
+
+def evaluate(
+    model_dir: str | os.PathLike[str],
+    shards_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    cfg: ExperimentConfig,
+    split: str | None = None,
+    *,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate ``model_dir/model.keras`` on ``split`` (default ``cfg.evaluate.split``) of the shards.
+
+    Returns what ``metrics.json`` holds (NaN written as null there).
+    """
+    ecfg = cfg.evaluate
+    split = split or ecfg.split
+    model_dir = Path(model_dir)
+    model = load_model(model_dir)
+    from pcam.input import load_arrays
+
+    model_path = model_dir if model_dir.suffix == ".keras" else model_dir / MODEL_FILE
+    images, labels, ids = load_arrays(shards_dir, split)
+    log.info("evaluating %s on %d %s patches with %d views", model_path, len(labels), split, len(ecfg.tta_views))
+    result = evaluate_arrays(model, images, labels, ids, views=ecfg.tta_views, threshold=ecfg.threshold,
+                             target_sensitivity=ecfg.target_sensitivity, batch_size=ecfg.batch_size,
+                             progress=progress)
+    provenance = _provenance(model_dir)
+    result.update({
+        "split": split,
+        "model": provenance.get("model", model_dir.name),
+        "policy": provenance.get("policy"),
+        "model_file": str(model_path),
+        "model_sha256": file_sha256(model_path),
+        "shards_dir": str(shards_dir),
+        "data_fingerprint": data_fingerprint(result["_arrays"]["ids"], labels),
+        "config_digest": cfg.digest(),
+    })
+    with atomic_dir(out_dir) as tmp:
+        _write_outputs(tmp, result)
+    for mode in ("single", "tta"):
+        m = result[mode]
+        log.info("%s: auc=%.4f acc=%.4f f1=%.4f", mode, m["auc"], m["accuracy"], m["f1"])
+    return M.json_safe(result)
+
+
+def _provenance(model_dir: Path) -> dict[str, Any]:
+    """Model name and policy from the train step's ``train.json`` when it is there."""
+    import json
+
+    path = (model_dir.parent if model_dir.suffix == ".keras" else model_dir) / "train.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: data[k] for k in ("model", "policy") if k in data}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="directory holding model.keras (or the .keras file)")
+    parser.add_argument("--shards", required=True, help="shards directory (index.json + TFRecords)")
+    parser.add_argument("--out", required=True, help="output directory for metrics.json, predictions.csv, ...")
+    parser.add_argument("--config", required=True, help="experiment YAML (evaluate: views, threshold, ...)")
+    parser.add_argument("--split", choices=("train", "valid", "test"), help="default: evaluate.split")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    result = evaluate(args.model, args.shards, args.out, cfg, split=args.split)
+    for mode in ("single", "tta"):
+        m = result[mode]
+        print(f"{mode:>6}: auc={m['auc']} accuracy={m['accuracy']:.4f} f1={m['f1']:.4f} "
+              f"recall={m['recall']:.4f} precision={m['precision']:.4f}")
+    print(Path(args.out) / "metrics.json")
+    return 0
