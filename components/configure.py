@@ -1,0 +1,90 @@
+"""Resolve the experiment config once: the config YAML plus the pipeline's explicit parameters."""
+
+# No `from __future__ import annotations`: kfp reads the real annotation objects.
+from components._common import make_component
+
+
+def configure(
+    config_yaml: str,
+    source: str,
+    data_format: str,
+    split_mode: str,
+    split_ratios: list,
+    seed: int,
+    epochs: int,
+    finetune_epochs: int,
+    batch_size: int,
+    learning_rate: float,
+    finetune_learning_rate: float,
+    weights_uri: str,
+    tta_views: list,
+    target_sensitivity: float,
+    champion_uri: str,
+) -> str:
+    """Apply the pipeline parameters to the config and validate the result.
+
+    Every later step receives the YAML this returns, so the overrides are applied
+    (and rejected, when wrong) in one place, and the UI shows the resolved config as
+    this step's output.
+
+    Args:
+        config_yaml: An ExperimentConfig as YAML (``pcam.config.dump_config``).
+        source: ``data.source``: local path, gs:// or https:// URI, ``official`` or ``synthetic``.
+        data_format: ``data.format``: auto, hdf5, kaggle, folders or synthetic.
+        split_mode: ``split.mode``: random (stratified, grouped by slide) or official.
+        split_ratios: ``split.ratios``: train/valid/test fractions summing to 1.
+        seed: ``seed`` for split, shuffling, augmentation and initialisation.
+        epochs: Stage-1 epochs for every model; 0 keeps the config's per-model values.
+        finetune_epochs: Fine-tuning epochs for every model; 0 keeps the config's values.
+        batch_size: Batch size for every model; 0 keeps the config's values.
+        learning_rate: Stage-1 learning rate for every model; 0 keeps the config's values.
+        finetune_learning_rate: Fine-tuning learning rate; 0 keeps the config's values.
+        weights_uri: Weights file (local or gs://) for the transfer models; empty keeps the config's.
+        tta_views: ``evaluate.tta_views``: names of the test-time augmentation views.
+        target_sensitivity: ``evaluate.target_sensitivity`` of the reported operating point.
+        champion_uri: ``promote.champion_uri`` (local dir or gs://); empty keeps the config's.
+
+    Returns:
+        The resolved config as YAML.
+    """
+    import logging
+
+    import yaml
+
+    from pcam.config import TRANSFER_MODELS, config_from_dict, dump_config, set_dotted
+    from pcam.errors import ConfigError
+
+    logging.basicConfig(level=logging.INFO)
+    data = yaml.safe_load(config_yaml) or {}
+    if not isinstance(data, dict):
+        raise ConfigError("config_yaml: must hold a mapping at the top level")
+
+    def for_every_model(key: str, value: object) -> None:
+        # Per-model sections override defaults, so an explicit value must reach both.
+        set_dotted(data, f"defaults.{key}", value)
+        for name in data.get("models") or {}:
+            set_dotted(data, f"models.{name}.{key}", value)
+
+    set_dotted(data, "data.source", source)
+    set_dotted(data, "data.format", data_format)
+    set_dotted(data, "split.mode", split_mode)
+    set_dotted(data, "split.ratios", list(split_ratios))
+    set_dotted(data, "seed", seed)
+    set_dotted(data, "evaluate.tta_views", list(tta_views))
+    set_dotted(data, "evaluate.target_sensitivity", target_sensitivity)
+    for key, value in (("epochs", epochs), ("finetune_epochs", finetune_epochs),
+                       ("batch_size", batch_size), ("learning_rate", learning_rate),
+                       ("finetune_learning_rate", finetune_learning_rate)):
+        if value:
+            for_every_model(key, value)
+    if weights_uri:
+        for name in TRANSFER_MODELS:
+            set_dotted(data, f"models.{name}.weights", weights_uri)
+    if champion_uri:
+        set_dotted(data, "promote.champion_uri", champion_uri)
+    resolved = dump_config(config_from_dict(data))
+    logging.getLogger("pcam.configure").info("resolved config:\n%s", resolved)
+    return resolved
+
+
+configure_op = make_component(configure)

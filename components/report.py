@@ -1,0 +1,57 @@
+"""Report step: the study's comparison table over every evaluated pair."""
+
+# No `from __future__ import annotations`: kfp reads the real annotation objects.
+
+from kfp.dsl import HTML, Dataset, Input, Markdown, Output
+
+from components._common import make_component
+
+
+def report(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Dataset]],
+           dataset: Input[Dataset], shards: Input[Dataset], config_yaml: str,
+           report_dir: Output[Dataset], html: Output[HTML], summary: Output[Markdown]):
+    """Build the comparison report (table, curves, confusion matrices, ROC) and publish it to the UI.
+
+    Args:
+        scratch_runs: Run directories of the train-only pairs (evaluate's ``run``).
+        transfer_runs: Run directories of the fine-tuned pairs.
+        dataset: The canonical dataset (its manifest goes into the model card).
+        shards: The shards (their index goes into the model card).
+        config_yaml: The resolved experiment config.
+        report_dir: Directory: summary.csv, summary.md, report.html, plots/*.png.
+        html: The report as one self-contained page (plots inlined), shown by the UI.
+        summary: The comparison table as Markdown, shown by the UI.
+    """
+    import base64
+    import logging
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    from pcam.config import config_from_dict
+    from pcam.report import build_report
+    from pcam.study import run_context
+
+    logging.basicConfig(level=logging.INFO)
+    cfg = config_from_dict(yaml.safe_load(config_yaml))
+    run_dirs = [Path(r.path) for r in [*scratch_runs, *transfer_runs]]
+    context = {**run_context(cfg, dataset.path, shards.path), "orchestrator": "kubeflow pipelines"}
+    build_report(run_dirs, report_dir.path, context)
+    out = Path(report_dir.path)
+
+    def inline(match: re.Match) -> str:
+        # The UI shows one file, so relative image links would break: embed them.
+        image = out / match.group(2)
+        if not image.is_file():
+            return match.group(0)
+        data = base64.b64encode(image.read_bytes()).decode()
+        return f'{match.group(1)}"data:image/png;base64,{data}"'
+
+    page = (out / "report.html").read_text()
+    page = re.sub(r'(src=)"((?!data:|https?:)[^"]+\.png)"', inline, page)
+    Path(html.path).write_text(page)
+    Path(summary.path).write_text((out / "summary.md").read_text())
+
+
+report_op = make_component(report)

@@ -1,0 +1,37 @@
+"""Train step: one model under one learning-rate policy (stage 1)."""
+
+# No `from __future__ import annotations`: kfp reads the real annotation objects.
+from kfp.dsl import Dataset, Input, Model, Output
+
+from components._common import make_component
+
+
+def train(shards: Input[Dataset], config_yaml: str, model_name: str, policy: str,
+          model: Output[Model]):
+    """Train ``model_name`` under ``policy`` on the training shards; transfer models keep their base frozen.
+
+    Per-epoch checkpoints go to train.checkpoint_uri when set (so a retried pod resumes),
+    otherwise into the output directory.
+
+    Args:
+        shards: TFRecord shards with index.json.
+        config_yaml: The resolved experiment config.
+        model_name: logreg, cnn, mobilenetv2 or resnet50.
+        policy: constant, onecycle or plateau.
+        model: Directory: model.keras, history.json/.csv, checkpoint/, tensorboard/, train.json.
+    """
+    import logging
+
+    import yaml
+    from pcam.train import train as train_model
+
+    from pcam.config import config_from_dict
+
+    logging.basicConfig(level=logging.INFO)
+    cfg = config_from_dict(yaml.safe_load(config_yaml))
+    train_model(shards.path, model.path, cfg, model_name, policy)
+    model.metadata.update({"model": model_name, "policy": policy, "stage": "train",
+                           "framework": "keras"})
+
+
+train_op = make_component(train)

@@ -1,0 +1,1 @@
+"""Kubeflow pipeline wiring (``pcam_training``), local runs (``run_local``) and submission (``submit``)."""

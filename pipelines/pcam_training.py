@@ -1,0 +1,226 @@
+"""The pcam training pipeline: ingest → split → shard → (train [→ fine-tune] → evaluate) per pair → report → promote.
+
+Compile it with::
+
+    python -m pipelines.pcam_training --image REGISTRY/pcam-gpu:TAG --output pipelines/compiled/pcam_training.yaml
+
+The same definition runs under kfp.local (``pipelines/run_local.py``) and on a
+cluster. Cluster-only settings (GPU limit, node selector, toleration, /dev/shm,
+CPU/memory, retries) are set on the tasks unconditionally: kfp.local ignores them.
+
+The (model, policy) grid is one list-of-dicts parameter. Two ``select_pairs`` steps
+split it into train-only pairs and fine-tuned transfer pairs, and each half gets its
+own ``ParallelFor`` (train → evaluate, and train → finetune → evaluate). One loop
+with ``dsl.If``/``dsl.Else`` around fine-tuning would read more naturally, but kfp
+2.17 fails to compile a ``dsl.Collected`` of an artifact made under a condition and
+kfp.local cannot resolve a ``dsl.OneOf`` of artifacts, so the fan-in to the report
+would work in neither place.
+"""
+
+# No `from __future__ import annotations`: kfp reads the pipeline signature's real types.
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from kfp import compiler, dsl, kubernetes
+
+from components import (
+    configure,
+    evaluate,
+    finetune,
+    ingest,
+    promote,
+    report,
+    select_pairs,
+    shard,
+    split,
+    train,
+)
+from components._common import PCAM_IMAGE, make_component
+from pcam import cluster
+from pcam.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER_CONFIG = REPO / "configs" / "paper.yaml"
+PIPELINE_NAME = "pcam-training"
+DEFAULT_PARALLELISM = 4
+RETRIES = {"num_retries": 3, "backoff_duration": "60s", "backoff_factor": 2.0,
+           "backoff_max_duration": "3600s"}
+SHM_VOLUME = "dshm"
+
+
+def _paper_defaults() -> tuple[str, dict]:
+    """The study's config as one-line YAML (JSON) plus its values for the explicit parameters.
+
+    One line, because the compiler copies parameter defaults into the YAML's header
+    comment and a multi-line default would end the comment early.
+    """
+    cfg = load_config(PAPER_CONFIG)
+    return json.dumps(cfg.to_dict()), {
+        "source": cfg.data.source,
+        "data_format": cfg.data.format,
+        "split_mode": cfg.split.mode,
+        "split_ratios": list(cfg.split.ratios),
+        "seed": cfg.seed,
+        "grid": [{"model": m, "policy": p} for m in cfg.train.models for p in cfg.train.policies],
+        "tta_views": list(cfg.evaluate.tta_views),
+        "target_sensitivity": cfg.evaluate.target_sensitivity,
+    }
+
+
+def _cpu_step(task: dsl.PipelineTask, cpu: str, memory: str, cache: bool) -> dsl.PipelineTask:
+    task.set_cpu_request(cpu).set_cpu_limit(cpu).set_memory_request(memory).set_memory_limit(memory)
+    return task.set_caching_options(cache)
+
+
+def _gpu_step(task: dsl.PipelineTask, retry: bool) -> dsl.PipelineTask:
+    """One GPU on the GPU node pool, a memory-backed /dev/shm for tf.data, CPUs to feed the GPU."""
+    task.set_accelerator_type(cluster.GPU_RESOURCE).set_accelerator_limit(1)
+    task.set_cpu_request("4").set_cpu_limit("8").set_memory_request("16G").set_memory_limit("32G")
+    kubernetes.add_node_selector(task, cluster.GPU_NODE_LABEL_KEY, cluster.GPU_NODE_LABEL_VALUE)
+    kubernetes.add_toleration(task, key=cluster.GPU_TAINT_KEY, operator="Equal",
+                              value=cluster.GPU_TAINT_VALUE, effect=cluster.GPU_TAINT_EFFECT)
+    # Docker's default /dev/shm is 64 MB; TensorFlow input pipelines need more.
+    kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm",
+                               medium="Memory", size_limit="8Gi")
+    if retry:  # preemptible GPU nodes: train/finetune resume from their checkpoints
+        task.set_retry(**RETRIES)
+    return task.set_caching_options(True)
+
+
+def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLELISM,
+                   pipeline_root: str | None = None):
+    """Build the pipeline with every component running in ``image``.
+
+    Args:
+        image: Container image of every step (default: env PCAM_IMAGE).
+        parallelism: Most (model, policy) pairs trained at once per loop (a compile-time
+            setting: ParallelFor takes no pipeline parameter here). 0 = unlimited.
+        pipeline_root: Where artifacts go (gs://, minio://, a local dir); default: the server's.
+    """
+    image = image or PCAM_IMAGE
+    ops = {name: make_component(getattr(module, name), image) for name, module in (
+        ("configure", configure), ("select_pairs", select_pairs), ("ingest", ingest), ("split", split),
+        ("shard", shard), ("train", train), ("finetune", finetune), ("evaluate", evaluate),
+        ("report", report), ("promote", promote))}
+    config_yaml_default, d = _paper_defaults()
+
+    @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=pipeline_root)
+    def pcam_training(
+        config_yaml: str = config_yaml_default,
+        source: str = d["source"],
+        data_format: str = d["data_format"],
+        split_mode: str = d["split_mode"],
+        split_ratios: list = d["split_ratios"],
+        seed: int = d["seed"],
+        grid: list = d["grid"],
+        epochs: int = 0,
+        finetune_epochs: int = 0,
+        batch_size: int = 0,
+        learning_rate: float = 0.0,
+        finetune_learning_rate: float = 0.0,
+        weights_uri: str = "",
+        tta_views: list = d["tta_views"],
+        target_sensitivity: float = d["target_sensitivity"],
+        champion_uri: str = f"{cluster.DATA_MOUNT_PATH}/champion",
+    ):
+        """Train and compare PCam classifiers over a (model, policy) grid, report, promote the best.
+
+        Args:
+            config_yaml: ExperimentConfig as YAML (default: configs/paper.yaml, the study).
+            source: Data source: local path, gs:// or https:// URI, ``official`` or ``synthetic``.
+            data_format: auto, hdf5, kaggle, folders or synthetic.
+            split_mode: random (stratified, grouped by slide) or official.
+            split_ratios: Train/valid/test fractions of a random split.
+            seed: Seed for split, shuffling, augmentation and initialisation.
+            grid: The (model, policy) pairs: a list of {"model": ..., "policy": ...}.
+            epochs: Stage-1 epochs for every model; 0 keeps the config's values.
+            finetune_epochs: Fine-tuning epochs of the transfer models; 0 keeps the config's.
+            batch_size: Batch size for every model; 0 keeps the config's values.
+            learning_rate: Stage-1 learning rate for every model; 0 keeps the config's values.
+            finetune_learning_rate: Fine-tuning learning rate; 0 keeps the config's values.
+            weights_uri: Weights file (local or gs://) for the transfer models; empty keeps the config's.
+            tta_views: Test-time augmentation views (identity, hflip, vflip, rot90, ...).
+            target_sensitivity: Sensitivity of the reported operating point.
+            champion_uri: Champion location (local dir, e.g. on the pcam-data volume, or gs://);
+                empty keeps the config's, and no location at all skips promotion.
+        """
+        cfg = ops["configure"](
+            config_yaml=config_yaml, source=source, data_format=data_format, split_mode=split_mode,
+            split_ratios=split_ratios, seed=seed, epochs=epochs, finetune_epochs=finetune_epochs,
+            batch_size=batch_size, learning_rate=learning_rate,
+            finetune_learning_rate=finetune_learning_rate, weights_uri=weights_uri,
+            tta_views=tta_views, target_sensitivity=target_sensitivity, champion_uri=champion_uri)
+        _cpu_step(cfg, "500m", "512M", cache=True)
+        resolved = cfg.output
+
+        data = _cpu_step(ops["ingest"](config_yaml=resolved), "2", "8G", cache=True)
+        parts = _cpu_step(ops["split"](dataset=data.outputs["dataset"], config_yaml=resolved),
+                          "1", "4G", cache=True)
+        shards = _cpu_step(ops["shard"](dataset=data.outputs["dataset"],
+                                        split_index=parts.outputs["split_index"], config_yaml=resolved),
+                           "4", "16G", cache=True)
+        shards_dir = shards.outputs["shards"]
+
+        scratch = _cpu_step(ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=False),
+                            "500m", "512M", cache=True).set_display_name("select-train-only-pairs")
+        with dsl.ParallelFor(scratch.output, parallelism=parallelism) as pair:
+            trained = _gpu_step(ops["train"](shards=shards_dir, config_yaml=resolved,
+                                             model_name=pair.model, policy=pair.policy), retry=True)
+            scored = _gpu_step(ops["evaluate"](
+                model=trained.outputs["model"], shards=shards_dir, config_yaml=resolved,
+                model_name=pair.model, policy=pair.policy, stage="train"), retry=False)
+
+        transfer = _cpu_step(ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=True),
+                             "500m", "512M", cache=True).set_display_name("select-fine-tuned-pairs")
+        with dsl.ParallelFor(transfer.output, parallelism=parallelism) as tpair:
+            stage1 = _gpu_step(ops["train"](shards=shards_dir, config_yaml=resolved,
+                                            model_name=tpair.model, policy=tpair.policy), retry=True)
+            stage2 = _gpu_step(ops["finetune"](
+                trained=stage1.outputs["model"], shards=shards_dir, config_yaml=resolved,
+                model_name=tpair.model, policy=tpair.policy), retry=True)
+            tscored = _gpu_step(ops["evaluate"](
+                model=stage2.outputs["model"], shards=shards_dir, config_yaml=resolved,
+                model_name=tpair.model, policy=tpair.policy, stage="finetune"), retry=False)
+
+        # One dsl.Collected per consumer: the compiler rewrites each instance in place.
+        summary = ops["report"](scratch_runs=dsl.Collected(scored.outputs["run"]),
+                                transfer_runs=dsl.Collected(tscored.outputs["run"]),
+                                dataset=data.outputs["dataset"], shards=shards_dir, config_yaml=resolved)
+        _cpu_step(summary, "1", "4G", cache=False).set_env_variable("PCAM_IMAGE", image)
+        decision = ops["promote"](scratch_runs=dsl.Collected(scored.outputs["run"]),
+                                  transfer_runs=dsl.Collected(tscored.outputs["run"]),
+                                  shards=shards_dir, config_yaml=resolved).after(summary)
+        _cpu_step(decision, "2", "8G", cache=False)
+        # A local champion_uri lives on the shared volume; a gs:// one ignores the mount.
+        kubernetes.mount_pvc(decision, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
+
+    return pcam_training
+
+
+def compile_pipeline(output: str | Path, image: str | None = None,
+                     parallelism: int = DEFAULT_PARALLELISM, pipeline_root: str | None = None) -> Path:
+    """Compile the pipeline to ``output`` (YAML) and return its path."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(image, parallelism, pipeline_root), str(output))
+    return output
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.pcam_training",
+                                     description="Compile the pcam training pipeline to YAML.")
+    parser.add_argument("--image", default=PCAM_IMAGE, help=f"image of every step (default: {PCAM_IMAGE})")
+    parser.add_argument("--output", default="pipelines/compiled/pcam_training.yaml", help="YAML to write")
+    parser.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM,
+                        help="most pairs trained at once per loop; 0 = unlimited")
+    parser.add_argument("--pipeline-root", default=None, help="artifact root (gs://..., minio://...)")
+    args = parser.parse_args(argv)
+    path = compile_pipeline(args.output, args.image, args.parallelism, args.pipeline_root)
+    print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
