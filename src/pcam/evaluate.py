@@ -211,6 +211,12 @@ def evaluate_arrays(
     }
 
 
+def write_evaluation(out_dir: str | os.PathLike[str], result: dict[str, Any]) -> None:
+    """Write an :func:`evaluate_arrays` result (its ``_arrays`` removed) as the evaluate directory."""
+    with atomic_dir(out_dir) as tmp:
+        _write_outputs(tmp, result)
+
+
 def _write_outputs(out: Path, result: dict[str, Any]) -> None:
     arrays = result.pop("_arrays")
     labels = arrays["labels"]
@@ -278,8 +284,7 @@ def evaluate(
         "data_fingerprint": data_fingerprint(result["_arrays"]["ids"], labels),
         "config_digest": cfg.digest(),
     })
-    with atomic_dir(out_dir) as tmp:
-        _write_outputs(tmp, result)
+    write_evaluation(out_dir, result)
     for mode in ("single", "tta"):
         m = result[mode]
         log.info("%s: auc=%.4f acc=%.4f f1=%.4f", mode, m["auc"], m["accuracy"], m["f1"])

@@ -1,0 +1,165 @@
+import base64
+import csv
+import json
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pcam import evaluate as E
+from pcam import report as R
+from pcam.errors import DataError
+from pcam.fsutil import write_json
+
+VIEWS = ("identity", "hflip", "vflip", "rot90", "rot270")
+
+
+@pytest.fixture(scope="module")
+def patches(pcam_sample):
+    images, labels = [], []
+    for label in (0, 1):
+        for path in sorted((pcam_sample / "valid" / str(label)).glob("*.jpg"))[:40]:
+            images.append(np.asarray(Image.open(path).convert("RGB")))
+            labels.append(label)
+    return np.stack(images), np.array(labels), [f"p{i}" for i in range(len(labels))]
+
+
+def _model(seed):
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((96, 96, 3))
+    x = keras.layers.Rescaling(1 / 255.0, offset=-0.5)(inputs)
+    x = keras.layers.Conv2D(2, 5, strides=4)(x)
+    x = keras.layers.Flatten()(x)
+    return keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
+
+
+def _history(epochs, stage, start=1, seconds=2.0):
+    rng = np.random.default_rng(epochs + start)
+    return [{"epoch": start + i, "stage": stage, "loss": 0.7 - 0.05 * i, "accuracy": 0.6 + 0.03 * i,
+             "auc": 0.65 + 0.03 * i, "val_loss": 0.72 - 0.04 * i + rng.random() * 0.01,
+             "val_accuracy": 0.58 + 0.03 * i, "val_auc": 0.6 + 0.03 * i, "lr": 1e-3,
+             "seconds": seconds, "images_per_second": 100.0} for i in range(epochs)]
+
+
+def make_run(root, model, policy, seed, patches, *, finetune=False, one_class=False):
+    """A run directory with a real evaluation of a tiny model on real patches."""
+    images, labels, ids = patches
+    if one_class:
+        images, labels, ids = images[:30], labels[:30], ids[:30]
+    run = root / f"{model}-{policy}"
+    write_json(run / "pair.json", {"model": model, "policy": policy})
+    write_json(run / "train" / "history.json", _history(3, "train"))
+    write_json(run / "train" / "train.json", {"model": model, "policy": policy, "seconds": 6.5, "params": 1234})
+    if finetune:
+        write_json(run / "finetune" / "history.json", _history(2, "finetune", start=4, seconds=3.0))
+        write_json(run / "finetune" / "train.json", {"model": model, "policy": policy, "seconds": 6.0,
+                                                     "params": 1234})
+    result = E.evaluate_arrays(_model(seed), images, labels, ids, views=VIEWS, progress=False)
+    result.update({"split": "test", "model": model, "policy": policy})
+    E.write_evaluation(run / "evaluate", result)
+    return run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, patches):
+    root = tmp_path_factory.mktemp("runs")
+    # given out of family order on purpose
+    return [
+        make_run(root, "mobilenetv2", "onecycle", 3, patches, finetune=True),
+        make_run(root, "cnn", "plateau", 2, patches),
+        make_run(root, "cnn", "constant", 1, patches),
+        make_run(root, "logreg", "constant", 4, patches, one_class=True),
+    ]
+
+
+CONTEXT = {
+    "experiment": "pcam-test", "source": "synthetic", "format": "synthetic", "split_mode": "random", "seed": 42,
+    "config_digest": "ab" * 32, "image": "localhost/pcam-gpu:abc123", "data_checksums": {"images.npy": "cd" * 32},
+    "step_seconds": {"ingest": 1.5, "train": 30.0, "evaluate": 4.0},
+    "versions": {"kfp": "2.17.3"}, "notes": ["tiny test run"],
+}
+
+
+@pytest.fixture(scope="module")
+def built(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "report"
+    return out, R.build_report(runs, out, CONTEXT)
+
+
+def test_summary_csv_has_one_sorted_row_per_pair(built, runs):
+    out, summary = built
+    with open(out / "summary.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0])[:10] == ["model", "policy", "split", "tta", "f1", "auc", "recall", "precision",
+                                  "accuracy", "train_seconds"]
+    assert [(r["model"], r["policy"]) for r in rows] == [
+        ("logreg", "constant"), ("cnn", "constant"), ("cnn", "plateau"), ("mobilenetv2", "onecycle")]
+    assert {r["tta"] for r in rows} == {"5"} and {r["split"] for r in rows} == {"test"}
+    metrics = json.loads((runs[2] / "evaluate" / "metrics.json").read_text())  # cnn constant
+    assert float(rows[1]["auc"]) == pytest.approx(metrics["tta"]["auc"])
+    assert float(rows[1]["auc_single"]) == pytest.approx(metrics["single"]["auc"])
+    assert float(rows[1]["specificity_at_target"]) == pytest.approx(metrics["tta"]["specificity_at_target"])
+    assert rows[0]["auc"] == ""  # one class: undefined, empty cell, no crash
+    assert float(rows[3]["train_seconds"]) == pytest.approx(12.5)  # stage 1 + fine-tune
+    assert rows[3]["epochs"] == "5" and rows[1]["params"] == "1234"
+
+
+def test_best_row_is_the_highest_auc(built):
+    _, summary = built
+    aucs = {(r["model"], r["policy"]): r["auc"] for r in summary["rows"]}
+    best = max((v, k) for k, v in aucs.items() if v is not None)[1]
+    assert (summary["best"]["model"], summary["best"]["policy"]) == best
+
+
+def test_html_is_self_contained_and_states_provenance(built):
+    out, summary = built
+    page = (out / "report.html").read_text()
+    assert "SYNTHETIC DATA" in page and "Random split" in page
+    for needle in ("ab" * 32, "localhost/pcam-gpu:abc123", "cd" * 32, "kfp 2.17.3", "keras ", "numpy ",
+                   "scikit-learn ", "tensorflow ", "0.985", "0.944", "0.622", "slide-disjoint", "tiny test run",
+                   'class="best"', "one class only"):
+        assert needle in page, needle
+    assert not re.search(r'src="(?!data:image/png;base64,)', page)  # every image embedded
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    # 4 histories + 8 confusion matrices + 4 per-pair ROC + all-pairs ROC + steps
+    assert len(images) == 18
+    assert all(base64.b64decode(i)[:8] == b"\x89PNG\r\n\x1a\n" for i in images)
+    assert len(page) < 2_500_000
+    assert sorted(p.name for p in (out / "plots").iterdir()) == summary["plots"]
+    assert "history-mobilenetv2-onecycle.png" in summary["plots"]
+    assert "fine-tuning from epoch 4" in page
+
+
+def test_markdown_has_table_and_context(built):
+    out, _ = built
+    md = (out / "summary.md").read_text()
+    assert "SYNTHETIC DATA" in md and "| model | policy |" in md and "**(best)**" in md
+    assert md.count("\n| cnn") == 3  # two pairs + the reference row
+
+
+def test_real_data_has_no_synthetic_banner_and_infers_synthetic_from_source(runs, tmp_path):
+    summary = R.build_report(runs[:1], tmp_path / "r", {"source": "/data/pcam", "split_mode": "official"})
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "SYNTHETIC DATA" not in page and "Real data: /data/pcam" in page and "Random split" not in page
+    assert summary["synthetic"] is False
+    assert R.build_report(runs[:1], tmp_path / "s", {"source": "synthetic"})["synthetic"] is True
+
+
+def test_missing_metrics_names_the_file(tmp_path):
+    write_json(tmp_path / "run" / "pair.json", {"model": "cnn", "policy": "constant"})
+    with pytest.raises(DataError, match=r"evaluate/metrics\.json: missing"):
+        R.build_report([tmp_path / "run"], tmp_path / "out", {})
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_report(runs, tmp_path, capsys):
+    from pcam.cli import main
+
+    ctx = tmp_path / "context.json"
+    ctx.write_text(json.dumps(CONTEXT))
+    assert main(["report", "--runs", *map(str, runs[1:3]), "--out", str(tmp_path / "o"),
+                 "--context", str(ctx)]) == 0
+    assert str(tmp_path / "o" / "report.html") in capsys.readouterr().out
