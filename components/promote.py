@@ -30,7 +30,6 @@ def promote(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Datase
 
     import yaml
 
-    from pcam import promote as champion
     from pcam.config import config_from_dict
 
     logging.basicConfig(level=logging.INFO)
@@ -38,6 +37,8 @@ def promote(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Datase
     if not cfg.promote.champion_uri:
         result = {"promoted": False, "reason": "no champion location (promote.champion_uri) configured"}
     else:
+        from pcam import promote as champion
+
         run_dirs = [Path(r.path) for r in [*scratch_runs, *transfer_runs]]
         best = champion.best_run(run_dirs, cfg.promote.metric)
         model_dir = best / "finetune" if (best / "finetune").exists() else best / "train"

@@ -19,10 +19,10 @@ would work in neither place.
 
 # No `from __future__ import annotations`: kfp reads the pipeline signature's real types.
 import argparse
-import json
 import sys
 from pathlib import Path
 
+import yaml
 from kfp import compiler, dsl, kubernetes
 
 from components import (
@@ -39,7 +39,7 @@ from components import (
 )
 from components._common import PCAM_IMAGE, make_component
 from pcam import cluster
-from pcam.config import load_config
+from pcam.config import ExperimentConfig, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO / "configs" / "paper.yaml"
@@ -50,14 +50,20 @@ RETRIES = {"num_retries": 3, "backoff_duration": "60s", "backoff_factor": 2.0,
 SHM_VOLUME = "dshm"
 
 
-def _paper_defaults() -> tuple[str, dict]:
-    """The study's config as one-line YAML (JSON) plus its values for the explicit parameters.
+def config_param(cfg: ExperimentConfig) -> str:
+    """``cfg`` as the one-line YAML the ``config_yaml`` parameter carries.
 
-    One line, because the compiler copies parameter defaults into the YAML's header
-    comment and a multi-line default would end the comment early.
+    One line, because the compiler copies parameter defaults into the compiled file's
+    header comment and a multi-line default would end the comment early. YAML flow
+    style rather than JSON: JSON writes 1e-05, which YAML 1.1 reads back as a string.
     """
+    return yaml.safe_dump(cfg.to_dict(), default_flow_style=True, sort_keys=False, width=2**31).strip()
+
+
+def _paper_defaults() -> tuple[str, dict]:
+    """The study's config plus its values for the explicit parameters."""
     cfg = load_config(PAPER_CONFIG)
-    return json.dumps(cfg.to_dict()), {
+    return config_param(cfg), {
         "source": cfg.data.source,
         "data_format": cfg.data.format,
         "split_mode": cfg.split.mode,

@@ -71,8 +71,10 @@ def parse_params(pairs: list[str], types: dict[str, str]) -> dict[str, Any]:
 
 def _arguments(args: argparse.Namespace) -> dict[str, Any]:
     arguments = parse_params(args.param, package_parameters(args.package))
-    if args.config:  # validated here, sent as the one-line YAML (JSON) the pipeline expects
-        arguments["config_yaml"] = json.dumps(load_config(args.config).to_dict())
+    if args.config:  # validated here, sent as the one-line YAML the pipeline expects
+        from pipelines.pcam_training import config_param
+
+        arguments["config_yaml"] = config_param(load_config(args.config))
     return arguments
 
 

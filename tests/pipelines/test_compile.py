@@ -1,6 +1,5 @@
 """The compiled pipeline: structure, image, cluster settings (no library or cluster needed)."""
 
-import json
 import subprocess
 import sys
 
@@ -144,7 +143,7 @@ def test_defaults_reproduce_the_study(compiled):
     spec, _ = compiled
     params = {k: v.get("defaultValue") for k, v in spec["root"]["inputDefinitions"]["parameters"].items()}
     paper = load_config(PAPER_CONFIG)
-    assert config_from_dict(json.loads(params["config_yaml"])) == paper
+    assert config_from_dict(yaml.safe_load(params["config_yaml"])) == paper
     assert len(params["grid"]) == len(paper.train.models) * len(paper.train.policies) == 12
     assert {p["model"] for p in params["grid"]} == set(paper.train.models)
     assert params["source"] == "official" and params["split_mode"] == "random"

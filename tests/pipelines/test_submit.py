@@ -52,7 +52,7 @@ def test_run_sends_the_compiled_spec_platform_spec_and_parameters(server, packag
     params = run["runtime_config"]["parameters"]
     assert params["seed"] == 7 and params["grid"] == GRID and params["source"] == "gs://bucket/pcam"
     assert params["learning_rate"] == 0.0005
-    assert json.loads(params["config_yaml"])["name"] == "pcam-demo"
+    assert yaml.safe_load(params["config_yaml"])["name"] == "pcam-demo"
     assert re.fullmatch(r"run [0-9a-f-]{36}", capsys.readouterr().out.strip().splitlines()[-1])
 
 

@@ -1,0 +1,157 @@
+"""Run the whole pipeline on this machine through kfp.local (no cluster, no Docker, offline).
+
+    python -m pipelines.run_local --config configs/demo.yaml --out runs/demo [--source PATH]
+
+Every step runs as a subprocess of this Python (``SubprocessRunner(use_venv=False)``:
+nothing is pip-installed, so it works offline) with the same component code a
+cluster runs in the image. Artifacts land under ``OUT/pipeline_root``; the command
+prints each step's time and where the HTML report is. The data source is the
+config's (synthetic for the demo) unless ``--source`` or env ``PCAM_SOURCE`` says
+otherwise; the champion lives in ``OUT/champion`` unless the config names one.
+"""
+
+import argparse
+import logging
+import os
+import re
+import sys
+import time
+import warnings
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from pcam.config import TRANSFER_MODELS, ExperimentConfig, load_config
+from pcam.errors import ConfigError, PcamError
+
+LOCAL_IMAGE = "local-venv"
+"""Recorded as the image in the report: locally the steps run in this virtualenv."""
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+STARTED = re.compile(r"Executing task '([^']+)'")
+FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
+
+
+class StepTimer(logging.Handler):
+    """Times each task from kfp.local's own start/finish log lines.
+
+    The local run uses parallelism 1 (two TensorFlow trainings on two cores only slow
+    each other down), so a task name's start and finish lines pair up in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.started: dict[str, float] = {}
+        self.seconds: dict[str, list[float]] = defaultdict(list)
+        self.status: dict[str, str] = {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = ANSI.sub("", record.getMessage())
+        if match := STARTED.search(message):
+            self.started[match.group(1)] = record.created
+        elif (match := FINISHED.search(message)) and match.group(1) in self.started:
+            name = match.group(1)
+            self.seconds[name].append(record.created - self.started.pop(name))
+            self.status[name] = match.group(2)
+
+
+def pipeline_arguments(cfg: ExperimentConfig, champion_uri: str) -> dict[str, Any]:
+    """The pipeline parameters that reproduce ``cfg`` exactly."""
+    from pipelines.pcam_training import config_param
+
+    return {
+        "config_yaml": config_param(cfg),
+        "source": cfg.data.source,
+        "data_format": cfg.data.format,
+        "split_mode": cfg.split.mode,
+        "split_ratios": list(cfg.split.ratios),
+        "seed": cfg.seed,
+        "grid": [{"model": m, "policy": p} for m in cfg.train.models for p in cfg.train.policies],
+        "tta_views": list(cfg.evaluate.tta_views),
+        "target_sensitivity": cfg.evaluate.target_sensitivity,
+        "champion_uri": champion_uri,
+    }
+
+
+def check_local_grid(cfg: ExperimentConfig) -> None:
+    """kfp.local cannot collect the outputs of a loop with no iterations: both branches need a pair."""
+    finetuned = [m for m in cfg.train.models if m in TRANSFER_MODELS and cfg.model(m).finetune_epochs > 0]
+    trained_only = [m for m in cfg.train.models if m not in finetuned]
+    if not finetuned or not trained_only:
+        raise ConfigError(
+            "train.models: a kfp.local run needs at least one fine-tuned transfer model (mobilenetv2/resnet50 "
+            "with finetune_epochs > 0) and one other model; run `pcam run` for other grids")
+
+
+def run_local(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], champion_uri: str | None = None,
+              ) -> tuple[Path, dict[str, list[float]]]:
+    """Run the pipeline through kfp.local; returns (report.html path, seconds per step)."""
+    from kfp import local
+
+    from pipelines.pcam_training import build_pipeline
+
+    check_local_grid(cfg)
+    out = Path(out_dir).resolve()
+    root = out / "pipeline_root"
+    root.mkdir(parents=True, exist_ok=True)
+    champion = champion_uri or cfg.promote.champion_uri or str(out / "champion")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    pipeline = build_pipeline(image=LOCAL_IMAGE, parallelism=1)
+
+    timer = StepTimer()
+    logging.getLogger().addHandler(timer)
+    before = set(root.iterdir())
+    try:
+        pipeline(**pipeline_arguments(cfg, champion))
+    finally:
+        logging.getLogger().removeHandler(timer)
+    (run_dir,) = [p for p in root.iterdir() if p not in before and p.is_dir()]
+    return find_report(run_dir), dict(timer.seconds)
+
+
+def find_report(run_dir: Path) -> Path:
+    """The report step's HTML artifact (one self-contained page) under a local run directory."""
+    pages = sorted(run_dir.glob("**/report/html"))
+    if not pages:
+        raise PcamError(f"{run_dir}: the run finished but holds no report/html artifact")
+    return pages[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__.split("\n")[0])
+    parser.add_argument("--config", required=True, help="experiment YAML (configs/demo.yaml)")
+    parser.add_argument("--out", required=True, help="output directory (pipeline_root and champion go here)")
+    parser.add_argument("--source", default=os.environ.get("PCAM_SOURCE"),
+                        help="data source overriding data.source (default: env PCAM_SOURCE, else the config's)")
+    parser.add_argument("--format", default=None, help="data format for --source (default: auto)")
+    parser.add_argument("--champion", default=None, help="champion location (default: the config's, else OUT/champion)")
+    args = parser.parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.source:
+        overrides = {"data.source": args.source, "data.format": args.format or "auto"}
+    elif args.format:
+        overrides = {"data.format": args.format}
+    start = time.perf_counter()
+    try:
+        cfg = load_config(args.config, overrides)
+        report, seconds = run_local(cfg, args.out, args.champion)
+    except PcamError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # kfp.local: a step failed; its log is above
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("\nstep times (kfp.local, one subprocess per step):")
+    for name, values in seconds.items():
+        total = sum(values)
+        runs = f" ({len(values)} runs)" if len(values) > 1 else ""
+        print(f"  {name:<16} {total:8.1f} s{runs}")
+    print(f"  {'total':<16} {time.perf_counter() - start:8.1f} s")
+    print(f"\nHTML report: {report}")
+    print(f"report directory (summary.csv, plots): {report.parent / 'report_dir'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
