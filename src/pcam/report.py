@@ -73,18 +73,28 @@ def _read(path: Path, required: bool = True) -> Any:
 
 
 def _history(run_dir: Path) -> tuple[list[dict[str, Any]], int | None]:
-    """Stage-1 rows then fine-tune rows, and the 1-based position where fine-tuning starts."""
-    rows = _read(run_dir / "train" / "history.json", required=False) or []
-    if not isinstance(rows, list):
-        raise DataError(f"{run_dir / 'train' / 'history.json'}: expected a list of per-epoch records")
-    ft = _read(run_dir / "finetune" / "history.json", required=False) or []
-    if not isinstance(ft, list):
-        raise DataError(f"{run_dir / 'finetune' / 'history.json'}: expected a list of per-epoch records")
-    # The fine-tune history may repeat the stage-1 rows; keep only its own stage.
-    stage1 = {r.get("stage") for r in rows if isinstance(r, dict)}
-    ft = [r for r in ft if isinstance(r, dict) and not (r.get("stage") in stage1 and r.get("stage") is not None)]
-    boundary = len(rows) + 1 if ft else None
-    return [r for r in rows if isinstance(r, dict)] + ft, boundary
+    """Stage-1 rows then fine-tune rows, and the 1-based position where fine-tuning starts.
+
+    The fine-tune step's history repeats the stage-1 rows (stage ``train``) before its
+    own (stage ``finetune``); a run directory may hold only ``finetune/``.
+    """
+    lists = []
+    for stage in ("train", "finetune"):
+        path = run_dir / stage / "history.json"
+        rows = _read(path, required=False) or []
+        if not isinstance(rows, list):
+            raise DataError(f"{path}: expected a list of per-epoch records")
+        lists.append([r for r in rows if isinstance(r, dict)])
+    rows, ft = lists
+    if ft:
+        seen = {r.get("stage") for r in rows} - {None}
+        if rows:  # keep stage 1 from train/, only the new stage from finetune/
+            ft = [r for r in ft if r.get("stage") not in seen]
+        for r in ft:
+            r.setdefault("stage", "finetune")
+    history = rows + ft
+    boundary = next((i for i, r in enumerate(history, start=1) if r.get("stage") == "finetune"), None)
+    return history, boundary
 
 
 def _seconds(info: dict[str, Any] | None, history: list[dict[str, Any]]) -> float | None:
@@ -117,7 +127,7 @@ def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     history, boundary = _history(run_dir)
     train_info = _read(run_dir / "train" / "train.json", required=False)
     ft_info = _read(run_dir / "finetune" / "train.json", required=False)
-    stage1 = [r for r in history[: (boundary - 1 if boundary else len(history))]]
+    stage1 = history[: (boundary - 1 if boundary else len(history))]
     stage2 = history[boundary - 1:] if boundary else []
     seconds = [s for s in (_seconds(train_info, stage1), _seconds(ft_info, stage2) if (ft_info or stage2) else None)
                if s is not None]

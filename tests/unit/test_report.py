@@ -54,7 +54,9 @@ def make_run(root, model, policy, seed, patches, *, finetune=False, one_class=Fa
     write_json(run / "train" / "history.json", _history(3, "train"))
     write_json(run / "train" / "train.json", {"model": model, "policy": policy, "seconds": 6.5, "params": 1234})
     if finetune:
-        write_json(run / "finetune" / "history.json", _history(2, "finetune", start=4, seconds=3.0))
+        # as the fine-tune step writes it: the stage-1 rows, then its own
+        write_json(run / "finetune" / "history.json",
+                   _history(3, "train") + _history(2, "finetune", start=4, seconds=3.0))
         write_json(run / "finetune" / "train.json", {"model": model, "policy": policy, "seconds": 6.0,
                                                      "params": 1234})
     result = E.evaluate_arrays(_model(seed), images, labels, ids, views=VIEWS, progress=False)
@@ -146,6 +148,14 @@ def test_real_data_has_no_synthetic_banner_and_infers_synthetic_from_source(runs
     assert "SYNTHETIC DATA" not in page and "Real data: /data/pcam" in page and "Random split" not in page
     assert summary["synthetic"] is False
     assert R.build_report(runs[:1], tmp_path / "s", {"source": "synthetic"})["synthetic"] is True
+
+
+def test_history_of_a_finetune_only_run_dir(tmp_path):
+    write_json(tmp_path / "finetune" / "history.json", _history(3, "train") + _history(2, "finetune", start=4))
+    history, boundary = R._history(tmp_path)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5] and boundary == 4
+    write_json(tmp_path / "train" / "history.json", _history(3, "train"))
+    assert R._history(tmp_path) == (history, 4)
 
 
 def test_missing_metrics_names_the_file(tmp_path):
