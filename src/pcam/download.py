@@ -95,6 +95,7 @@ def fetch(url: str, dest: str | os.PathLike[str], md5: str | None = None, *,
             return dest
         log.warning("%s: md5 does not match %s; downloading again", dest, md5)
         dest.unlink()
+    dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
@@ -103,6 +104,8 @@ def fetch(url: str, dest: str | os.PathLike[str], md5: str | None = None, *,
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
                 raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from None
+            if not isinstance(exc, urllib.error.URLError) and getattr(exc, "filename", None):  # local file
+                raise DataError(f"{exc.filename}: {exc.strerror}") from None
             have = part.stat().st_size if part.exists() else 0
             if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError) and not have:
                 raise DataError(f"{url}: cannot reach the server ({exc.reason})") from None

@@ -348,6 +348,7 @@ def check_labels(values: Any, where: Callable[[int], str]) -> np.ndarray:
     if len(bad):
         i = int(bad[0])
         value = np.asarray(values).ravel()[i]
+        value = value.item() if isinstance(value, np.generic) else value
         raise DataError(f"{where(i)}: label {value!r} is not 0 or 1" + (f" ({len(bad)} bad labels in all)" if len(bad) > 1 else ""))
     return raw.astype(np.uint8)
 

@@ -1,0 +1,129 @@
+import json
+
+import numpy as np
+import pytest
+
+from pcam.cli import main
+from pcam.config import SyntheticConfig
+from pcam.dataset import open_dataset
+from pcam.errors import ConfigError, DataError
+from pcam.ingest import ingest
+from pcam.split import SPLIT_FILE, load_split, split_dataset
+from pcam.synth import write_synthetic
+
+SPLITS = ("train", "valid", "test")
+
+
+@pytest.fixture(scope="module")
+def slide_dataset(tmp_path_factory):
+    """Synthetic data with 30 slides: enough for a slide-grouped 70/20/10 split."""
+    root = tmp_path_factory.mktemp("slides")
+    write_synthetic(root / "h5", SyntheticConfig(train=300, valid=60, test=60, slides=30), seed=1)
+    ingest(str(root / "h5"), root / "ds", cache_dir=root / "cache")
+    return root / "ds"
+
+
+def test_same_seed_same_bytes_other_seed_other_split(tiny_dataset, tmp_path):
+    split_dataset(tiny_dataset, tmp_path / "a", seed=7)
+    split_dataset(tiny_dataset, tmp_path / "b", seed=7)
+    split_dataset(tiny_dataset, tmp_path / "c", seed=8)
+    a, b, c = ((tmp_path / n / SPLIT_FILE).read_bytes() for n in "abc")
+    assert a == b and a != c
+    assert [p.name for p in (tmp_path / "a").iterdir()] == [SPLIT_FILE]
+
+
+def test_random_split_is_stratified_with_exact_ratio_counts(tiny_dataset, tmp_path):
+    result = split_dataset(tiny_dataset, tmp_path / "s", mode="random", ratios=(0.7, 0.2, 0.1), seed=3)
+    # 160 patches per label -> 112 / 32 / 16 per label.
+    assert result["counts"] == {"train": {"0": 112, "1": 112}, "valid": {"0": 32, "1": 32},
+                                "test": {"0": 16, "1": 16}}
+    assert result["grouped_by_slide"] is False and result["mode"] == "random"
+    indices = load_split(tmp_path / "s")
+    labels = open_dataset(tiny_dataset).labels
+    together = np.concatenate([indices[s] for s in SPLITS])
+    assert sorted(together.tolist()) == list(range(len(labels)))  # a partition
+    for s in SPLITS:
+        assert indices[s].tolist() == sorted(indices[s].tolist())
+        assert int(labels[indices[s]].sum()) == result["counts"][s]["1"]
+
+
+def test_random_split_groups_by_slide(slide_dataset, tmp_path):
+    result = split_dataset(slide_dataset, tmp_path / "s", mode="random", seed=0)
+    assert result["grouped_by_slide"] is True
+    ds = open_dataset(slide_dataset)
+    indices = load_split(tmp_path / "s")
+    slides = {s: set(ds.slides[indices[s]]) for s in SPLITS}
+    assert not (slides["train"] & slides["valid"] or slides["train"] & slides["test"] or slides["valid"] & slides["test"])
+    n = len(ds)
+    for s, ratio in zip(SPLITS, (0.7, 0.2, 0.1), strict=True):
+        count = result["counts"][s]
+        share = (count["0"] + count["1"]) / n
+        assert abs(share - ratio) < 0.05, (s, share)
+        assert 0.35 < count["1"] / (count["0"] + count["1"]) < 0.65, (s, count)
+
+
+def test_official_mode_keeps_source_splits(slide_dataset, tmp_path):
+    result = split_dataset(slide_dataset, tmp_path / "s", mode="official")
+    meta = open_dataset(slide_dataset).meta
+    for s in SPLITS:
+        assert result["indices"][s] == meta.index[meta["source_split"] == s].tolist()
+    assert result["notes"] == []
+
+
+def test_tiny_split_carves_test_from_train(tiny_split, tiny_dataset):
+    data = json.loads((tiny_split / SPLIT_FILE).read_text())
+    meta = open_dataset(tiny_dataset).meta
+    source = meta["source_split"].to_numpy()
+    assert data["mode"] == "official"
+    assert (source[data["indices"]["valid"]] == "valid").all() and len(data["indices"]["valid"]) == 160
+    assert (source[data["indices"]["test"]] == "train").all() and (source[data["indices"]["train"]] == "train").all()
+    # test = 0.1 / (0.7 + 0.1) of source train, stratified: 10 + 10 of 160.
+    assert data["counts"]["test"] == {"0": 10, "1": 10} and data["counts"]["train"] == {"0": 70, "1": 70}
+    assert "carved" in data["notes"][0]
+    assert all(len(v) for v in load_split(tiny_split).values())
+
+
+def test_zero_ratio_may_be_empty(tiny_dataset, tmp_path):
+    result = split_dataset(tiny_dataset, tmp_path / "s", ratios=(0.8, 0.2, 0.0))
+    assert result["indices"]["test"] == []
+    assert len(load_split(tmp_path / "s")["test"]) == 0
+
+
+def test_too_small_gives_error_and_no_output(tmp_path):
+    write_synthetic(tmp_path / "h5", SyntheticConfig(train=4, valid=2, test=2, slides=6), seed=0)
+    ingest(str(tmp_path / "h5"), tmp_path / "ds", limit_per_split=2, cache_dir=tmp_path / "c")
+    with pytest.raises(DataError, match="split '(valid|test)'"):
+        split_dataset(tmp_path / "ds", tmp_path / "out", mode="random", ratios=(0.98, 0.01, 0.01))
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["indices"].update(valid=[]) or d["counts"].update(valid={"0": 0, "1": 0}), "split 'valid' is empty"),
+    (lambda d: d["counts"]["test"].update({"0": d["counts"]["test"]["0"] + d["counts"]["test"]["1"], "1": 0}),
+     "split 'test' has no patches with label 1"),
+    (lambda d: d["indices"]["test"].append(d["indices"]["train"][0]) or d["counts"]["test"].update(
+        {"0": d["counts"]["test"]["0"] + 1}), "is in split 'test' and an earlier split"),
+    (lambda d: d.pop("indices"), "no 'indices' key"),
+])
+def test_load_split_rejects_bad_files(tiny_split, tmp_path, edit, message):
+    data = json.loads((tiny_split / SPLIT_FILE).read_text())
+    edit(data)
+    (tmp_path / SPLIT_FILE).write_text(json.dumps(data))
+    with pytest.raises(DataError, match=message):
+        load_split(tmp_path)
+
+
+def test_bad_mode_and_ratios_name_the_key(tiny_dataset, tmp_path):
+    with pytest.raises(ConfigError, match="split.mode"):
+        split_dataset(tiny_dataset, tmp_path / "s", mode="kfold")
+    with pytest.raises(ConfigError, match="split.ratios"):
+        split_dataset(tiny_dataset, tmp_path / "s", ratios=(0.5, 0.2, 0.2))
+    assert not (tmp_path / "s").exists()
+
+
+def test_cli(tiny_dataset, tmp_path, capsys):
+    assert main(["split", "--dataset", str(tiny_dataset), "--out", str(tmp_path / "s"), "--mode", "random",
+                 "--ratios", "0.5", "0.25", "0.25", "--seed", "1"]) == 0
+    assert json.loads((tmp_path / "s" / SPLIT_FILE).read_text())["ratios"] == [0.5, 0.25, 0.25]
+    assert main(["split", "--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "t")]) == 2
+    assert "nothing" in capsys.readouterr().err
