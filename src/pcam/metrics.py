@@ -153,7 +153,7 @@ def binary_metrics(
         "confusion": c,
         "target_sensitivity": float(target_sensitivity),
         "sensitivity_threshold": point["threshold"],
-        "sensitivity_at_threshold": point["sensitivity"],
+        "sensitivity_at_target": point["sensitivity"],
         "specificity_at_target": point["specificity"],
     }
 

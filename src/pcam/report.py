@@ -409,9 +409,11 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
         "<b>single</b>: the unaugmented patch only. &Delta; = TTA minus single (green: TTA helped). "
         "Spec. @ sens. target: specificity at the highest threshold that still finds the target share of "
         "tumours. The best row (highest TTA AUC, then F1) is highlighted.</p>")
+    targets = sorted({m["metrics"]["tta"].get("target_sensitivity") for m in runs} - {None})
+    sens = "/".join(f"{t:.0%}" for t in targets) or "target"
     head = ["model", "policy", "TTA views", "AUC", "AUC single", "&Delta; AUC", "accuracy", "accuracy single",
-            "&Delta; acc.", "F1", "recall", "precision", "specificity", "threshold @ sens.", "spec. @ sens.",
-            "train time", "epochs", "params"]
+            "&Delta; acc.", "F1", "recall", "precision", "specificity", f"threshold for {sens} sensitivity",
+            f"specificity at {sens} sensitivity", "train time", "epochs", "params"]
     out.append('<div class="scroll"><table><tr>'
                + "".join(f'<th class="{"l" if i < 2 else ""}">{h}</th>' for i, h in enumerate(head)) + "</tr>")
     for i, r in enumerate(rows):
@@ -428,12 +430,10 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
             f"<td>{_fmt(r['specificity_at_target'])}</td><td>{_fmt_seconds(r['train_seconds'])}</td>"
             f"<td>{_fmt(r['epochs'])}</td><td>{params}</td></tr>")
     out.append("</table></div>")
-    targets = sorted({m["metrics"]["tta"].get("target_sensitivity") for m in runs} - {None})
-    if targets:
-        out.append(f'<p class="muted">Sensitivity target: {", ".join(f"{t:.0%}" for t in targets)}.</p>')
-    if any(r["auc"] is None for r in rows):
-        out.append('<div class="warn">n/a AUC: the evaluated split holds one class only, so AUC, ROC and the '
-                   "sensitivity operating point are undefined for it.</div>")
+    undefined = [f"{r['model']} / {r['policy']}" for r in rows if r["auc"] is None]
+    if undefined:
+        out.append(f'<div class="warn">n/a AUC for {e(", ".join(undefined))}: the evaluated split holds one '
+                   "class only, so AUC, the ROC curve and the sensitivity operating point are undefined.</div>")
 
     # reference
     ref = ctx["reference"]
@@ -454,6 +454,8 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
     if figs.get("roc_all"):
         out.append("<h2>ROC curves, all pairs (TTA)</h2>")
         out.append(f'<div class="figs"><img alt="ROC curves of every pair" src="{figs["roc_all"]}"></div>')
+        if undefined:
+            out.append(f'<p class="muted">Not drawn (undefined): {e(", ".join(undefined))}.</p>')
     out.append("<h2>Per pair</h2>")
     for i, (run, r) in enumerate(zip(runs, rows, strict=True)):
         f = figs["pairs"][id(run)]
