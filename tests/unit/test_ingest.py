@@ -307,6 +307,25 @@ def test_unreachable_gcs_names_the_uri_quickly(tmp_path, monkeypatch):
     _no_leftovers(tmp_path / "out", tmp_path / "c")
 
 
+def test_gfile_copy_of_a_tree(kaggle_sample, tmp_path):
+    """The gs:// copy code, run by tf.io.gfile on a local tree (gfile treats both alike)."""
+    copied = ingest_module._copy_gcs(str(kaggle_sample), tmp_path / "copy")
+    assert sorted(p.relative_to(copied).as_posix() for p in copied.rglob("*.tif")) == \
+        sorted(p.relative_to(kaggle_sample).as_posix() for p in kaggle_sample.rglob("*.tif"))
+    assert (copied / "train_labels.csv").read_bytes() == (kaggle_sample / "train_labels.csv").read_bytes()
+
+
+def test_https_mirror_is_md5_checked(http_server, tmp_path):
+    http_server.files = {f"{PREFIX}_train_y.h5.gz": b"not the official file"}
+    with pytest.raises(DataError, match=f"{http_server.base_url}/mirror/{PREFIX}_train_x.h5.gz: HTTP 404"):
+        ingest(f"{http_server.base_url}/mirror/", tmp_path / "out", cache_dir=tmp_path / "c")
+    http_server.files[f"{PREFIX}_train_x.h5.gz"] = b"not the official file either"
+    with pytest.raises(DataError, match=f"{PREFIX}_train_x.h5.gz: md5 .* does not match the expected 1571f514"):
+        ingest(f"{http_server.base_url}/mirror/", tmp_path / "out", cache_dir=tmp_path / "c")
+    _no_leftovers(tmp_path / "out", tmp_path / "c")
+    assert not list((tmp_path / "c").rglob(f"{PREFIX}_train_x.h5.gz*"))
+
+
 def test_cli_bad_input_exits_2_with_one_line(pcam_sample, tmp_path, capsys):
     bad = _folder_with(pcam_sample, tmp_path / "src", "gray.png", lambda im: im.convert("L"))
     code = main(["ingest", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
