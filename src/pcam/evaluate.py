@@ -5,6 +5,8 @@ vertical flip, rotation by 90 and by 270 degrees; PCam patches have no canonical
 orientation, so every view is an equally valid picture of the same tissue). For each
 batch the V views are concatenated into one V*B batch and the model runs once on it,
 so TTA costs one forward pass per batch, not a Python loop over images or views.
+``evaluate.batch_size`` counts patches: the model sees V times as many images per
+call, so lower it for large models on small accelerators (ResNet50 upsizes to 224 px).
 
 Two decisions come out of the V probabilities:
 
