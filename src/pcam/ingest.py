@@ -138,7 +138,8 @@ def ingest(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], fmt:
             fmt = detect_format(root)
         if fmt in ("hdf5", "synthetic"):
             is_synthetic = is_synthetic or fmt == "synthetic" or (root / "SYNTHETIC.json").exists()
-            scratch = Path(stack.enter_context(_scratch_dir(cache)))
+            gz = any(p.name.endswith(".h5.gz") for p in root.iterdir())
+            scratch = Path(stack.enter_context(_scratch_dir(cache))) if gz else root  # only .gz needs scratch
             parts = _hdf5_parts(root, limit_per_split, seed, convert, scratch, stats)
         elif fmt == "kaggle":
             parts = _kaggle_parts(root, limit_per_split, seed, convert, stats, workers)
