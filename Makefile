@@ -74,7 +74,7 @@ image-check: setup ## Really build the CPU image offline here (debootstrap + pod
 kind-up: ## Create a kind cluster with KFP standalone and load the images (needs Docker)
 	scripts/kind-up.sh
 
-kind-test: ## Run the demo pipeline on the kind cluster (needs Docker)
+kind-test: setup ## Run the demo pipeline on the kind cluster (needs Docker)
 	scripts/kind-test.sh
 
 bench: setup ## Run the benchmarks; prints `name value unit goal` lines

@@ -103,8 +103,11 @@ base_seconds=$((SECONDS - t0))
 t0=$SECONDS
 say "wheels for requirements.lock -> $WHEELS (host pip; sdist-only packages are built here)"
 mkdir -p "$WHEELS"
-"$PYTHON" -m pip wheel --quiet --disable-pip-version-check -r requirements.lock \
-    'setuptools>=77' wheel --wheel-dir "$WHEELS"
+if ! "$PYTHON" -m pip wheel --disable-pip-version-check -r requirements.lock \
+    'setuptools>=77' wheel --wheel-dir "$WHEELS" >"$WORK/wheels.log" 2>&1; then
+    tail -20 "$WORK/wheels.log" >&2
+    die "building the wheelhouse failed (log: $WORK/wheels.log)"
+fi
 rm -f "$WHEELS"/pcam-*.whl  # the image builds its own from the sources
 wheels_seconds=$((SECONDS - t0))
 

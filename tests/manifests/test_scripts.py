@@ -157,6 +157,7 @@ def test_dockerfile_contract(name):
     assert re.search(r"^ARG WHEELHOUSE=images/wheelhouse$", text, re.M)
     assert "pip wheel $offline --find-links /wheels --no-deps" in text
     assert "pip install $offline --find-links /wheels -r /tmp/runtime.txt" in text
+    assert ("-c /tmp/cuda.lock" in text) == (name == "gpu")
     assert "pip install --no-index --no-deps /dist/pcam-*.whl" in text
     for path in ("/gcs", "/minio", "/s3"):  # KFP launcher's local artifact paths
         assert path in text
@@ -199,11 +200,21 @@ def test_gpu_image_swaps_tensorflow_cpu_for_the_cuda_build_of_the_same_version()
     assert "TF_FORCE_GPU_ALLOW_GROWTH=true" in dockerfile("gpu")
 
 
+def test_cuda_wheels_are_pinned_and_disjoint_from_the_lock():
+    lines = [line for line in (ROOT / "images" / "gpu" / "cuda.lock").read_text().splitlines()
+             if line and not line.startswith("#")]
+    assert lines and all(re.fullmatch(r"nvidia-[a-z0-9-]+==[0-9][0-9.]*", line) for line in lines), lines
+    names = {line.split("==")[0] for line in lines}
+    assert {"nvidia-cudnn-cu12", "nvidia-cublas-cu12", "nvidia-cuda-runtime-cu12"} <= names
+    lock = {line.split("==")[0].lower() for line in (ROOT / "requirements.lock").read_text().split()}
+    assert not names & lock
+
+
 def test_dockerignore_keeps_the_context_small_but_sufficient():
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "*"
     for needed in ("!pyproject.toml", "!README.md", "!requirements.lock", "!src/", "!images/wheelhouse/",
-                   "!build/wheels/"):
+                   "!images/gpu/cuda.lock", "!build/wheels/"):
         assert needed in lines
     assert (ROOT / "images" / "wheelhouse").is_dir()
 
