@@ -20,7 +20,6 @@ import csv
 import hashlib
 import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ import pandas as pd
 
 from pcam import IMAGE_SHAPE, __version__
 from pcam.errors import DataError
-from pcam.fsutil import file_sha256, read_json, write_json
+from pcam.fsutil import file_sha256, read_json, temp_dir_beside, write_json
 
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.npy"
@@ -53,8 +52,7 @@ class DatasetWriter:
         if capacity <= 0:
             raise DataError(f"{out_dir}: no patches to write (the source is empty)")
         self.out_dir = Path(out_dir)
-        self.out_dir.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.out_dir.name}.", suffix=".tmp", dir=self.out_dir.parent))
+        self._tmp = temp_dir_beside(self.out_dir)
         self.capacity = capacity
         self._images = np.lib.format.open_memmap(self._tmp / IMAGES_FILE, mode="w+", dtype=np.uint8,
                                                  shape=(capacity, *IMAGE_SHAPE))

@@ -23,6 +23,24 @@ from pcam.errors import DataError
 CHUNK = 1 << 20
 
 
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+def temp_dir_beside(final: Path) -> Path:
+    """A fresh hidden directory next to ``final`` (same filesystem, so rename is atomic).
+
+    mkdtemp creates it 0700; artifacts are read by other users (the container's
+    non-root user, KFP's launcher), so give it the normal umask-derived mode.
+    """
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())
+    return tmp
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
@@ -34,6 +52,7 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.stem}.", suffix=f".tmp{final.suffix}", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, 0o666 & ~_umask())
     try:
         yield tmp
         if tmp.is_dir():
@@ -82,8 +101,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Build a directory under a temporary name and swap it into place on success."""
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    tmp = temp_dir_beside(final)
     try:
         yield tmp
         if final.exists():

@@ -49,3 +49,20 @@ def test_corrupted_dataset_is_refused(tmp_path):
     (tmp_path / "ds" / MANIFEST_FILE).unlink()
     with pytest.raises(DataError, match="manifest.json"):
         open_dataset(tmp_path / "ds")
+
+
+def test_outputs_are_readable_by_other_users(tmp_path):
+    images, labels = _batch(2)
+    writer = DatasetWriter(tmp_path / "ds", capacity=2)
+    writer.add(images, labels, ["a", "b"], "train")
+    writer.finish("mem://", "test")
+    assert (tmp_path / "ds").stat().st_mode & 0o055 == 0o055 & ~_umask_now()
+    assert (tmp_path / "ds" / "manifest.json").stat().st_mode & 0o044 == 0o044 & ~_umask_now()
+
+
+def _umask_now():
+    import os
+
+    current = os.umask(0)
+    os.umask(current)
+    return current
