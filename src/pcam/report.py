@@ -47,7 +47,7 @@ COLUMNS = (
     "specificity_at_target_single", "params", "epochs", "n", "run",
 )
 DEFAULT_REFERENCE = {
-    "study": "the study's random 70/20/10 split of the Kaggle variant",
+    "study": "random 70/20/10 split of the Kaggle variant",
     "rows": [
         {"model": "resnet50", "accuracy": 0.985, "auc": 0.984},
         {"model": "cnn", "accuracy": 0.949, "auc": 0.944},
@@ -273,7 +273,8 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in COLUMNS})
+            writer.writerow({k: "" if row.get(k) is None else round(row[k], 6) if isinstance(row[k], float)
+                             else row[k] for k in COLUMNS})
 
 
 def _markdown(rows: list[dict[str, Any]], best: int | None, ctx: dict[str, Any]) -> str:
@@ -306,7 +307,7 @@ def _markdown(rows: list[dict[str, Any]], best: int | None, ctx: dict[str, Any])
     if any(r["auc"] is None for r in rows):
         lines += ["", "n/a: AUC is undefined when the evaluated split holds one class only."]
     ref = ctx["reference"]
-    lines += ["", f"Reference ({ref.get('study', 'published')}):", "", "| model | accuracy | AUC |", "|---|---|---|"]
+    lines += ["", f"Reference (the study: {ref.get('study', 'published')}):", "", "| model | accuracy | AUC |", "|---|---|---|"]
     lines += [f"| {r['model']} | {_fmt(r.get('accuracy'), 3)} | {_fmt(r.get('auc'), 3)} |" for r in ref.get("rows", [])]
     official = ref.get("official_split")
     if official:
@@ -315,6 +316,15 @@ def _markdown(rows: list[dict[str, Any]], best: int | None, ctx: dict[str, Any])
     for note in ctx["notes"]:
         lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
+
+
+STEP_ORDER = ("synth", "download", "ingest", "split", "shard", "lr-find", "train", "finetune", "evaluate",
+              "report", "promote")
+
+
+def _ordered_steps(steps: dict[str, Any]) -> dict[str, Any]:
+    """Pipeline order (JSON files often come back sorted by name)."""
+    return dict(sorted(steps.items(), key=lambda kv: (_order(kv[0], STEP_ORDER), kv[0])))
 
 
 def _data_uri(path: Path) -> str:
@@ -407,8 +417,9 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
         f"{'/'.join(map(str, views)) or 'n/a'} orientations; the label is the majority vote of the "
         "thresholded views (a tie counts as tumour), AUC uses the mean view probability. "
         "<b>single</b>: the unaugmented patch only. &Delta; = TTA minus single (green: TTA helped). "
-        "Spec. @ sens. target: specificity at the highest threshold that still finds the target share of "
-        "tumours. The best row (highest TTA AUC, then F1) is highlighted.</p>")
+        "Threshold / specificity at the target sensitivity: the highest cut-off on the TTA probability that "
+        "still finds that share of tumours, and the share of normal patches it leaves alone there. "
+        "The best row (highest TTA AUC, then F1) is highlighted.</p>")
     targets = sorted({m["metrics"]["tta"].get("target_sensitivity") for m in runs} - {None})
     sens = "/".join(f"{t:.0%}" for t in targets) or "target"
     head = ["model", "policy", "TTA views", "AUC", "AUC single", "&Delta; AUC", "accuracy", "accuracy single",
@@ -430,6 +441,14 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
             f"<td>{_fmt(r['specificity_at_target'])}</td><td>{_fmt_seconds(r['train_seconds'])}</td>"
             f"<td>{_fmt(r['epochs'])}</td><td>{params}</td></tr>")
     out.append("</table></div>")
+    off_centre = [f"{r['model']} / {r['policy']}" for r in rows
+                  if r["auc"] is not None and r["accuracy"] is not None and r["auc"] - r["accuracy"] >= 0.25]
+    if off_centre:
+        thresholds = sorted({m["metrics"].get("threshold") for m in runs} - {None})
+        out.append(f'<div class="warn">{e(", ".join(off_centre))}: the ranking is much better (AUC) than the '
+                   f"decisions at threshold {'/'.join(map(str, thresholds))} (accuracy): the predicted "
+                   "probabilities sit on one side of the threshold, typical after short training. The "
+                   "threshold column above shows where a usable cut-off lies.</div>")
     undefined = [f"{r['model']} / {r['policy']}" for r in rows if r["auc"] is None]
     if undefined:
         out.append(f'<div class="warn">n/a AUC for {e(", ".join(undefined))}: the evaluated split holds one '
@@ -437,9 +456,9 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
 
     # reference
     ref = ctx["reference"]
-    out.append(f"<h2>Reference numbers</h2><p class=\"muted\">From {e(str(ref.get('study', 'published work')))}"
-               ". Same metric names as above; different data and split, so compare orders of magnitude, "
-               "not decimals.</p>")
+    out.append(f"<h2>Reference numbers</h2><p class=\"muted\">Published results; the study's rows come from "
+               f"its {e(str(ref.get('study', 'own split')))}. Different data and split from this run: "
+               "compare orders of magnitude, not decimals.</p>")
     out.append('<table><tr><th class="l">model</th><th>accuracy</th><th>AUC</th></tr>')
     for r in ref.get("rows", []):
         out.append(f'<tr><td class="l">{e(str(r["model"]))} (study, random split)</td>'
@@ -479,14 +498,19 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
                 out.append(f'<img alt="{alt}" src="{f[key]}">')
         out.append("</div>")
         out.append("</div>")
-    steps = ctx.get("step_seconds") or {}
+    steps = _ordered_steps(ctx.get("step_seconds") or {})
     if steps:
         out.append("<h2>Step timings</h2>")
         if figs.get("steps"):
             out.append(f'<div class="figs"><img alt="seconds per step" src="{figs["steps"]}"></div>')
-        out.append('<table><tr><th class="l">step</th><th>seconds</th></tr>')
-        out += [f'<tr><td class="l">{e(str(k))}</td><td>{_fmt_seconds(_num(v))}</td></tr>' for k, v in steps.items()]
-        out.append("</table>")
+        out.append('<p class="muted">Wall-clock seconds per step, summed over every pair for the per-pair '
+                   "steps (train, fine-tune, evaluate).</p>")
+        out.append('<table><tr><th class="l">step</th><th>seconds</th><th></th></tr>')
+        out += [f'<tr><td class="l">{e(str(k))}</td><td>{_fmt(_num(v), 1)}</td><td>{_fmt_seconds(_num(v))}</td></tr>'
+                for k, v in steps.items()]
+        total = sum(v for v in map(_num, steps.values()) if v is not None)
+        out.append(f'<tr><td class="l"><b>total</b></td><td><b>{total:.1f}</b></td>'
+                   f"<td><b>{_fmt_seconds(total)}</b></td></tr></table>")
     if ctx["notes"]:
         out.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(str(n))}</li>" for n in ctx["notes"]) + "</ul>")
     out.append("</body></html>")
@@ -534,7 +558,7 @@ def _figures(runs: list[dict[str, Any]], rows: list[dict[str, Any]], plot_dir: P
         figs["roc_all"] = keep(plots.plot_roc(all_curves, "ROC, TTA mean probability", plot_dir / "roc-all.png",
                                                   wide=True))
     if ctx.get("step_seconds"):
-        steps = {k: v for k, v in ctx["step_seconds"].items() if _num(v) is not None}
+        steps = {k: v for k, v in _ordered_steps(ctx["step_seconds"]).items() if _num(v) is not None}
         if steps:
             figs["steps"] = keep(plots.plot_step_seconds(steps, plot_dir / "steps.png"))
     return figs, written
@@ -559,6 +583,9 @@ def build_report(run_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.P
         _write_csv(tmp / "summary.csv", rows)
         (tmp / "summary.md").write_text(_markdown(rows, best, ctx))
         (tmp / "report.html").write_text(_html(rows, runs, best, ctx, figs))
+        # readable by whoever serves or opens the report (temp files are created 0600)
+        for path in [tmp, tmp / "plots", *tmp.rglob("*")]:
+            path.chmod(0o755 if path.is_dir() else 0o644)
     log.info("report: %s (%d pairs)", out / "report.html", len(rows))
     return {
         "rows": rows,

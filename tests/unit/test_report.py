@@ -80,7 +80,7 @@ def runs(tmp_path_factory, patches):
 CONTEXT = {
     "experiment": "pcam-test", "source": "synthetic", "format": "synthetic", "split_mode": "random", "seed": 42,
     "config_digest": "ab" * 32, "image": "localhost/pcam-gpu:abc123", "data_checksums": {"images.npy": "cd" * 32},
-    "step_seconds": {"ingest": 1.5, "train": 30.0, "evaluate": 4.0},
+    "step_seconds": {"evaluate": 4.0, "ingest": 1.5, "train": 30.0},  # sorted by name, as steps.json is
     "versions": {"kfp": "2.17.3"}, "notes": ["tiny test run"],
 }
 
@@ -133,6 +133,8 @@ def test_html_is_self_contained_and_states_provenance(built):
     assert sorted(p.name for p in (out / "plots").iterdir()) == summary["plots"]
     assert "history-mobilenetv2-onecycle.png" in summary["plots"]
     assert "fine-tuning from epoch 4" in page
+    steps = page[page.index("Step timings"):]
+    assert steps.index(">ingest<") < steps.index(">train<") < steps.index(">evaluate<")  # pipeline order
 
 
 def test_markdown_has_table_and_context(built):
