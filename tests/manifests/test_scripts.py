@@ -39,7 +39,8 @@ def test_shellcheck_clean_and_strict(script):
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash\n"), script
     assert "set -euo pipefail" in text, script
-    assert os.access(script, os.X_OK), f"{script} is not executable"
+    if script.parent.name == "scripts":  # make runs these directly
+        assert os.access(script, os.X_OK), f"{script} is not executable"
 
 
 def fake_tool(tmp_path: Path, name: str) -> Path:
