@@ -183,7 +183,7 @@ def _replace_local(champion: Path, files: dict[str, Path], provenance: dict[str,
     staging = Path(tempfile.mkdtemp(prefix=f".{champion.name}.new-", dir=champion.parent))
     try:
         for name, src in files.items():
-            shutil.copy2(src, staging / name)
+            shutil.copyfile(src, staging / name)  # umask permissions, not the source's
         write_json(staging / CHAMPION_FILE, provenance)
         os.chmod(staging, 0o755)
         if champion.exists():
