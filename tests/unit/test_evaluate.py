@@ -58,7 +58,7 @@ def _colour_model(images, labels):
     outputs = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Dense(8, activation="relu")(x))
     model = keras.Model(inputs, outputs)
     model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
-    model.fit(images.astype("float32"), labels.astype("float32"), epochs=15, batch_size=40, verbose=0)
+    model.fit(images.astype("float32"), labels.astype("float32"), epochs=6, batch_size=40, verbose=0)
     return model
 
 

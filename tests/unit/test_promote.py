@@ -34,7 +34,7 @@ def _model(kind, images=None, labels=None):
     model = keras.Model(inputs, keras.layers.Dense(1, activation="sigmoid")(x))
     if kind == "fitted":
         model.compile(keras.optimizers.Adam(0.05), "binary_crossentropy")
-        model.fit(images.astype("float32"), labels.astype("float32"), epochs=15, batch_size=40, verbose=0)
+        model.fit(images.astype("float32"), labels.astype("float32"), epochs=6, batch_size=40, verbose=0)
     return model
 
 
