@@ -5,11 +5,14 @@ Each subcommand lives in its own module, which defines ``add_arguments(parser)``
 ``pcam --help`` answers without loading TensorFlow.
 
 Any :class:`pcam.errors.PcamError` becomes one line on stderr and exit code 2.
+An environment fault (disk full, quota, a TensorFlow I/O or corrupt-record error)
+becomes one line naming the output or file too, exit code 2, instead of a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import os
@@ -56,6 +59,49 @@ def _command_parser(name: str, module_name: str, help_text: str) -> tuple[argpar
     return parser, module
 
 
+WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+"""Errors that mean "the output could not be written" (disk full, file size limit, quota, read-only)."""
+TF_NOISE = ("Graph execution error", "Detected at node", "File ", "[[", "[Op:")
+
+
+def _tensorflow_error(exc: BaseException) -> bool:
+    """Is ``exc`` a TensorFlow runtime error? Checked without importing TensorFlow."""
+    tf = sys.modules.get("tensorflow")
+    errors = getattr(tf, "errors", None)
+    return errors is not None and isinstance(exc, errors.OpError)
+
+
+def environment_error(exc: BaseException, args: argparse.Namespace | None) -> str:
+    """One line for an OSError or TensorFlow error escaping a command: what failed, naming the path.
+
+    A write that fails for lack of space names the command's ``--out`` (the temp file
+    the step was writing is gone by now). TensorFlow's corrupt-record error names no
+    file, so with a ``--shards`` input the shards are re-checked against index.json
+    (sha256), which names the damaged shard.
+    """
+    out = getattr(args, "out", None)
+    if isinstance(exc, OSError):
+        text = exc.strerror or str(exc)
+        where = exc.filename
+    else:
+        # Graph-mode errors wrap the message in a node traceback; keep the message line.
+        lines = [line.strip() for line in str(getattr(exc, "message", exc)).splitlines() if line.strip()
+                 and not line.strip().startswith(TF_NOISE)]
+        text = lines[-1] if lines else type(exc).__name__
+        where = None
+        if type(exc).__name__ == "DataLossError" and getattr(args, "shards", None):
+            from pcam.shard import load_index
+
+            try:
+                load_index(args.shards, verify=True)
+            except PcamError as damage:
+                return str(damage)
+            text = f"{args.shards}: corrupt TFRecord data ({text})"
+    if out and any(os.strerror(code) in text for code in WRITE_ERRNOS):
+        return f"cannot write {out}: {text}" + (f" ({where})" if where else "")
+    return f"{where}: {text}" if where else text
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = build_parser()
@@ -74,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     name = argv[position]
     module_name, help_text = known[name]
+    args = None
     try:
         parser, module = _command_parser(name, module_name, help_text)
         args = parser.parse_args(argv[position + 1 :])
@@ -84,6 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"pcam {name}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        print(f"pcam {name}: error: {environment_error(exc, args)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if not _tensorflow_error(exc):
+            raise
+        print(f"pcam {name}: error: {environment_error(exc, args)}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 

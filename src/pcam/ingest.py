@@ -568,6 +568,13 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)} (found: {', '.join(table.columns)})")
     if table.empty:
         raise DataError(f"{path}: no rows")
+    # The first required column is the row's key (id or path): an empty cell would reach
+    # the readers as NaN and fail there with a TypeError instead of this message.
+    empty = table[required[0]].isna().to_numpy()
+    if empty.any():
+        i = int(np.flatnonzero(empty)[0])
+        raise DataError(f"{path}: row {i + 2} has an empty {required[0]!r}"
+                        + (f" ({int(empty.sum())} rows do)" if empty.sum() > 1 else ""))
     return table
 
 

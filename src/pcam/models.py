@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import keras
@@ -150,15 +151,23 @@ def _load_base_weights(base: keras.Model, weights: str, model_name: str) -> None
         return
     local, tmp = _local_copy(weights)
     try:
-        base.load_weights(str(local))
+        # A file of another architecture makes Keras warn once per layer before it raises;
+        # hold the warnings so the one error below is what the user reads.
+        with warnings.catch_warnings(record=True) as held:
+            warnings.simplefilter("always")
+            base.load_weights(str(local))
     except (ValueError, KeyError, OSError, TypeError) as exc:
+        # Keras' message goes on to print every mismatched weight array: keep its first line.
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
         raise ConfigError(
             f"weights file {weights!r} does not fit the {model_name} base network "
-            f"(saved from another architecture or corrupt): {exc}"
+            f"(saved from another architecture or corrupt): {first}"
         ) from None
     finally:
         if tmp is not None:
             tmp.unlink(missing_ok=True)
+    for warning in held:
+        log.warning("%s: %s", weights, warning.message)
     log.info("loaded %s base weights from %s", model_name, weights)
 
 
