@@ -1,0 +1,38 @@
+"""Smoke test of the benchmarks (not the benchmarks themselves: `make bench` runs those).
+
+Runs `bench.run_all --quick --only memory` at two tiny sizes, end to end (official-format
+HDF5 written from real sample pixels, `pcam ingest` in a subprocess, peak RSS read
+back), and checks the output ends with `name value unit goal` lines, so the bench
+plumbing cannot rot unnoticed. The TensorFlow benches need tens of seconds even at
+their --quick sizes on this machine and are left to `make bench`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+LINE = re.compile(r"^(\S+) (\S+) (\S+) (\S+)(  ok|  MISSED)?(  \(load [\d.]+\))?$")
+
+
+def test_run_all_quick_memory_prints_figure_lines(shared_dir: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from bench import memory_bench, run_all
+    from bench.demo_bench import step_times
+
+    monkeypatch.setenv("PCAM_SHARED", str(shared_dir))
+    monkeypatch.setattr(memory_bench, "QUICK_SIZES", (96, 192))
+    assert run_all.main(["--quick", "--only", "memory"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    figures = {m.group(1): m for m in map(LINE.match, lines[-7:]) if m}
+    assert set(figures) == {"ingest_peak_rss_96", "ingest_peak_anon_rss_96", "ingest_hdf5_96_images_per_s",
+                            "ingest_peak_rss_192", "ingest_peak_anon_rss_192", "ingest_hdf5_192_images_per_s",
+                            "ingest_peak_rss_growth_96_to_192"}
+    rss = float(figures["ingest_peak_rss_192"].group(2))
+    assert 10 < rss < 1536, rss  # a real child's peak, in MiB
+    assert figures["ingest_peak_rss_192"].group(3) == "MiB"
+    # run_local's step table is what the demo bench parses.
+    assert step_times("step times (kfp.local, one subprocess per step):\n  ingest      12.5 s\n"
+                      "  train       40.0 s (4 runs)\n  total      99.0 s\n") == {"ingest": 12.5, "train": 40.0}
