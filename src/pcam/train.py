@@ -1,0 +1,554 @@
+"""Train one model under one LR policy, resumable after preemption (``pcam train``).
+
+Layers:
+
+* :func:`fit_model` - the core: a compiled model, a training dataset (or a function
+  ``epoch -> dataset``), a validation dataset and an LR policy in; per-epoch history,
+  best model, checkpoints and TensorBoard logs out. Tests drive it with in-memory data.
+* :func:`train` / :func:`finetune` - read the shards (``pcam.input.make_dataset``),
+  build or load the model, compile, call :func:`fit_model`, write ``train.json``.
+
+Resume: after every epoch a complete checkpoint is written to
+``<out>/checkpoint/epoch-NNNNN/`` (or ``<train.checkpoint_uri>/<model>-<policy>-<stage>/
+epoch-NNNNN/``, which may be gs://): ``variables.npz`` (every model variable,
+including dropout seed-generator states, and every optimizer variable, including the
+iteration count and Adam moments) then ``state.json`` (epoch, history so far, LR
+policy state, best metric) written last as the commit marker. Locally the epoch
+directory is built under a temporary name and renamed; a directory without
+``state.json`` is ignored. The previous checkpoint is deleted only after the new
+one is complete. Determinism across a resume: the global RNGs are reseeded at the
+start of every epoch with ``seed * 1000 + epoch`` and the training dataset for epoch
+``e`` is built with that seed, so an interrupted-and-resumed run repeats exactly the
+computation of an uninterrupted one (on CPU the final weights are bit-identical;
+tests check it).
+
+The one-cycle LR is set before every step; history's ``lr`` is the LR of the epoch's
+first step.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pcam.config import POLICY_NAMES, TRANSFER_MODELS, ExperimentConfig, ModelConfig, load_config
+from pcam.errors import ConfigError, DataError
+from pcam.fsutil import atomic_open, atomic_path, read_json, write_json
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = ("epoch", "stage", "loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc",
+                   "lr", "seconds", "images_per_second")
+CHECKPOINT_PREFIX = "epoch-"
+STATE_FILE = "state.json"
+VARIABLES_FILE = "variables.npz"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def verbosity() -> int:
+    """Keras progress bar when a person watches; one line per epoch in logs and pods."""
+    return 1 if sys.stderr.isatty() else 2
+
+
+def compile_model(model: Any, model_cfg: ModelConfig, xla: bool = False) -> None:
+    """Binary cross-entropy, accuracy + AUC; Adam, or SGD (momentum 0.9) for ``optimizer: sgd``."""
+    import keras
+
+    if model_cfg.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate=model_cfg.learning_rate, momentum=0.9)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate=model_cfg.learning_rate)
+    if keras.mixed_precision.global_policy().name == "mixed_float16":
+        optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
+    model.compile(optimizer=optimizer, loss="binary_crossentropy",
+                  metrics=["accuracy", keras.metrics.AUC(name="auc")], jit_compile=bool(xla))
+
+
+def strategy_for_devices() -> Any:
+    """MirroredStrategy across GPUs when more than one is visible, else the default strategy."""
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if len(gpus) > 1:
+        log.info("training on %d GPUs with MirroredStrategy", len(gpus))
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+class _precision:
+    """Set the global Keras dtype policy for a block and restore it afterwards."""
+
+    def __init__(self, mixed: bool):
+        self.mixed = mixed
+
+    def __enter__(self) -> None:
+        import keras
+
+        self.saved = keras.mixed_precision.global_policy().name
+        keras.mixed_precision.set_global_policy("mixed_float16" if self.mixed else "float32")
+
+    def __exit__(self, *exc: object) -> None:
+        import keras
+
+        keras.mixed_precision.set_global_policy(self.saved)
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+def _gfile() -> Any:
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def checkpoint_root(out_dir: str | os.PathLike[str], cfg: ExperimentConfig, model_name: str,
+                    policy: str, stage: str) -> str:
+    """``<out>/checkpoint`` or ``<train.checkpoint_uri>/<model>-<policy>-<stage>``."""
+    if cfg.train.checkpoint_uri:
+        return f"{cfg.train.checkpoint_uri.rstrip('/')}/{model_name}-{policy}-{stage}"
+    return str(Path(out_dir) / "checkpoint")
+
+
+def _complete_checkpoints(root: str) -> list[tuple[int, str]]:
+    """(epoch, dir) of every committed checkpoint, oldest first; temp and half-written dirs skipped."""
+    gfile = _gfile()
+    if not gfile.isdir(root):
+        return []
+    found = []
+    for name in gfile.listdir(root):
+        name = name.rstrip("/")
+        if not name.startswith(CHECKPOINT_PREFIX):
+            continue  # ".epoch-00003.tmp..." and other leftovers
+        try:
+            epoch = int(name[len(CHECKPOINT_PREFIX):])
+        except ValueError:
+            continue
+        path = f"{root}/{name}"
+        if gfile.exists(f"{path}/{STATE_FILE}") and gfile.exists(f"{path}/{VARIABLES_FILE}"):
+            found.append((epoch, path))
+    return sorted(found)
+
+
+def _variables(model: Any) -> list[Any]:
+    """Every variable that carries training state: model (incl. seed generators) then optimizer."""
+    return list(model.variables) + list(model.optimizer.variables)
+
+
+def _ensure_optimizer_built(model: Any) -> None:
+    if not model.optimizer.built:
+        model.optimizer.build(model.trainable_variables)
+
+
+def save_checkpoint(root: str, model: Any, state: dict[str, Any]) -> str:
+    """Write epoch ``state['epoch']``'s checkpoint; drop older ones once it is complete."""
+    gfile = _gfile()
+    epoch = int(state["epoch"])
+    name = f"{CHECKPOINT_PREFIX}{epoch:05d}"
+    final = f"{root}/{name}"
+    _ensure_optimizer_built(model)
+    arrays = {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(_variables(model))}
+    state = {**state, "variable_paths": [v.path for v in _variables(model)]}
+    with tempfile.TemporaryDirectory(prefix="pcam-ckpt-") as scratch:
+        np.savez(Path(scratch) / VARIABLES_FILE, **arrays)
+        (Path(scratch) / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
+        if "://" in root:
+            # Object stores have no atomic directory rename: copy the variables first
+            # and state.json last; readers only trust directories holding state.json.
+            gfile.makedirs(final)
+            gfile.copy(str(Path(scratch) / VARIABLES_FILE), f"{final}/{VARIABLES_FILE}", overwrite=True)
+            gfile.copy(str(Path(scratch) / STATE_FILE), f"{final}/{STATE_FILE}", overwrite=True)
+        else:
+            Path(root).mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
+            shutil.move(str(Path(scratch) / VARIABLES_FILE), tmp / VARIABLES_FILE)
+            shutil.move(str(Path(scratch) / STATE_FILE), tmp / STATE_FILE)
+            if Path(final).exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+    # Only now that this one is complete: drop older checkpoints and the leftovers of
+    # writes killed half-way (".epoch-N.*.tmp" dirs, epoch dirs without state.json).
+    for entry in gfile.listdir(root):
+        entry = entry.rstrip("/")
+        if entry != name and entry.lstrip(".").startswith(CHECKPOINT_PREFIX):
+            gfile.rmtree(f"{root}/{entry}")
+    return final
+
+
+def load_checkpoint(root: str, model: Any) -> dict[str, Any] | None:
+    """Restore the newest complete checkpoint into ``model``; its state, or None if there is none."""
+    checkpoints = _complete_checkpoints(root)
+    if not checkpoints:
+        return None
+    epoch, path = checkpoints[-1]
+    gfile = _gfile()
+    with gfile.GFile(f"{path}/{STATE_FILE}", "r") as handle:
+        try:
+            state = json.loads(handle.read())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}/{STATE_FILE}: not valid JSON ({exc})") from None
+    with gfile.GFile(f"{path}/{VARIABLES_FILE}", "rb") as handle:
+        arrays = np.load(io.BytesIO(handle.read()))
+        values = [arrays[f"v{i:05d}"] for i in range(len(arrays.files))]
+    _ensure_optimizer_built(model)
+    variables = _variables(model)
+    shapes_ok = len(values) == len(variables) and all(
+        tuple(v.shape) == a.shape for v, a in zip(variables, values, strict=False))
+    if not shapes_ok:
+        raise DataError(f"{path}: checkpoint does not match this model ({len(values)} saved variables, "
+                        f"{len(variables)} in the model); delete it or pass --no-resume")
+    for variable, value in zip(variables, values, strict=True):
+        variable.assign(value)
+    log.info("resuming from checkpoint %s (epoch %d done)", path, epoch)
+    return state
+
+
+# --------------------------------------------------------------------------- the core
+
+
+class _StepLR:
+    """Keras callback: set the policy's LR before every batch, time the training part of the epoch."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        import keras
+
+        class StepLR(keras.callbacks.Callback):
+            def __init__(self, policy: Any, first_step: int):
+                super().__init__()
+                self.policy = policy
+                self.step = first_step
+                self.first_lr = policy.lr_at(first_step)
+                self.train_seconds = 0.0
+                self._t0 = 0.0
+
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                self._t0 = time.perf_counter()
+
+            def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+                self.model.optimizer.learning_rate = self.policy.lr_at(self.step)
+                self.step += 1
+
+            def on_test_begin(self, logs: Any = None) -> None:
+                if not self.train_seconds:
+                    self.train_seconds = time.perf_counter() - self._t0
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                if not self.train_seconds:
+                    self.train_seconds = time.perf_counter() - self._t0
+
+        return StepLR(*args, **kwargs)
+
+
+def _write_tensorboard(log_dir: Path, row: dict[str, Any]) -> None:
+    """Per-epoch scalars in TensorBoard's format (``train/`` and ``validation/``, tags ``epoch_*``).
+
+    Written with core ``tf.summary.write`` plus the scalars-plugin metadata rather than
+    ``keras.callbacks.TensorBoard``: TensorFlow 2.21 no longer installs the
+    ``tensorboard`` package that ``tf.summary.scalar`` needs, and the viewer is not
+    a runtime dependency of training.
+    """
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+    groups = {"train": ("loss", "accuracy", "auc", "lr", "images_per_second"),
+              "validation": ("val_loss", "val_accuracy", "val_auc")}
+    for group, keys in groups.items():
+        writer = tf.summary.create_file_writer(str(log_dir / group))
+        with writer.as_default():
+            for key in keys:
+                value = row.get(key)
+                if value is not None and math.isfinite(value):
+                    tf.summary.write(f"epoch_{key.removeprefix('val_')}", tf.constant(float(value), tf.float32),
+                                     step=int(row["epoch"]), metadata=metadata)
+        writer.close()
+
+
+def _improved(value: float, best: float | None) -> bool:
+    return not math.isnan(value) and (best is None or value > best)
+
+
+def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
+    write_json(out_dir / "history.json", history)
+    with atomic_open(out_dir / "history.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(HISTORY_COLUMNS), extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def fit_model(
+    model: Any,
+    train_data: Any,
+    val_ds: Any,
+    *,
+    out_dir: str | os.PathLike[str],
+    policy: Any,
+    epochs: int,
+    steps_per_epoch: int,
+    train_images: int,
+    monitor: str = "val_auc",
+    seed: int = 0,
+    checkpoint_dir: str | None = None,
+    resume: bool = True,
+    stage: str = "train",
+    prior_history: list[dict[str, Any]] | None = None,
+    fixed_steps: bool = False,
+    verbose: int | None = None,
+) -> dict[str, Any]:
+    """Train a compiled ``model`` for ``epochs`` epochs; checkpoint after each, resume if asked.
+
+    ``train_data`` is a ``tf.data.Dataset`` or a function ``epoch -> Dataset`` (epoch
+    numbers are global and 1-based; build the epoch's shuffle/augmentation from it
+    for exact resume). ``steps_per_epoch`` sizes the LR policy; ``fixed_steps`` also
+    passes it to Keras (for repeated datasets). ``prior_history`` holds earlier
+    stages' rows (fine-tuning continues their epoch numbers). Returns the summary
+    fields of ``train.json`` (without the model/config ones).
+    """
+    import keras
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_root = checkpoint_dir or str(out / "checkpoint")
+    prior = list(prior_history or [])
+    offset = len(prior)
+    history: list[dict[str, Any]] = []
+    best: float | None = None
+    best_epoch = 0
+    start = 0
+    resumed_from: list[int] = []
+    if resume:
+        state = load_checkpoint(ckpt_root, model)
+        if state is not None:
+            if state.get("stage") != stage or int(state["offset"]) != offset:
+                raise DataError(f"{ckpt_root}: checkpoint belongs to stage {state.get('stage')!r} "
+                                f"(offset {state.get('offset')}), not {stage!r} (offset {offset})")
+            policy.load_state(state["policy"])
+            history = [row for row in state["history"] if row["stage"] == stage]
+            best, best_epoch = state["best"], int(state["best_epoch"])
+            start = int(state["epoch"]) - offset
+            resumed_from = [*state.get("resumed_from", []), int(state["epoch"])]
+    elif _complete_checkpoints(ckpt_root):
+        log.info("--no-resume: ignoring and replacing the checkpoints in %s", ckpt_root)
+    verbose = verbosity() if verbose is None else verbose
+    for i in range(start, epochs):
+        epoch = offset + i + 1
+        keras.utils.set_random_seed(seed * 1000 + epoch)
+        dataset = train_data(epoch) if callable(train_data) else train_data
+        step_lr = _StepLR(policy, i * steps_per_epoch)
+        t0 = time.perf_counter()
+        result = model.fit(dataset, validation_data=val_ds, initial_epoch=epoch - 1, epochs=epoch,
+                           steps_per_epoch=steps_per_epoch if fixed_steps else None,
+                           callbacks=[step_lr], verbose=verbose)
+        seconds = time.perf_counter() - t0
+        logs = {k: float(v[-1]) for k, v in result.history.items()}
+        row = {"epoch": epoch, "stage": stage, "lr": step_lr.first_lr, "seconds": round(seconds, 3),
+               "images_per_second": round(train_images / max(step_lr.train_seconds, 1e-9), 2)}
+        row.update({k: logs.get(k, float("nan")) for k in HISTORY_COLUMNS if k not in row})
+        policy.on_epoch_end(epoch, logs)
+        value = logs.get(monitor, float("nan"))
+        if _improved(value, best):
+            best, best_epoch = value, epoch
+            with atomic_path(out / "model.keras") as tmp:
+                model.save(tmp)
+            log.info("epoch %d: %s improved to %.4f; saved %s", epoch, monitor, value, out / "model.keras")
+        history.append(row)
+        _write_tensorboard(out / "tensorboard", row)
+        _write_history(out, prior + history)
+        save_checkpoint(ckpt_root, model, {
+            "epoch": epoch, "stage": stage, "offset": offset, "history": history,
+            "policy": policy.state(), "best": best, "best_epoch": best_epoch,
+            "resumed_from": resumed_from, "seed": seed,
+        })
+    if not history:
+        raise DataError(f"{out}: no epochs to train (epochs={epochs})")
+    if not (out / "model.keras").exists():
+        # Every monitored value was NaN: keep the last model rather than none.
+        with atomic_path(out / "model.keras") as tmp:
+            model.save(tmp)
+        best_epoch = history[-1]["epoch"]
+    _write_history(out, prior + history)
+    return {
+        "stage": stage,
+        "epochs": len(history),
+        "first_epoch": history[0]["epoch"],
+        "last_epoch": history[-1]["epoch"],
+        "best_epoch": best_epoch,
+        "monitor": monitor,
+        "best": best,
+        "train_seconds": round(sum(r["seconds"] for r in history), 3),
+        "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 2),
+        "resumed_from": resumed_from,
+        "checkpoint": ckpt_root,
+        "final_lr": history[-1]["lr"],
+    }
+
+
+# --------------------------------------------------------------------------- shard wrappers
+
+
+def _check_names(model_name: str, policy: str) -> None:
+    from pcam.config import MODEL_NAMES
+
+    if model_name not in MODEL_NAMES:
+        raise ConfigError(f"unknown model {model_name!r}; expected one of {', '.join(MODEL_NAMES)}")
+    if policy not in POLICY_NAMES:
+        raise ConfigError(f"unknown policy {policy!r}; expected one of {', '.join(POLICY_NAMES)}")
+
+
+def _datasets(shards_dir: str | os.PathLike[str], cfg: ExperimentConfig, batch_size: int
+              ) -> tuple[Callable[[int], Any], Any, int, int, bool]:
+    """(epoch -> train dataset, valid dataset, steps per epoch, train images, fixed steps)."""
+    from pcam.input import dataset_size, make_dataset
+
+    n_train = dataset_size(shards_dir, "train")
+    n_valid = dataset_size(shards_dir, "valid")
+    if n_train == 0 or n_valid == 0:
+        raise DataError(f"{shards_dir}: training needs non-empty train and valid splits "
+                        f"(train {n_train}, valid {n_valid})")
+    fixed = cfg.train.steps_per_epoch > 0
+    steps = cfg.train.steps_per_epoch if fixed else math.ceil(n_train / batch_size)
+    augment = cfg.augment if cfg.augment.online else None
+
+    def train_ds(epoch: int) -> Any:
+        return make_dataset(shards_dir, "train", batch_size, training=True, augment_cfg=augment,
+                            seed=cfg.seed * 1000 + epoch, shuffle_buffer=cfg.train.shuffle_buffer,
+                            repeat=fixed)
+
+    val_ds = make_dataset(shards_dir, "valid", batch_size, training=False)
+    images = steps * batch_size if fixed else n_train
+    return train_ds, val_ds, steps, images, fixed
+
+
+def _summary(out: Path, cfg: ExperimentConfig, model_name: str, policy: str, model: Any,
+             model_cfg: ModelConfig, fit: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    summary = {
+        "model": model_name, "policy": policy, **fit,
+        "params": int(model.count_params()),
+        "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
+        "weights": model_cfg.weights,
+        "batch_size": model_cfg.batch_size,
+        "optimizer": model_cfg.optimizer,
+        "mixed_precision": cfg.train.mixed_precision,
+        "xla": cfg.train.xla,
+        "config_digest": cfg.digest(),
+        "seed": cfg.seed,
+        "model_path": str(out / "model.keras"),
+        **extra,
+    }
+    write_json(out / "train.json", summary)
+    return summary
+
+
+def train(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: ExperimentConfig,
+          model_name: str, policy: str, *, resume: bool = True) -> dict[str, Any]:
+    """Stage 1: build ``model_name`` (transfer bases frozen) and train it under ``policy``."""
+    import keras
+
+    from pcam.models import build_model, set_trainable_for_stage
+    from pcam.policies import make_policy
+
+    _check_names(model_name, policy)
+    model_cfg = cfg.model(model_name)
+    out = Path(out_dir)
+    with _precision(cfg.train.mixed_precision):
+        train_ds, val_ds, steps, images, fixed = _datasets(shards_dir, cfg, model_cfg.batch_size)
+        with strategy_for_devices().scope():
+            keras.utils.set_random_seed(cfg.seed)
+            model = build_model(model_name, model_cfg, seed=cfg.seed)
+            set_trainable_for_stage(model, model_name, "train")
+            compile_model(model, model_cfg, cfg.train.xla)
+        lr_policy = make_policy(policy, model_cfg, model_cfg.epochs, cfg.train, steps)
+        fit = fit_model(model, train_ds, val_ds, out_dir=out, policy=lr_policy, epochs=model_cfg.epochs,
+                        steps_per_epoch=steps, train_images=images, monitor=cfg.train.monitor,
+                        seed=cfg.seed, resume=resume, stage="train", fixed_steps=fixed,
+                        checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, "train"))
+    return _summary(out, cfg, model_name, policy, model, model_cfg, fit,
+                    {"learning_rate": model_cfg.learning_rate, "max_learning_rate": model_cfg.max_learning_rate})
+
+
+def finetune_config(model_cfg: ModelConfig) -> ModelConfig:
+    """Stage 2 hyper-parameters: the fine-tune LR, one-cycle peak scaled by the same ratio as stage 1."""
+    ratio = model_cfg.max_learning_rate / model_cfg.learning_rate
+    lr = model_cfg.finetune_learning_rate
+    return dataclasses.replace(model_cfg, learning_rate=lr, max_learning_rate=lr * ratio,
+                               epochs=model_cfg.finetune_epochs)
+
+
+def finetune(trained_dir: str | os.PathLike[str], shards_dir: str | os.PathLike[str],
+             out_dir: str | os.PathLike[str], cfg: ExperimentConfig, model_name: str, policy: str,
+             *, resume: bool = True) -> dict[str, Any]:
+    """Stage 2: load ``trained_dir/model.keras``, unfreeze the top layers, train on under ``policy``."""
+    import keras
+
+    from pcam.models import load_model, set_trainable_for_stage
+    from pcam.policies import make_policy
+
+    _check_names(model_name, policy)
+    if model_name not in TRANSFER_MODELS:
+        raise ConfigError(f"model {model_name!r} cannot be fine-tuned; only {', '.join(TRANSFER_MODELS)} can")
+    model_cfg = finetune_config(cfg.model(model_name))
+    if model_cfg.epochs <= 0:
+        raise ConfigError(f"config key 'models.{model_name}.finetune_epochs': must be > 0 to fine-tune")
+    trained = Path(trained_dir)
+    prior = [r for r in read_json(trained / "history.json") if r.get("stage", "train") == "train"]
+    out = Path(out_dir)
+    with _precision(cfg.train.mixed_precision):
+        train_ds, val_ds, steps, images, fixed = _datasets(shards_dir, cfg, model_cfg.batch_size)
+        with strategy_for_devices().scope():
+            keras.utils.set_random_seed(cfg.seed)
+            model_path = trained / "model.keras"
+            if not model_path.exists():
+                raise DataError(f"{model_path}: missing (train the model before fine-tuning it)")
+            model = load_model(model_path, compile=False)
+            set_trainable_for_stage(model, model_name, "finetune")
+            compile_model(model, model_cfg, cfg.train.xla)
+        lr_policy = make_policy(policy, model_cfg, model_cfg.epochs, cfg.train, steps)
+        fit = fit_model(model, train_ds, val_ds, out_dir=out, policy=lr_policy, epochs=model_cfg.epochs,
+                        steps_per_epoch=steps, train_images=images, monitor=cfg.train.monitor,
+                        seed=cfg.seed, resume=resume, stage="finetune", prior_history=prior,
+                        fixed_steps=fixed,
+                        checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, "finetune"))
+    return _summary(out, cfg, model_name, policy, model, model_cfg, fit,
+                    {"learning_rate": model_cfg.learning_rate, "trained_dir": str(trained)})
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--shards", required=True, help="shards directory (index.json)")
+    parser.add_argument("--out", required=True, help="output directory")
+    parser.add_argument("--config", required=True, help="experiment YAML")
+    parser.add_argument("--model", required=True, help="logreg, cnn, mobilenetv2 or resnet50")
+    parser.add_argument("--policy", required=True, help="constant, onecycle or plateau")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="start from scratch even if a checkpoint exists")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_common_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    summary = train(args.shards, args.out, cfg, args.model, args.policy, resume=args.resume)
+    print(f"trained {summary['model']}/{summary['policy']}: best {summary['monitor']} "
+          f"{summary['best']} at epoch {summary['best_epoch']}; model {summary['model_path']}")
+    return 0

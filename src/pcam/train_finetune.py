@@ -1,0 +1,24 @@
+"""``pcam finetune``: stage 2 of a transfer model (the work is :func:`pcam.train.finetune`)."""
+
+from __future__ import annotations
+
+import argparse
+
+from pcam.config import load_config
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from pcam.train import add_common_arguments
+
+    parser.add_argument("--trained", required=True, help="output directory of `pcam train` (model.keras, history.json)")
+    add_common_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pcam.train import finetune
+
+    cfg = load_config(args.config)
+    summary = finetune(args.trained, args.shards, args.out, cfg, args.model, args.policy, resume=args.resume)
+    print(f"fine-tuned {summary['model']}/{summary['policy']}: best {summary['monitor']} "
+          f"{summary['best']} at epoch {summary['best_epoch']}; model {summary['model_path']}")
+    return 0
