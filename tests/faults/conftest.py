@@ -90,11 +90,11 @@ def temp_siblings(out: Path) -> list[Path]:
     return sorted(out.parent.glob(f".{out.name}.*")) if out.parent.exists() else []
 
 
-def partial_file_in_temp(out: Path, pattern: str) -> bool:
-    """True once a temp directory of ``out`` holds a non-empty file matching ``pattern``."""
+def partial_file_in_temp(out: Path, pattern: str, min_bytes: int = 1) -> bool:
+    """True once a temp directory of ``out`` holds a file matching ``pattern`` of ``min_bytes`` or more."""
     for tmp in temp_siblings(out):
         try:
-            if any(f.stat().st_size > 0 for f in tmp.glob(pattern)):
+            if any(f.stat().st_size >= min_bytes for f in tmp.glob(pattern)):
                 return True
         except FileNotFoundError:  # renamed or removed between glob and stat
             continue
