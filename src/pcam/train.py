@@ -349,6 +349,7 @@ def fit_model(
     verbose = verbosity() if verbose is None else verbose
     for i in range(start, epochs):
         epoch = offset + i + 1
+        log.info("%s epoch %d (%d of %d in this stage)", stage, epoch, i + 1, epochs)
         keras.utils.set_random_seed(seed * 1000 + epoch)
         dataset = train_data(epoch) if callable(train_data) else train_data
         step_lr = _StepLR(policy, i * steps_per_epoch)
