@@ -80,7 +80,11 @@ def encode_example(image: np.ndarray, label: int, id: str, encoding: str) -> byt
         LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
         ID_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(id).encode()])),
     }
-    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+    # deterministic=True sorts the feature map's keys. Without it protobuf (upb) writes
+    # them in hash order, which changes with PYTHONHASHSEED: a rerun in another process
+    # wrote the same records with other bytes, so shard sha256s differed between runs.
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString(deterministic=True)
 
 
 def _feature_spec() -> dict[str, Any]:
