@@ -26,6 +26,7 @@ def promote(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Datase
     """
     import json
     import logging
+    import tempfile
     from pathlib import Path
 
     import yaml
@@ -42,8 +43,9 @@ def promote(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Datase
         run_dirs = [Path(r.path) for r in [*scratch_runs, *transfer_runs]]
         best = champion.best_run(run_dirs, cfg.promote.metric)
         model_dir = best / "finetune" if (best / "finetune").exists() else best / "train"
-        result = champion.promote(best / "evaluate", model_dir, cfg.promote.champion_uri,
-                                  cfg.promote.metric, shards_dir=shards.path, cfg=cfg)
+        with tempfile.TemporaryDirectory() as tmp:  # decision.json: returned, not written into an input
+            result = champion.promote(best / "evaluate", model_dir, cfg.promote.champion_uri,
+                                      cfg.promote.metric, shards_dir=shards.path, cfg=cfg, out_dir=tmp)
         result = {**result, "candidate": json.loads((best / "pair.json").read_text())}
     lines = ["# Champion decision", ""]
     lines += [f"- **{key}**: {value}" for key, value in result.items()]

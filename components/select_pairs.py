@@ -14,13 +14,17 @@ def select_pairs(grid: list, config_yaml: str, transfer: bool) -> list:
     kfp 2.17 cannot ``dsl.Collected`` an artifact produced under a condition, and
     kfp.local cannot resolve a ``dsl.OneOf`` of artifacts.
 
+    Each pair carries the resolved config along (``config_yaml``): kfp.local 2.17
+    replaces every task-output parameter that enters a ``ParallelFor`` body with the
+    loop item, so the loop's steps read the config from the item instead.
+
     Args:
         grid: List of ``{"model": ..., "policy": ...}`` mappings.
         config_yaml: The resolved config (decides which transfer models are fine-tuned).
         transfer: True for the fine-tuned branch, False for the train-only branch.
 
     Returns:
-        The pairs of this branch, in grid order.
+        The pairs of this branch in grid order, as ``{"model", "policy", "config_yaml"}``.
     """
     import yaml
 
@@ -40,7 +44,7 @@ def select_pairs(grid: list, config_yaml: str, transfer: bool) -> list:
                               f"expected one of {', '.join(POLICY_NAMES)}")
         finetuned = pair["model"] in TRANSFER_MODELS and model_cfg.finetune_epochs > 0
         if finetuned == transfer:
-            chosen.append({"model": pair["model"], "policy": pair["policy"]})
+            chosen.append({"model": pair["model"], "policy": pair["policy"], "config_yaml": config_yaml})
     return chosen
 
 

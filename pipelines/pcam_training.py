@@ -14,7 +14,8 @@ own ``ParallelFor`` (train → evaluate, and train → finetune → evaluate). O
 with ``dsl.If``/``dsl.Else`` around fine-tuning would read more naturally, but kfp
 2.17 fails to compile a ``dsl.Collected`` of an artifact made under a condition and
 kfp.local cannot resolve a ``dsl.OneOf`` of artifacts, so the fan-in to the report
-would work in neither place.
+would work in neither place. Steps inside the loops read the resolved config from the
+loop item (see ``components/select_pairs.py`` for the kfp.local bug this avoids).
 """
 
 # No `from __future__ import annotations`: kfp reads the pipeline signature's real types.
@@ -96,7 +97,7 @@ def _gpu_step(task: dsl.PipelineTask, retry: bool) -> dsl.PipelineTask:
 
 
 def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLELISM,
-                   pipeline_root: str | None = None):
+                   pipeline_root: str | None = None, retries: bool = True):
     """Build the pipeline with every component running in ``image``.
 
     Args:
@@ -104,6 +105,9 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
         parallelism: Most (model, policy) pairs trained at once per loop (a compile-time
             setting: ParallelFor takes no pipeline parameter here). 0 = unlimited.
         pipeline_root: Where artifacts go (gs://, minio://, a local dir); default: the server's.
+        retries: Retry train/finetune with backoff (for preempted GPU nodes). kfp.local
+            2.17 honours retry policies too, where a failure is a bug, not a preemption,
+            and retrying only delays the error by minutes; run_local turns them off.
     """
     image = image or PCAM_IMAGE
     ops = {name: make_component(getattr(module, name), image) for name, module in (
@@ -172,22 +176,22 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
         scratch = _cpu_step(ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=False),
                             "500m", "512M", cache=True).set_display_name("select-train-only-pairs")
         with dsl.ParallelFor(scratch.output, parallelism=parallelism) as pair:
-            trained = _gpu_step(ops["train"](shards=shards_dir, config_yaml=resolved,
-                                             model_name=pair.model, policy=pair.policy), retry=True)
+            trained = _gpu_step(ops["train"](shards=shards_dir, config_yaml=pair.config_yaml,
+                                             model_name=pair.model, policy=pair.policy), retry=retries)
             scored = _gpu_step(ops["evaluate"](
-                model=trained.outputs["model"], shards=shards_dir, config_yaml=resolved,
+                model=trained.outputs["model"], shards=shards_dir, config_yaml=pair.config_yaml,
                 model_name=pair.model, policy=pair.policy, stage="train"), retry=False)
 
         transfer = _cpu_step(ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=True),
                              "500m", "512M", cache=True).set_display_name("select-fine-tuned-pairs")
         with dsl.ParallelFor(transfer.output, parallelism=parallelism) as tpair:
-            stage1 = _gpu_step(ops["train"](shards=shards_dir, config_yaml=resolved,
-                                            model_name=tpair.model, policy=tpair.policy), retry=True)
+            stage1 = _gpu_step(ops["train"](shards=shards_dir, config_yaml=tpair.config_yaml,
+                                            model_name=tpair.model, policy=tpair.policy), retry=retries)
             stage2 = _gpu_step(ops["finetune"](
-                trained=stage1.outputs["model"], shards=shards_dir, config_yaml=resolved,
-                model_name=tpair.model, policy=tpair.policy), retry=True)
+                trained=stage1.outputs["model"], shards=shards_dir, config_yaml=tpair.config_yaml,
+                model_name=tpair.model, policy=tpair.policy), retry=retries)
             tscored = _gpu_step(ops["evaluate"](
-                model=stage2.outputs["model"], shards=shards_dir, config_yaml=resolved,
+                model=stage2.outputs["model"], shards=shards_dir, config_yaml=tpair.config_yaml,
                 model_name=tpair.model, policy=tpair.policy, stage="finetune"), retry=False)
 
         # One dsl.Collected per consumer: the compiler rewrites each instance in place.

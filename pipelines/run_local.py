@@ -31,20 +31,26 @@ STARTED = re.compile(r"Executing task '([^']+)'")
 FINISHED = re.compile(r"Task '([^']+)' finished with status (\w+)")
 
 
-class StepTimer(logging.Handler):
+class StepTimer(logging.Filter):
     """Times each task from kfp.local's own start/finish log lines.
 
-    The local run uses parallelism 1 (two TensorFlow trainings on two cores only slow
-    each other down), so a task name's start and finish lines pair up in order.
+    A filter on the root logger, not a handler: kfp.local swaps the root logger's
+    handlers for its own while it runs. The local run uses parallelism 1 (two
+    TensorFlow trainings on two cores only slow each other down), so a task name's
+    start and finish lines pair up in order.
     """
 
     def __init__(self) -> None:
-        super().__init__(level=logging.INFO)
+        super().__init__()
         self.started: dict[str, float] = {}
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self.status: dict[str, str] = {}
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def filter(self, record: logging.LogRecord) -> bool:
+        self._note(record)
+        return True
+
+    def _note(self, record: logging.LogRecord) -> None:
         message = ANSI.sub("", record.getMessage())
         if match := STARTED.search(message):
             self.started[match.group(1)] = record.created
@@ -95,17 +101,19 @@ def run_local(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], champion_u
     root.mkdir(parents=True, exist_ok=True)
     champion = champion_uri or cfg.promote.champion_uri or str(out / "champion")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Expected locally: the image is only a name here, and GPU/resources/retries are cluster settings.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*", category=UserWarning)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    pipeline = build_pipeline(image=LOCAL_IMAGE, parallelism=1)
+    pipeline = build_pipeline(image=LOCAL_IMAGE, parallelism=1, retries=False)
 
     timer = StepTimer()
-    logging.getLogger().addHandler(timer)
+    logging.getLogger().addFilter(timer)
     before = set(root.iterdir())
     try:
         pipeline(**pipeline_arguments(cfg, champion))
     finally:
-        logging.getLogger().removeHandler(timer)
+        logging.getLogger().removeFilter(timer)
     (run_dir,) = [p for p in root.iterdir() if p not in before and p.is_dir()]
     return find_report(run_dir), dict(timer.seconds)
 

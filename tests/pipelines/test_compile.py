@@ -61,6 +61,22 @@ def test_grid_fans_out_into_two_parallel_loops_over_the_grid_parameter(compiled)
     refs = sorted(sorted(t["componentRef"]["name"].removesuffix("-2") for t in body.values()) for body in bodies.values())
     assert refs == [["comp-evaluate", "comp-finetune", "comp-train"], ["comp-evaluate", "comp-train"]]
     assert spec["root"]["inputDefinitions"]["parameters"]["grid"]["parameterType"] == "LIST"
+    # in-loop steps read the resolved config from the loop item (kfp.local workaround)
+    for loop_name, body in bodies.items():
+        item = loops[loop_name]["parameterIterator"]["itemInput"]
+        for task in body.values():
+            config = task["inputs"]["parameters"]["config_yaml"]
+            assert config["componentInputParameter"] == item
+            assert config["parameterExpressionSelector"] == 'parseJson(string_value)["config_yaml"]'
+
+
+def test_local_build_has_no_retries():
+    from pipelines.pcam_training import build_pipeline
+
+    spec = build_pipeline(IMAGE, parallelism=1, retries=False).pipeline_spec
+    for component in spec.components.values():
+        for task in component.dag.tasks.values():
+            assert not task.HasField("retry_policy")
 
 
 def test_report_and_promote_collect_every_evaluation(compiled):
