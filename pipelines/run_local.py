@@ -156,8 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = f" ({len(values)} runs)" if len(values) > 1 else ""
         print(f"  {name:<16} {total:8.1f} s{runs}")
     print(f"  {'total':<16} {time.perf_counter() - start:8.1f} s")
-    print(f"\nHTML report: {report}")
-    print(f"report directory (summary.csv, plots): {report.parent / 'report_dir'}")
+    print(f"\nHTML report: {report.parent / 'report_dir' / 'report.html'}")
+    print(f"  (the same page as the UI's HTML artifact: {report}; summary.csv and plots/ beside it)")
     return 0
 
 
