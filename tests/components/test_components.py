@@ -27,7 +27,7 @@ from components.train import train_op
 from pcam.config import config_from_dict
 
 # kfp.local says, rightly, that the image name and the cluster settings do nothing here.
-pytestmark = [pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning"),
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning")]
 LIMIT = 60  # per source split: 60 train + 60 valid real patches
 

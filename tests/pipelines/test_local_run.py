@@ -10,7 +10,7 @@ from pcam.config import config_from_dict
 from pipelines import run_local
 
 # kfp.local says, rightly, that the image name and the cluster settings do nothing here.
-pytestmark = [pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning"),
+pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning"),
               pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning")]
 GRID_MODELS = ("cnn", "mobilenetv2")  # mobilenetv2 takes the fine-tuning branch
 POLICIES = ("constant", "onecycle")
