@@ -113,13 +113,13 @@ def lr_find(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     import keras
 
     from pcam.input import make_dataset
-    from pcam.models import build_model, set_trainable_for_stage
+    from pcam.models import build_model, is_pretrained, set_trainable_for_stage
     from pcam.train import compile_model
 
     model_cfg = cfg.model(model_name)
     keras.utils.set_random_seed(cfg.seed)
     model = build_model(model_name, model_cfg, seed=cfg.seed)
-    set_trainable_for_stage(model, model_name, "train")
+    set_trainable_for_stage(model, model_name, "train", pretrained=is_pretrained(model_cfg))
     compile_model(model, model_cfg)
     dataset = make_dataset(shards_dir, "train", model_cfg.batch_size, training=True,
                            augment_cfg=cfg.augment if cfg.augment.online else None, seed=cfg.seed,

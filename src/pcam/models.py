@@ -39,6 +39,9 @@ RESNET_TRAINABLE_LAYERS = 124
 """Fine-tuning ResNet50 trains its last 124 layers, BatchNormalization excepted."""
 RESNET_DEFAULT_SIZE = 224
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+BN_MOMENTUM = 0.9
+"""BatchNorm momentum of the layers we train from scratch: short runs (the demo's few
+dozen steps) otherwise evaluate with moving statistics that never caught up."""
 
 
 @keras.saving.register_keras_serializable(package="pcam")
@@ -88,7 +91,7 @@ def _cnn(cfg: ModelConfig) -> keras.Model:
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for i, filters in enumerate((16, 32, 64, 128, 256), start=1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(name=f"bn{i}")(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -109,8 +112,7 @@ def _mobilenetv2(cfg: ModelConfig) -> keras.Model:
                                           weights=_keras_weights(cfg.weights))
     base = _rename(base, BASE_LAYER["mobilenetv2"])
     _load_base_weights(base, cfg.weights, "mobilenetv2")
-    base.trainable = False
-    x = base(x, training=False)
+    x = _call_base(base, x, cfg)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     return keras.Model(inputs, _output(x), name="mobilenetv2")
@@ -127,12 +129,34 @@ def _resnet50(cfg: ModelConfig) -> keras.Model:
                                        weights=_keras_weights(cfg.weights))
     base = _rename(base, BASE_LAYER["resnet50"])
     _load_base_weights(base, cfg.weights, "resnet50")
-    base.trainable = False
-    x = base(x, training=False)
+    x = _call_base(base, x, cfg)
     x = layers.GlobalAveragePooling2D(name="gap")(x)
     x = layers.Dropout(cfg.dropout, name="dropout")(x)
     x = layers.BatchNormalization(name="head_bn")(x)
     return keras.Model(inputs, _output(x), name="resnet50")
+
+
+def is_pretrained(cfg: ModelConfig) -> bool:
+    """Whether the base starts from learned weights (imagenet or a weights file)."""
+    return cfg.weights not in ("none", "")
+
+
+def _call_base(base: keras.Model, x, cfg: ModelConfig):
+    """Wire the base network in; frozen (and BatchNorm in inference mode) when pretrained.
+
+    A pretrained base runs with ``training=False`` so its ImageNet BatchNorm statistics
+    are never overwritten by small batches. A base with ``weights: none`` has nothing to
+    protect: it trains from scratch, its BatchNorm layers learn their statistics, and
+    their momentum drops to 0.9, since Keras' defaults (0.99, 0.999 for MobileNetV2)
+    need thousands of steps before the moving statistics fit the data.
+    """
+    base.trainable = False
+    if is_pretrained(cfg):
+        return base(x, training=False)
+    for layer in base.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM
+    return base(x)
 
 
 def _rename(base: keras.Model, name: str) -> keras.Model:
@@ -199,11 +223,11 @@ def base_network(model: keras.Model, name: str) -> keras.Model:
     return model.get_layer(BASE_LAYER[name])
 
 
-def set_trainable_for_stage(model: keras.Model, name: str, stage: str) -> None:
+def set_trainable_for_stage(model: keras.Model, name: str, stage: str, *, pretrained: bool = True) -> None:
     """Freeze/unfreeze layers for ``stage`` ("train" or "finetune").
 
-    ``train``: transfer models train their head only (the base is frozen); logreg
-    and cnn train everything. ``finetune``: MobileNetV2 trains all base layers but
+    ``train``: transfer models train their head only (the base is frozen) when
+    ``pretrained``, and everything otherwise; logreg and cnn train everything. ``finetune``: MobileNetV2 trains all base layers but
     the first 100; ResNet50 trains its last 124 base layers except BatchNormalization,
     whose moving statistics from ImageNet would otherwise be overwritten by small
     batches. The caller must (re)compile afterwards.
@@ -218,7 +242,8 @@ def set_trainable_for_stage(model: keras.Model, name: str, stage: str) -> None:
     model.trainable = True
     base = base_network(model, name)
     if stage == "train":
-        base.trainable = False
+        # Without pretrained weights there is nothing to transfer: train the whole network.
+        base.trainable = not pretrained
         return
     base.trainable = True
     if name == "mobilenetv2":

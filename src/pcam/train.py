@@ -462,7 +462,7 @@ def train(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
     """Stage 1: build ``model_name`` (transfer bases frozen) and train it under ``policy``."""
     import keras
 
-    from pcam.models import build_model, set_trainable_for_stage
+    from pcam.models import build_model, is_pretrained, set_trainable_for_stage
     from pcam.policies import make_policy
 
     _check_names(model_name, policy)
@@ -473,7 +473,7 @@ def train(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
         with strategy_for_devices().scope():
             keras.utils.set_random_seed(cfg.seed)
             model = build_model(model_name, model_cfg, seed=cfg.seed)
-            set_trainable_for_stage(model, model_name, "train")
+            set_trainable_for_stage(model, model_name, "train", pretrained=is_pretrained(model_cfg))
             compile_model(model, model_cfg, cfg.train.xla)
         lr_policy = make_policy(policy, model_cfg, model_cfg.epochs, cfg.train, steps)
         fit = fit_model(model, train_ds, val_ds, out_dir=out, policy=lr_policy, epochs=model_cfg.epochs,
