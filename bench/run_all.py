@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         figures += got
         print(f"== {name}: {len(got)} figures in {time.perf_counter() - start:.0f} s", file=sys.stderr, flush=True)
+        for fig in got:  # as they come, in case a later bench is interrupted
+            print(f"   {fig.line()}", file=sys.stderr, flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
     record = {"started": started, "machine": f"{platform.node()} {platform.machine()} "
               f"{__import__('os').cpu_count()} cpus", "quick": args.quick,
