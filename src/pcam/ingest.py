@@ -534,7 +534,10 @@ def _h5_batches(x_path: Path, split: str, labels: np.ndarray, slides: list[str] 
                 if not len(rows):
                     continue
                 try:
-                    if len(rows) * 4 >= rows[-1] - rows[0] + 1:
+                    span = rows[-1] - rows[0] + 1
+                    if len(rows) == span:  # every row of the span: no second (fancy-index) copy
+                        images = x[rows[0]:rows[-1] + 1]
+                    elif len(rows) * 4 >= span:
                         images = x[rows[0]:rows[-1] + 1][rows - rows[0]]
                     else:
                         images = x[rows]
