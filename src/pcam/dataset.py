@@ -7,7 +7,7 @@ Layout of a dataset directory::
     meta.csv       index,id,source_split,label,slide   (slide empty when unknown)
     manifest.json  written last: counts, checksums, source, format, duplicates
 
-Why ``.npy``: one contiguous array is written in a stream through a memory map, so
+Why ``.npy``: one contiguous array is written in a stream (sequential file writes), so
 ingest of the 6 GB official training file keeps memory bounded, and shard writing
 reads any index subset at memory speed. The directory is built under a temporary
 name and renamed into place on :meth:`DatasetWriter.finish`, so an interrupted
@@ -54,8 +54,16 @@ class DatasetWriter:
         self.out_dir = Path(out_dir)
         self._tmp = temp_dir_beside(self.out_dir)
         self.capacity = capacity
-        self._images = np.lib.format.open_memmap(self._tmp / IMAGES_FILE, mode="w+", dtype=np.uint8,
-                                                 shape=(capacity, *IMAGE_SHAPE))
+        try:  # creating the file is the first write: if it fails, callers have no writer to abort()
+            # Plain sequential writes, not a memory map: a written memmap page stays in the
+            # process's resident set until unmapped, so RSS grew with the file (2 GiB at
+            # 65,536 patches; bench/memory_bench.py); written through a file it stays flat.
+            self._file = open(self._tmp / IMAGES_FILE, "wb")  # closed in finish()/abort()
+            np.lib.format.write_array_header_1_0(self._file, {"descr": np.dtype(np.uint8).str, "fortran_order": False,
+                                                              "shape": (capacity, *IMAGE_SHAPE)})
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
         self._labels = np.zeros(capacity, dtype=np.uint8)
         self._meta: list[tuple[int, str, str, int, str]] = []
         self._hashes: dict[bytes, str] = {}
@@ -75,7 +83,7 @@ class DatasetWriter:
         if self._count + n > self.capacity:
             raise DataError(f"more patches than announced ({self.capacity})")
         start = self._count
-        self._images[start:start + n] = images
+        self._file.write(memoryview(np.ascontiguousarray(images)))  # batches arrive in order
         self._labels[start:start + n] = labels
         for i in range(n):
             key = hashlib.blake2b(images[i].tobytes(), digest_size=16).digest()
@@ -86,6 +94,7 @@ class DatasetWriter:
         self._count += n
 
     def abort(self) -> None:
+        self._file.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
     def finish(self, source: str, fmt: str, *, synthetic: bool = False,
@@ -95,8 +104,7 @@ class DatasetWriter:
             self.abort()
             raise DataError(f"{source}: announced {self.capacity} patches but read {self._count}")
         try:
-            self._images.flush()
-            del self._images
+            self._file.close()
             np.save(self._tmp / LABELS_FILE, self._labels)
             with open(self._tmp / META_FILE, "w", newline="") as handle:
                 writer = csv.writer(handle)
