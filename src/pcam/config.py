@@ -100,6 +100,9 @@ class ModelConfig:
     weight_decay: float = 0.0
     """L2 penalty (the logistic-regression baseline uses it)."""
     dropout: float = 0.3
+    bn_momentum: float = 0.99
+    """Momentum of the BatchNorm layers we train from scratch. Moving variances start at
+    1.0 and forget it as momentum**steps: a run of a few dozen steps (the demo) needs ~0.8."""
     epochs: int = 10
     batch_size: int = 64
     weights: str = "none"
@@ -264,6 +267,7 @@ def _validate(obj: Any, prefix: str) -> None:
         _require(obj.learning_rate > 0, p + "learning_rate", "must be > 0")
         _require(obj.max_learning_rate > 0, p + "max_learning_rate", "must be > 0")
         _require(0 <= obj.dropout < 1, p + "dropout", "must be in [0, 1)")
+        _require(0 < obj.bn_momentum < 1, p + "bn_momentum", "must be in (0, 1)")
         _require(obj.optimizer in ("adam", "sgd"), p + "optimizer", f"must be adam or sgd, got {obj.optimizer!r}")
         _require(obj.image_size >= 0, p + "image_size", "must be >= 0")
     elif isinstance(obj, DataConfig):

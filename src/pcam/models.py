@@ -39,9 +39,6 @@ RESNET_TRAINABLE_LAYERS = 124
 """Fine-tuning ResNet50 trains its last 124 layers, BatchNormalization excepted."""
 RESNET_DEFAULT_SIZE = 224
 CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-BN_MOMENTUM = 0.9
-"""BatchNorm momentum of the layers we train from scratch: short runs (the demo's few
-dozen steps) otherwise evaluate with moving statistics that never caught up."""
 
 
 @keras.saving.register_keras_serializable(package="pcam")
@@ -91,7 +88,7 @@ def _cnn(cfg: ModelConfig) -> keras.Model:
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     for i, filters in enumerate((16, 32, 64, 128, 256), start=1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"bn{i}")(x)
+        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -146,16 +143,16 @@ def _call_base(base: keras.Model, x, cfg: ModelConfig):
 
     A pretrained base runs with ``training=False`` so its ImageNet BatchNorm statistics
     are never overwritten by small batches. A base with ``weights: none`` has nothing to
-    protect: it trains from scratch, its BatchNorm layers learn their statistics, and
-    their momentum drops to 0.9, since Keras' defaults (0.99, 0.999 for MobileNetV2)
-    need thousands of steps before the moving statistics fit the data.
+    protect: it trains from scratch, its BatchNorm layers learn their statistics, with
+    ``cfg.bn_momentum`` (MobileNetV2's own 0.999 needs thousands of steps before the
+    moving statistics forget their initial values).
     """
     base.trainable = False
     if is_pretrained(cfg):
         return base(x, training=False)
     for layer in base.layers:
         if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = BN_MOMENTUM
+            layer.momentum = cfg.bn_momentum
     return base(x)
 
 

@@ -82,13 +82,17 @@ def compile_model(model: Any, model_cfg: ModelConfig, xla: bool = False) -> None
 
 
 def strategy_for_devices() -> Any:
-    """MirroredStrategy across GPUs when more than one is visible, else the default strategy."""
+    """MirroredStrategy across several GPUs; OneDeviceStrategy on one GPU, so that
+    Keras distributes the input through it and batches are prefetched to the device;
+    the default strategy on a CPU."""
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
     if len(gpus) > 1:
         log.info("training on %d GPUs with MirroredStrategy", len(gpus))
         return tf.distribute.MirroredStrategy()
+    if len(gpus) == 1:
+        return tf.distribute.OneDeviceStrategy("/gpu:0")
     return tf.distribute.get_strategy()
 
 

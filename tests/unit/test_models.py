@@ -154,15 +154,13 @@ def test_unknown_model_and_finetuning_a_non_transfer_model_fail_clearly():
 
 def test_transfer_model_without_pretrained_weights_trains_from_scratch(real_batch):
     """weights: none leaves nothing to transfer: stage 1 trains the base, BatchNorm learns fast."""
-    from pcam.models import BN_MOMENTUM
-
-    cfg = ModelConfig(weights="none")
+    cfg = ModelConfig(weights="none", bn_momentum=0.8)
     model = build_model("mobilenetv2", cfg)
     base = base_network(model, "mobilenetv2")
     set_trainable_for_stage(model, "mobilenetv2", "train", pretrained=False)
     assert base.trainable and len(model.trainable_variables) > 100
     momenta = {layer.momentum for layer in base.layers if isinstance(layer, keras.layers.BatchNormalization)}
-    assert momenta == {BN_MOMENTUM}
+    assert momenta == {0.8}
     before = [v.numpy().copy() for v in base.trainable_variables[:3]]
     _one_step(model, cfg, *real_batch, eager=True)
     assert any(not np.array_equal(b, v.numpy()) for b, v in zip(before, base.trainable_variables[:3], strict=True))
