@@ -94,8 +94,11 @@ def test_noise_is_bounded_in_the_pipeline(tiny_shards):
     cfg = AugmentConfig(hflip=False, vflip=False, rot90=False, noise=0.02)
     images, _, _ = load_arrays(tiny_shards, "valid")
     x, _ = next(iter(make_dataset(tiny_shards, "valid", 16, training=True, augment_cfg=cfg, shuffle_buffer=1)))
-    diff = x.numpy() - images[:16]
-    assert 0 < np.abs(diff).max() <= 0.02 * 255 + 1e-4
+    # Training reads shards interleaved, so match each noisy patch to its closest original.
+    originals = images.astype(np.float32)
+    for noisy in x.numpy():
+        diff = np.abs(originals - noisy).reshape(len(originals), -1).max(axis=1)
+        assert 0 < diff.min() <= 0.02 * 255 + 1e-4
 
 
 def test_drop_remainder_and_repeat(tiny_shards):
