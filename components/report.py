@@ -31,12 +31,13 @@ def report(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Dataset
 
     from pcam.config import config_from_dict
     from pcam.report import build_report
-    from pcam.study import run_context
+    from pcam.study import run_context, step_seconds_from_runs
 
     logging.basicConfig(level=logging.INFO)
     cfg = config_from_dict(yaml.safe_load(config_yaml))
     run_dirs = [Path(r.path) for r in [*scratch_runs, *transfer_runs]]
-    context = {**run_context(cfg, dataset.path, shards.path), "orchestrator": "kubeflow pipelines"}
+    context = {**run_context(cfg, dataset.path, shards.path, step_seconds_from_runs(run_dirs)),
+               "orchestrator": "kubeflow pipelines"}
     build_report(run_dirs, report_dir.path, context)
     out = Path(report_dir.path)
 

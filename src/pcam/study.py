@@ -46,6 +46,29 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
+def step_seconds_from_runs(run_dirs: list[Path]) -> dict[str, float]:
+    """Train, fine-tune and evaluate seconds summed over the pairs, read from their outputs.
+
+    Where steps run as separate tasks (Kubeflow) the report step never sees their wall
+    clock; these are the times the steps measured themselves (per-epoch training time
+    from the final model's history, which holds both stages, and inference time),
+    without process start and model loading.
+    """
+    totals: dict[str, float] = {}
+
+    def add(step: str, seconds: float) -> None:
+        totals[step] = round(totals.get(step, 0.0) + float(seconds or 0.0), 2)
+
+    for run_dir in map(Path, run_dirs):
+        model_dir = run_dir / "finetune" if (run_dir / "finetune").is_dir() else run_dir / "train"
+        if (model_dir / "history.json").exists():
+            for epoch in read_json(model_dir / "history.json"):
+                add(epoch.get("stage", "train"), epoch.get("seconds"))
+        if (run_dir / "evaluate" / "metrics.json").exists():
+            add("evaluate", read_json(run_dir / "evaluate" / "metrics.json").get("seconds"))
+    return totals
+
+
 def run_context(cfg: ExperimentConfig, dataset_dir: Path | str, shards_dir: Path | str,
                 step_seconds: dict[str, float] | None = None) -> dict[str, Any]:
     """What the report's model card states: data, split, seeds, hashes, versions, image."""

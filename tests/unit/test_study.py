@@ -36,3 +36,17 @@ def test_pcam_run_writes_a_row_per_pair_and_a_report_with_plots(tmp_path, pcam_s
     assert "tiny-study" in html or str(pcam_sample) in html
     steps = yaml.safe_load((out / "steps.json").read_text())
     assert {"ingest", "split", "shard", "train", "evaluate", "report"} <= set(steps)
+
+
+def test_step_seconds_are_summed_from_the_pairs_outputs(tmp_path):
+    from pcam.fsutil import write_json
+    from pcam.study import step_seconds_from_runs
+
+    history = [{"epoch": 1, "stage": "train", "seconds": 10.5}]
+    write_json(tmp_path / "cnn-constant" / "train" / "history.json", history)
+    write_json(tmp_path / "resnet50-constant" / "finetune" / "history.json",
+               [*history, {"epoch": 2, "stage": "finetune", "seconds": 7.0}])
+    for name in ("cnn-constant", "resnet50-constant"):
+        write_json(tmp_path / name / "evaluate" / "metrics.json", {"seconds": 2.0})
+    assert step_seconds_from_runs([tmp_path / "cnn-constant", tmp_path / "resnet50-constant"]) == {
+        "train": 21.0, "finetune": 7.0, "evaluate": 4.0}
