@@ -61,10 +61,9 @@ def config_param(cfg: ExperimentConfig) -> str:
     return yaml.safe_dump(cfg.to_dict(), default_flow_style=True, sort_keys=False, width=2**31).strip()
 
 
-def _paper_defaults() -> tuple[str, dict]:
-    """The study's config plus its values for the explicit parameters."""
-    cfg = load_config(PAPER_CONFIG)
-    return config_param(cfg), {
+def config_arguments(cfg) -> dict:
+    """The explicit pipeline parameters that reproduce ``cfg`` (besides ``config_yaml``)."""
+    return {
         "source": cfg.data.source,
         "data_format": cfg.data.format,
         "split_mode": cfg.split.mode,
@@ -74,6 +73,12 @@ def _paper_defaults() -> tuple[str, dict]:
         "tta_views": list(cfg.evaluate.tta_views),
         "target_sensitivity": cfg.evaluate.target_sensitivity,
     }
+
+
+def _paper_defaults() -> tuple[str, dict]:
+    """The study's config plus its values for the explicit parameters."""
+    cfg = load_config(PAPER_CONFIG)
+    return config_param(cfg), config_arguments(cfg)
 
 
 def _cpu_step(task: dsl.PipelineTask, cpu: str, memory: str, cache: bool) -> dsl.PipelineTask:

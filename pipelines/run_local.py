@@ -62,20 +62,9 @@ class StepTimer(logging.Filter):
 
 def pipeline_arguments(cfg: ExperimentConfig, champion_uri: str) -> dict[str, Any]:
     """The pipeline parameters that reproduce ``cfg`` exactly."""
-    from pipelines.pcam_training import config_param
+    from pipelines.pcam_training import config_arguments, config_param
 
-    return {
-        "config_yaml": config_param(cfg),
-        "source": cfg.data.source,
-        "data_format": cfg.data.format,
-        "split_mode": cfg.split.mode,
-        "split_ratios": list(cfg.split.ratios),
-        "seed": cfg.seed,
-        "grid": [{"model": m, "policy": p} for m in cfg.train.models for p in cfg.train.policies],
-        "tta_views": list(cfg.evaluate.tta_views),
-        "target_sensitivity": cfg.evaluate.target_sensitivity,
-        "champion_uri": champion_uri,
-    }
+    return {"config_yaml": config_param(cfg), **config_arguments(cfg), "champion_uri": champion_uri}
 
 
 def check_local_grid(cfg: ExperimentConfig) -> None:

@@ -21,17 +21,6 @@ from pcam.fsutil import read_json, write_json
 
 log = logging.getLogger(__name__)
 
-STUDY_REFERENCE = {
-    "study": "random 70/20/10 split of the Kaggle variant",
-    "rows": [
-        {"model": "resnet50", "accuracy": 0.985, "auc": 0.984},
-        {"model": "cnn", "accuracy": 0.949, "auc": 0.944},
-        {"model": "logreg", "accuracy": 0.677, "auc": 0.622},
-    ],
-    "official_split": {"accuracy": 0.90, "auc": 0.96,
-                       "note": "published models on the official slide-disjoint test split"},
-}
-
 
 def package_versions() -> dict[str, str]:
     """Versions a reviewer needs to reproduce a result (kfp only when installed)."""
@@ -88,7 +77,6 @@ def run_context(cfg: ExperimentConfig, dataset_dir: Path | str, shards_dir: Path
         "counts": {split: info["records"] for split, info in index["splits"].items()},
         "versions": package_versions(),
         "step_seconds": step_seconds or {},
-        "reference": STUDY_REFERENCE,
     }
 
 
