@@ -116,3 +116,13 @@ def fit_rate(model, dataset, steps: int, warmup: int = 3) -> float:
     start = time.perf_counter()
     model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=0)
     return steps * batch / (time.perf_counter() - start)
+
+
+def main(run: Callable[[bool], list[Figure]]) -> None:
+    """``python -m bench.<name> [--quick]``: run one bench and print its figure lines."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: checks that it runs")
+    for fig in run(parser.parse_args().quick):
+        print(fig.line())

@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from bench.common import OUT, Figure, loadavg, quiet_tf, sample_dir
+from bench.common import OUT, Figure, loadavg, main, quiet_tf, sample_dir
 
 GOAL_RATIO = 0.5
 H5_PREFIX = "camelyonpatch_level_2_split"
@@ -168,9 +168,4 @@ def run(quick: bool = False) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    for fig in run(parser.parse_args().quick):
-        print(fig.line())
+    main(run)

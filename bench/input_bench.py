@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import Figure, fit_rate, loadavg, quiet_tf, real_shards
+from bench.common import Figure, fit_rate, loadavg, main, quiet_tf, real_shards
 
 GOAL = 3.0
 BATCH = 64
@@ -87,9 +87,4 @@ def run(quick: bool = False) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    for fig in run(parser.parse_args().quick):
-        print(fig.line())
+    main(run)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from bench.common import OUT, Figure, loadavg, quiet_tf, real_shards
+from bench.common import OUT, Figure, loadavg, main, quiet_tf, real_shards
 
 GOAL = 0.9
 BATCH = 64
@@ -100,9 +100,4 @@ def run(quick: bool = False) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    for fig in run(parser.parse_args().quick):
-        print(fig.line())
+    main(run)

@@ -7,7 +7,7 @@ TTA costs on top of plain inference. Goal: <= 5.5x for 5 views.
 
 from __future__ import annotations
 
-from bench.common import Figure, best_of, loadavg, quiet_tf, real_shards
+from bench.common import Figure, best_of, loadavg, main, quiet_tf, real_shards
 
 GOAL = 5.5
 VIEWS = ("identity", "hflip", "vflip", "rot90", "rot270")
@@ -51,9 +51,4 @@ def run(quick: bool = False) -> list[Figure]:
 
 
 if __name__ == "__main__":
-    import argparse
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true")
-    for fig in run(parser.parse_args().quick):
-        print(fig.line())
+    main(run)
