@@ -23,7 +23,7 @@ RUN_NAME ?= pcam-$(shell date +%Y%m%d-%H%M%S)
 CRON ?= 0 0 3 * * 0
 COMPILED := pipelines/compiled/pcam_training.yaml
 
-.PHONY: help setup demo run test test-fast lint compile submit schedule images push image-check kind-up kind-test bench clean
+.PHONY: help setup demo run test test-fast lint compile submit schedule images push image-check kind-up kind-test bench bench-real clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -79,6 +79,9 @@ kind-test: setup ## Run the demo pipeline on the kind cluster (needs Docker)
 
 bench: setup ## Run the benchmarks; prints `name value unit goal` lines
 	$(BIN)/python -m bench.run_all
+
+bench-real: setup ## Real-data check: the CNN on pcam-sample/train, AUC on pcam-sample/valid (~30 min)
+	$(BIN)/python -m bench.real_cnn --out bench/out/real-cnn --epochs 14
 
 clean: ## Remove build outputs and local runs (keeps .venv)
 	rm -rf runs build dist bench/out pipelines/compiled/*.yaml
