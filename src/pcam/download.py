@@ -14,7 +14,6 @@ container image.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import http.client
 import logging
 import os
@@ -27,7 +26,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pcam.errors import DataError
-from pcam.fsutil import CHUNK
+from pcam.fsutil import CHUNK, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -52,11 +51,8 @@ RETRIES = 3
 
 
 def file_md5(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """The checksum PCam's authors publish."""
+    return file_digest(path, "md5")
 
 
 def download_official(dest_dir: str | os.PathLike[str], base_url: str = ZENODO_URL,

@@ -89,12 +89,17 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file, read in 1 MiB chunks (bounded memory on multi-GB files)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         while chunk := handle.read(CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    return file_digest(path, "sha256")
 
 
 @contextlib.contextmanager
