@@ -31,19 +31,28 @@ from pcam.synth import write_synthetic
 TINY_LIMIT = 160
 
 
+def ingest_sample(pcam_sample: Path, factory: pytest.TempPathFactory, limit: int, name: str) -> Path:
+    """A canonical dataset of ``limit`` real patches per source split of ``pcam-sample``."""
+    out = factory.mktemp(name) / name
+    ingest(str(pcam_sample), out, fmt="folders", limit_per_split=limit, seed=0, cache_dir=factory.mktemp("cache"))
+    return out
+
+
+def official_split(dataset: Path, factory: pytest.TempPathFactory, name: str) -> Path:
+    """``official`` split of ``dataset`` (test carved out of source train)."""
+    out = factory.mktemp(name) / name
+    split_dataset(dataset, out, mode="official", ratios=(0.7, 0.2, 0.1), seed=0)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_dataset(pcam_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("data") / "tiny_dataset"
-    ingest(str(pcam_sample), out, fmt="folders", limit_per_split=TINY_LIMIT, seed=0,
-           cache_dir=tmp_path_factory.mktemp("cache"))
-    return out
+    return ingest_sample(pcam_sample, tmp_path_factory, TINY_LIMIT, "tiny_dataset")
 
 
 @pytest.fixture(scope="session")
 def tiny_split(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("split") / "tiny_split"
-    split_dataset(tiny_dataset, out, mode="official", ratios=(0.7, 0.2, 0.1), seed=0)
-    return out
+    return official_split(tiny_dataset, tmp_path_factory, "tiny_split")
 
 
 @pytest.fixture(scope="session")

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from pcam.ingest import ingest
-from pcam.split import split_dataset
+from tests.fixtures_data import ingest_sample, official_split
 
 REPO = Path(__file__).resolve().parents[2]
 FAULT_LIMIT = 600
@@ -109,14 +108,9 @@ def tree_digest(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def fault_dataset(pcam_sample: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fault-data") / "dataset"
-    ingest(str(pcam_sample), out, fmt="folders", limit_per_split=FAULT_LIMIT, seed=0,
-           cache_dir=tmp_path_factory.mktemp("fault-cache"))
-    return out
+    return ingest_sample(pcam_sample, tmp_path_factory, FAULT_LIMIT, "fault_dataset")
 
 
 @pytest.fixture(scope="session")
 def fault_split(fault_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fault-split") / "split"
-    split_dataset(fault_dataset, out, mode="official", ratios=(0.7, 0.2, 0.1), seed=0)
-    return out
+    return official_split(fault_dataset, tmp_path_factory, "fault_split")
