@@ -27,6 +27,7 @@ BENCHES = {
     "train": "bench.train_bench",
     "tta": "bench.tta_bench",
     "memory": "bench.memory_bench",
+    "encoding": "bench.encoding_bench",
     "demo": "bench.demo_bench",
 }
 QUICK_DEFAULT_SKIP = ("demo",)
