@@ -26,6 +26,7 @@ differently, and colour jitter is what helps a model ignore that.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import numpy as np
@@ -146,21 +147,44 @@ def color_jitter(images: Any, cfg: AugmentConfig, seed: Any) -> Any:
     return x
 
 
+NOISE_FIELDS = 1024
+"""Size of the bank of uniform noise fields that :func:`add_noise` draws from."""
+NOISE_BANK_SEED = 20161123
+"""Fixed, so the bank (and with it every augmentation) is the same in every process."""
+
+
+@functools.cache
+def noise_bank() -> Any:
+    """``NOISE_FIELDS`` fields of uniform random bytes, ``(NOISE_FIELDS, 96, 96, 3)`` uint8 (28 MB).
+
+    Made once per process from a fixed numpy seed, as an eager tensor even when first
+    asked for while a graph is traced, so functions capture it by reference instead of
+    embedding 28 MB of constants.
+    """
+    tf = _tf()
+    fields = np.random.default_rng(NOISE_BANK_SEED).integers(0, 256, (NOISE_FIELDS, *IMAGE_SHAPE), dtype=np.uint8)
+    with tf.init_scope():
+        return tf.constant(fields)
+
+
 def add_noise(images: Any, noise: float, seed: Any) -> Any:
     """Add uniform noise in ``±noise * 255`` to float pixels in 0..255.
 
-    The noise has 256 evenly spaced levels from ``-a`` to ``+a`` (one random byte per
-    value, four bytes per 32-bit draw): a quarter of the random draws of float noise,
-    which halves the cost of the study's default augmentation on a CPU, with steps of
-    0.04 grey levels at the default 2 %, far below the uint8 resolution of the data.
+    Each image gets a field picked at random from :func:`noise_bank`, mapped to 256
+    evenly spaced levels from ``-a`` to ``+a`` (steps of 0.04 grey levels at the
+    default 2 %, far below the uint8 resolution of the data). Drawing one index per
+    image instead of one random number per pixel is what makes the study's
+    augmentation cheap on a CPU: per-pixel Philox draws were 60 % of the input
+    pipeline (bench/RESULTS.md). Every pixel is still uniform over the 256 levels and
+    two images share a field with probability 1/1024; the noise is independent of
+    labels, so reused fields carry nothing a model could learn from.
     """
     tf = _tf()
     amplitude = float(noise) * 255.0
-    size = tf.size(images)
-    words = tf.random.stateless_uniform([(size + 3) // 4], seed=seed, minval=None, maxval=None, dtype=tf.uint32)
-    levels = tf.reshape(tf.bitcast(words, tf.uint8), [-1])[:size]
-    offsets = tf.cast(levels, images.dtype) * (2 * amplitude / 255.0) - amplitude
-    return images + tf.reshape(offsets, tf.shape(images))
+    batch = tf.shape(images)[0]
+    pick = tf.random.stateless_uniform([batch], seed=seed, minval=0, maxval=NOISE_FIELDS, dtype=tf.int32)
+    levels = tf.gather(noise_bank(), pick)
+    return images + (tf.cast(levels, images.dtype) * (2 * amplitude / 255.0) - amplitude)
 
 
 def augment_batch(images: Any, cfg: AugmentConfig, seed: Any, dtype: Any = None) -> Any:
@@ -171,23 +195,42 @@ def augment_batch(images: Any, cfg: AugmentConfig, seed: Any, dtype: Any = None)
     0..255. The result has ``dtype`` (default: the input's; uint8 results are
     rounded). With noise and jitter off the result is exactly one of the eight
     dihedral transforms of each input image.
+
+    The work runs as one XLA-compiled function (:func:`_compiled`), also inside
+    ``tf.data`` maps: fused, the per-image gather and the noise cost a fifth of the
+    same ops run one by one (bench/input_bench.py).
     """
     tf = _tf()
     images = tf.convert_to_tensor(images)
     dtype = tf.as_dtype(dtype or images.dtype)
-    s_geo, s_col, s_noise = _seeds(seed, 3)
-    out = random_dihedral(images, cfg, s_geo)
-    if not (cfg.color_jitter or cfg.noise > 0):
-        return tf.cast(out, dtype)
-    x = tf.cast(out, tf.float32)
-    if cfg.color_jitter:
-        x = color_jitter(x, cfg, s_col)
-    if cfg.noise > 0:
-        x = add_noise(x, cfg.noise, s_noise)
-    x = tf.clip_by_value(x, 0.0, 255.0)
-    if dtype == tf.uint8:
-        return tf.cast(tf.round(x), tf.uint8)
-    return tf.cast(x, dtype)
+    seed = tf.cast(tf.convert_to_tensor(seed), tf.int64)
+    if seed.shape.rank == 0:
+        seed = tf.stack([seed, tf.constant(0, tf.int64)])
+    return _compiled(cfg, dtype.name)(images, seed)
+
+
+@functools.cache
+def _compiled(cfg: AugmentConfig, dtype_name: str) -> Any:
+    """The XLA-compiled body of :func:`augment_batch` for one config and output dtype."""
+    tf = _tf()
+    dtype = tf.as_dtype(dtype_name)
+
+    def body(images: Any, seed: Any) -> Any:
+        s_geo, s_col, s_noise = _seeds(seed, 3)
+        out = random_dihedral(images, cfg, s_geo)
+        if not (cfg.color_jitter or cfg.noise > 0):
+            return tf.cast(out, dtype)
+        x = tf.cast(out, tf.float32)
+        if cfg.color_jitter:
+            x = color_jitter(x, cfg, s_col)
+        if cfg.noise > 0:
+            x = add_noise(x, cfg.noise, s_noise)
+        x = tf.clip_by_value(x, 0.0, 255.0)
+        if dtype == tf.uint8:
+            return tf.cast(tf.round(x), tf.uint8)
+        return tf.cast(x, dtype)
+
+    return tf.function(body, jit_compile=True, reduce_retracing=True)
 
 
 def augment_numpy(images: Any, cfg: AugmentConfig, seed: Any) -> Any:
