@@ -23,6 +23,7 @@ same sequence of augmented batches, and two epochs never repeat one another.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,12 @@ def make_dataset(shards_dir: str | os.PathLike[str], split: str, batch_size: int
     if repeat:
         ds = ds.repeat()
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if not repeat:
+        # interleave hides the length from tf.data; stating it gives Keras a progress bar with
+        # a total and an epoch end it expects (no "ran out of data" warning every epoch).
+        records = int(index["splits"][split]["records"])
+        batches = records // batch_size if drop_remainder else math.ceil(records / batch_size)
+        ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
     augment = training and augment_cfg is not None and augment_cfg.online
 
     def decode(serialized: Any) -> tuple[Any, Any]:

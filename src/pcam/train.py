@@ -360,7 +360,7 @@ def fit_model(
         t0 = time.perf_counter()
         result = model.fit(dataset, validation_data=val_ds, initial_epoch=epoch - 1, epochs=epoch,
                            steps_per_epoch=steps_per_epoch if fixed_steps else None,
-                           callbacks=[step_lr], verbose=verbose)
+                           callbacks=[step_lr], verbose=verbose, shuffle=False)  # tf.data shuffles
         seconds = time.perf_counter() - t0
         logs = {k: float(v[-1]) for k, v in result.history.items()}
         row = {"epoch": epoch, "stage": stage, "lr": step_lr.first_lr, "seconds": round(seconds, 3),
