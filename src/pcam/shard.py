@@ -51,7 +51,7 @@ from pcam.config import AugmentConfig, ExperimentConfig, ShardConfig, load_confi
 from pcam.dataset import SPLITS, label_counts, open_dataset
 from pcam.errors import DataError
 from pcam.fsutil import atomic_dir, file_sha256, read_json, write_json
-from pcam.records import compression_type, encode_example, tfrecord_options
+from pcam.records import TFRecordFileWriter, compression_type, encode_example
 from pcam.split import SPLIT_FILE, load_split
 
 log = logging.getLogger(__name__)
@@ -90,14 +90,11 @@ def _plan(indices: np.ndarray, copies: int, shuffle: bool, rng: np.random.Genera
 def _write_split(ds: Any, name: str, plan: np.ndarray, out: Path, augment_cfg: AugmentConfig,
                  shard_cfg: ShardConfig, seed: int, bar: tqdm) -> list[dict[str, Any]]:
     """Write one split's records in ``plan`` order, cut into shards of near-equal size."""
-    import tensorflow as tf
-
     if len(plan) == 0:
         return []
     n_shards = math.ceil(len(plan) / shard_cfg.records_per_shard)
     bounds = np.cumsum([len(part) for part in np.array_split(np.arange(len(plan)), n_shards)])
     ids = ds.ids
-    options = tfrecord_options(shard_cfg.compression)
     shards: list[dict[str, Any]] = []
     writer = None
     try:
@@ -110,21 +107,19 @@ def _write_split(ds: Any, name: str, plan: np.ndarray, out: Path, augment_cfg: A
             for j, (source, copy) in enumerate(rows):
                 if writer is None:
                     shard = shard_name(name, len(shards), n_shards)
-                    writer = tf.io.TFRecordWriter(str(out / shard), options)
+                    writer = TFRecordFileWriter(out / shard, shard_cfg.compression)
                     shards.append({"name": shard, "records": 0})
                 record_id = ids[source] if copy == 0 else f"{ids[source]}#aug{copy}"
                 writer.write(encode_example(images[j], ds.labels[source], record_id, shard_cfg.encoding))
                 shards[-1]["records"] += 1
                 if start + j + 1 == bounds[len(shards) - 1]:
                     writer.close()
+                    shards[-1].update(bytes=writer.bytes, sha256=writer.sha256)
                     writer = None
             bar.update(len(rows))
     finally:
         if writer is not None:
             writer.close()
-    for entry in shards:
-        path = out / entry["name"]
-        entry.update(bytes=path.stat().st_size, sha256=file_sha256(path))
     return shards
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 
@@ -22,9 +24,10 @@ def test_round_trip_is_pixel_exact(patches, tmp_path, encoding, compression):
 
     images, labels, ids = patches
     path = tmp_path / "x.tfrecord"
-    with tf.io.TFRecordWriter(str(path), R.tfrecord_options(compression)) as writer:
+    with R.TFRecordFileWriter(path, compression) as writer:
         for image, label, pid in zip(images, labels, ids, strict=True):
             writer.write(R.encode_example(image, label, pid, encoding))
+    assert writer.bytes == path.stat().st_size and writer.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
     ds = tf.data.TFRecordDataset(str(path), compression_type=R.compression_type(compression))
     batch = next(iter(ds.batch(64)))
     out_images, out_labels, out_ids = R.parse_example(batch, encoding)
@@ -39,14 +42,46 @@ def test_round_trip_is_pixel_exact(patches, tmp_path, encoding, compression):
     assert int(label) == labels[0] and pid.numpy().decode() == ids[0]
 
 
-def test_gzip_actually_compresses_and_files_differ(patches, tmp_path):
+def reference_example(image: np.ndarray, label: int, pid: str, encoding: str) -> bytes:
+    """What the proto library serializes for the same record."""
     import tensorflow as tf
 
+    feature = {
+        R.IMAGE_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[R.encode_image(image, encoding)])),
+        R.LABEL_KEY: tf.train.Feature(int64_list=tf.train.Int64List(value=[label])),
+        R.ID_KEY: tf.train.Feature(bytes_list=tf.train.BytesList(value=[pid.encode()])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize("encoding", R.ENCODINGS)
+def test_examples_are_the_bytes_protobuf_serializes(patches, encoding):
+    images, labels, _ = patches
+    for pid in ["", "a", "x" * 300, "ünïcode#aug2"]:  # ids of 0, 1, 300 (two-byte length) and non-ASCII bytes
+        for image, label in zip(images[:2], labels[:2], strict=True):
+            assert R.encode_example(image, label, pid, encoding) == reference_example(image, int(label), pid, encoding)
+
+
+def test_uncompressed_files_are_byte_identical_to_tensorflows_writer(patches, tmp_path):
+    import tensorflow as tf
+
+    images, labels, ids = patches
+    records = [R.encode_example(image, label, pid, "raw") for image, label, pid in zip(images, labels, ids, strict=True)]
+    with R.TFRecordFileWriter(tmp_path / "ours.tfrecord", "none") as writer:
+        for record in records:
+            writer.write(record)
+    with tf.io.TFRecordWriter(str(tmp_path / "tf.tfrecord")) as reference:
+        for record in records:
+            reference.write(record)
+    assert (tmp_path / "ours.tfrecord").read_bytes() == (tmp_path / "tf.tfrecord").read_bytes()
+
+
+def test_gzip_actually_compresses_and_files_differ(patches, tmp_path):
     images, labels, ids = patches
     sizes = {}
     for compression in R.COMPRESSIONS:
         path = tmp_path / f"{compression}.tfrecord"
-        with tf.io.TFRecordWriter(str(path), R.tfrecord_options(compression)) as writer:
+        with R.TFRecordFileWriter(path, compression) as writer:
             for image, label, pid in zip(images, labels, ids, strict=True):
                 writer.write(R.encode_example(image, label, pid, "raw"))
         sizes[compression] = path.stat().st_size

@@ -198,3 +198,17 @@ def test_cli_writes_shards_from_config_and_reports_errors(tiny_dataset, tiny_spl
         assert f"{name}: {len(rows)} records in {n} shards" in printed
     assert cli_main([*args[:3], "--split", str(tmp_path / "nowhere"), "--out", str(tmp_path / "x")]) == 2
     assert "split.json" in capsys.readouterr().err
+
+
+def test_shards_without_copies_are_written_without_importing_tensorflow(tiny_dataset, tiny_split, tmp_path):
+    """The shard step pays TensorFlow's import (5 s here) only when it materialises augmented copies."""
+    import subprocess
+    import sys
+
+    script = ("import sys; from pcam.config import AugmentConfig, ShardConfig; from pcam.shard import write_shards; "
+              f"write_shards({str(tiny_dataset)!r}, {str(tiny_split)!r}, {str(tmp_path / 'out')!r}, "
+              "AugmentConfig(copies=0), ShardConfig(), 0, progress=False); "
+              "print('tensorflow' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+    assert load_index(tmp_path / "out")["splits"]["train"]["records"] > 0  # verify=True: sha256s match the files
