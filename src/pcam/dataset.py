@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import os
 import shutil
 from collections import Counter
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import google_crc32c
 import numpy as np
 import pandas as pd
 
@@ -54,19 +56,24 @@ class DatasetWriter:
         self.out_dir = Path(out_dir)
         self._tmp = temp_dir_beside(self.out_dir)
         self.capacity = capacity
+        self._sha256 = hashlib.sha256()
         try:  # creating the file is the first write: if it fails, callers have no writer to abort()
             # Plain sequential writes, not a memory map: a written memmap page stays in the
             # process's resident set until unmapped, so RSS grew with the file (2 GiB at
             # 65,536 patches; bench/memory_bench.py); written through a file it stays flat.
-            self._file = open(self._tmp / IMAGES_FILE, "wb")  # closed in finish()/abort()
-            np.lib.format.write_array_header_1_0(self._file, {"descr": np.dtype(np.uint8).str, "fortran_order": False,
-                                                              "shape": (capacity, *IMAGE_SHAPE)})
+            self._file = open(self._tmp / IMAGES_FILE, "w+b")  # closed in finish()/abort(); read back for duplicates
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(header, {"descr": np.dtype(np.uint8).str, "fortran_order": False,
+                                                          "shape": (capacity, *IMAGE_SHAPE)})
+            self._header_bytes = len(header.getvalue())
+            self._write(header.getvalue())
         except BaseException:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise
         self._labels = np.zeros(capacity, dtype=np.uint8)
         self._meta: list[tuple[int, str, str, int, str]] = []
-        self._hashes: dict[bytes, str] = {}
+        self._by_crc: dict[int, list[int]] = {}
+        """crc32c of a patch -> rows holding a patch with that crc; rows are compared byte by byte."""
         self._duplicates: list[tuple[str, str]] = []
         self._count = 0
 
@@ -83,15 +90,36 @@ class DatasetWriter:
         if self._count + n > self.capacity:
             raise DataError(f"more patches than announced ({self.capacity})")
         start = self._count
-        self._file.write(memoryview(np.ascontiguousarray(images)))  # batches arrive in order
+        images = np.ascontiguousarray(images)
+        self._write(memoryview(images).cast("B"))  # batches arrive in order
         self._labels[start:start + n] = labels
         for i in range(n):
-            key = hashlib.blake2b(images[i].tobytes(), digest_size=16).digest()
-            first = self._hashes.setdefault(key, ids[i])
-            if first != ids[i]:
-                self._duplicates.append((first, ids[i]))
+            self._note_duplicate(start + i, images[i], ids[i])
             self._meta.append((start + i, ids[i], source_split, int(labels[i]), slides[i] if slides else ""))
         self._count += n
+
+    def _write(self, data: Any) -> None:
+        """Append to images.npy and to its running sha256: the file is never read back to checksum it."""
+        self._file.write(data)
+        self._sha256.update(data)
+
+    def _note_duplicate(self, row: int, image: np.ndarray, patch_id: str) -> None:
+        """Record ``row`` as a duplicate if an earlier row holds exactly the same pixels.
+
+        crc32c (hardware-accelerated, 6 GB/s) picks candidates and a byte comparison
+        with the earlier patch, read back from the file, decides: exact, at a tenth of
+        the cost of a cryptographic hash per patch (bench/ingest_bench.py).
+        """
+        data = image.tobytes()
+        candidates = self._by_crc.setdefault(google_crc32c.value(data), [])
+        if candidates:
+            self._file.flush()
+            for earlier in candidates:
+                offset = self._header_bytes + earlier * len(data)
+                if os.pread(self._file.fileno(), len(data), offset) == data:
+                    self._duplicates.append((self._meta[earlier][1], patch_id))
+                    return
+        candidates.append(row)
 
     def abort(self) -> None:
         self._file.close()
@@ -139,7 +167,8 @@ class DatasetWriter:
             "slides_known": bool(slides) and len(slides) > 1,
             "num_slides": len(slides),
             "duplicates": {"count": len(self._duplicates), "examples": self._duplicates[:20]},
-            "files": {name: {"sha256": file_sha256(self._tmp / name), "bytes": (self._tmp / name).stat().st_size}
+            "files": {name: {"sha256": self._sha256.hexdigest() if name == IMAGES_FILE else file_sha256(self._tmp / name),
+                             "bytes": (self._tmp / name).stat().st_size}
                       for name in (IMAGES_FILE, LABELS_FILE, META_FILE)},
             **extra,
         }

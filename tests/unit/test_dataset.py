@@ -25,6 +25,26 @@ def test_write_then_open_round_trip(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ds"]
 
 
+@pytest.mark.parametrize("crc", ["real", "always_equal"])
+def test_duplicates_are_exact_even_when_checksums_collide(tmp_path, monkeypatch, crc):
+    """crc32c only proposes candidates: bytes decide, within a batch and across batches."""
+    import pcam.dataset as D
+
+    if crc == "always_equal":  # every patch collides with every earlier one
+        monkeypatch.setattr(D.google_crc32c, "value", lambda data: 7)
+    images, labels = _batch(6)
+    near = images[0].copy()
+    near[48, 48, 0] ^= 1  # one bit from images[0]: not a duplicate
+    writer = DatasetWriter(tmp_path / "ds", capacity=10)
+    writer.add(np.concatenate([images[:3], images[1:2]]), np.zeros(4, np.uint8), ["a", "b", "c", "b2"], "train")
+    writer.add(np.stack([near, images[2], images[0], images[5]]), np.zeros(4, np.uint8),
+               ["near", "c2", "a2", "f"], "valid")
+    writer.add(images[3:5], np.zeros(2, np.uint8), ["d", "e"], "test")
+    manifest = writer.finish("mem://", "test")
+    assert manifest["duplicates"] == {"count": 3, "examples": [("b", "b2"), ("c", "c2"), ("a", "a2")]}
+    assert manifest["files"]["images.npy"]["sha256"] == D.file_sha256(tmp_path / "ds" / "images.npy")
+
+
 def test_unfinished_writer_leaves_nothing_openable(tmp_path):
     images, labels = _batch(4)
     writer = DatasetWriter(tmp_path / "ds", capacity=8)
