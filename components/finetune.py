@@ -30,6 +30,9 @@ def finetune(trained: Input[Model], shards: Input[Dataset], config_yaml: str, mo
     finetune_model(trained.path, shards.path, model.path, cfg, model_name, policy)
     model.metadata.update({"model": model_name, "policy": policy, "stage": "finetune",
                            "framework": "keras"})
+    import gc
+
+    gc.freeze()  # the process ends next: spare its final GC pass over TensorFlow's objects (1-2 s a step)
 
 
 finetune_op = make_component(finetune)
