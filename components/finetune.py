@@ -21,9 +21,9 @@ def finetune(trained: Input[Model], shards: Input[Dataset], config_yaml: str, mo
     import logging
 
     import yaml
-    from pcam.train import finetune as finetune_model
 
     from pcam.config import config_from_dict
+    from pcam.train import finetune as finetune_model
 
     logging.basicConfig(level=logging.INFO)
     cfg = config_from_dict(yaml.safe_load(config_yaml))

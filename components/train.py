@@ -23,9 +23,9 @@ def train(shards: Input[Dataset], config_yaml: str, model_name: str, policy: str
     import logging
 
     import yaml
-    from pcam.train import train as train_model
 
     from pcam.config import config_from_dict
+    from pcam.train import train as train_model
 
     logging.basicConfig(level=logging.INFO)
     cfg = config_from_dict(yaml.safe_load(config_yaml))

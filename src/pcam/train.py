@@ -343,7 +343,6 @@ def fit_model(
     stages' rows (fine-tuning continues their epoch numbers). Returns the summary
     fields of ``train.json`` (without the model/config ones).
     """
-    import keras
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
