@@ -72,8 +72,10 @@ class DatasetWriter:
             raise
         self._labels = np.zeros(capacity, dtype=np.uint8)
         self._meta: list[tuple[int, str, str, int, str]] = []
-        self._by_crc: dict[int, list[int]] = {}
-        """crc32c of a patch -> rows holding a patch with that crc; rows are compared byte by byte."""
+        self._first_by_crc: dict[int, int] = {}
+        """crc32c of a patch -> the first row with that crc (a plain int: ~100 bytes a patch)."""
+        self._more_by_crc: dict[int, list[int]] = {}
+        """Later rows whose crc matched but whose bytes did not (distinct patches, rare)."""
         self._duplicates: list[tuple[str, str]] = []
         self._count = 0
 
@@ -111,15 +113,17 @@ class DatasetWriter:
         the cost of a cryptographic hash per patch (bench/ingest_bench.py).
         """
         data = image.tobytes()
-        candidates = self._by_crc.setdefault(google_crc32c.value(data), [])
-        if candidates:
-            self._file.flush()
-            for earlier in candidates:
-                offset = self._header_bytes + earlier * len(data)
-                if os.pread(self._file.fileno(), len(data), offset) == data:
-                    self._duplicates.append((self._meta[earlier][1], patch_id))
-                    return
-        candidates.append(row)
+        crc = google_crc32c.value(data)
+        first = self._first_by_crc.setdefault(crc, row)
+        if first == row:
+            return
+        self._file.flush()
+        for earlier in (first, *self._more_by_crc.get(crc, ())):
+            offset = self._header_bytes + earlier * len(data)
+            if os.pread(self._file.fileno(), len(data), offset) == data:
+                self._duplicates.append((self._meta[earlier][1], patch_id))
+                return
+        self._more_by_crc.setdefault(crc, []).append(row)
 
     def abort(self) -> None:
         self._file.close()
