@@ -13,7 +13,8 @@ tensor, so the same seed gives the same augmentation: :mod:`pcam.shard` uses tha
 materialise augmented copies deterministically, and :mod:`pcam.input` feeds a fresh
 per-batch seed from a seeded ``tf.data.Dataset.random`` for online augmentation. One
 implementation serves both, so the copies in the shards and the online views can
-never drift apart. Each image draws its own flips, rotation and jitter factors.
+never drift apart. Each image draws its own flips, rotation and jitter factors, and
+its own noise field from a fixed bank (:func:`add_noise`).
 
 Colour jitter follows ``tf.image`` semantics on a 0..1 scale: brightness adds a delta
 in ``±brightness`` (times 255 here), contrast scales each channel's distance from
