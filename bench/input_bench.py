@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 
-from bench.common import Figure, fit_rate, loadavg, main, quiet_tf, real_shards
+from bench.common import Figure, best_of, fit_rate, loadavg, main, quiet_tf, real_shards
 
 GOAL = 3.0
 BATCH = 64
@@ -38,6 +38,19 @@ def pipeline_rate(shards, training: bool, repeats: int) -> float:
             best = min(best, time.perf_counter() - start)
     assert seen == n, (seen, n)
     return n / best
+
+
+def augment_rate(repeats: int = 50) -> float:
+    """Images/s of :func:`pcam.augment.augment_batch` alone on one uint8 batch (flips/rot90/noise)."""
+    import numpy as np
+
+    from pcam.augment import augment_batch
+    from pcam.config import AugmentConfig
+
+    images = np.random.default_rng(0).integers(0, 256, (BATCH, 96, 96, 3), dtype=np.uint8)
+    augment_batch(images, AugmentConfig(), [0, 0], "float32")  # compile
+    seconds = best_of(lambda: [augment_batch(images, AugmentConfig(), [0, i], "float32") for i in range(repeats)])
+    return repeats * BATCH / seconds
 
 
 def consumption_rate(name: str, steps: int) -> float:
@@ -72,6 +85,7 @@ def run(quick: bool = False) -> list[Figure]:
         steps = {"logreg": 60, "cnn": 20, "mobilenetv2": 10, "resnet50": 5}[name] // (3 if quick else 1)
         rates[name] = consumption_rate(name, max(steps, 2))
         figures.append(Figure(f"train_step_{name}_images_per_s", rates[name], "img/s", load=loadavg()))
+    figures.append(Figure("input_augment_only_images_per_s", augment_rate(), "img/s", load=loadavg()))
     decode = pipeline_rate(shards, training=False, repeats=repeats)
     figures.append(Figure("input_decode_only_images_per_s", decode, "img/s", load=loadavg()))
     pipe = pipeline_rate(shards, training=True, repeats=repeats)

@@ -28,6 +28,7 @@ BENCHES = {
     "tta": "bench.tta_bench",
     "memory": "bench.memory_bench",
     "encoding": "bench.encoding_bench",
+    "startup": "bench.startup_bench",
     "demo": "bench.demo_bench",
 }
 QUICK_DEFAULT_SKIP = ("demo",)

@@ -110,15 +110,13 @@ def plot(result: dict[str, Any], path: str | os.PathLike[str], title: str = "LR 
 def lr_find(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: ExperimentConfig,
             model_name: str, *, steps: int = 200, min_lr: float = 1e-7, max_lr: float = 1.0) -> dict[str, Any]:
     """Sweep ``model_name`` (stage-1 setup) over the training shards; write lr_find.{json,png}."""
-    import keras
 
     from pcam.input import make_dataset
     from pcam.models import build_model, is_pretrained, set_trainable_for_stage
     from pcam.train import compile_model
 
     model_cfg = cfg.model(model_name)
-    keras.utils.set_random_seed(cfg.seed)
-    model = build_model(model_name, model_cfg, seed=cfg.seed)
+    model = build_model(model_name, model_cfg, seed=cfg.seed)  # seeds Python, NumPy, Keras and TF
     set_trainable_for_stage(model, model_name, "train", pretrained=is_pretrained(model_cfg))
     compile_model(model, model_cfg)
     dataset = make_dataset(shards_dir, "train", model_cfg.batch_size, training=True,

@@ -143,26 +143,26 @@ class TFRecordFileWriter:
 
     def __init__(self, path: str | os.PathLike[str], compression: str):
         compression_type(compression)
-        self._hash = hashlib.sha256()
-        self.bytes = 0
-        self._file = open(path, "wb")  # noqa: SIM115  (closed in close())
-        sink = _HashingSink(self._file, self)
-        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=sink, compresslevel=6, mtime=0) \
+        self._sink = _HashingFile(path)
+        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._sink, compresslevel=6, mtime=0) \
             if compression == "gzip" else None
-        self._out: Any = self._gzip or sink
 
     def write(self, record: bytes) -> None:
         length = len(record).to_bytes(8, "little")
-        self._out.write(b"".join((length, _masked_crc(length), record, _masked_crc(record))))
+        (self._gzip or self._sink).write(b"".join((length, _masked_crc(length), record, _masked_crc(record))))
 
     def close(self) -> None:
         if self._gzip is not None:
             self._gzip.close()  # writes the gzip trailer through the sink; leaves the file open
-        self._file.close()
+        self._sink.close()
 
     @property
     def sha256(self) -> str:
-        return self._hash.hexdigest()
+        return self._sink.hash.hexdigest()
+
+    @property
+    def bytes(self) -> int:
+        return self._sink.bytes
 
     def __enter__(self) -> TFRecordFileWriter:
         return self
@@ -171,19 +171,24 @@ class TFRecordFileWriter:
         self.close()
 
 
-class _HashingSink:
-    """File-like: writes through to ``file`` and feeds the writer's sha256 and byte count."""
+class _HashingFile:
+    """A file opened for writing that keeps the sha256 and size of what was written."""
 
-    def __init__(self, file: Any, owner: TFRecordFileWriter):
-        self._file, self._owner = file, owner
+    def __init__(self, path: str | os.PathLike[str]):
+        self._file = open(path, "wb")  # noqa: SIM115  (closed in close())
+        self.hash = hashlib.sha256()
+        self.bytes = 0
 
     def write(self, data: bytes) -> int:
-        self._owner._hash.update(data)
-        self._owner.bytes += len(data)
+        self.hash.update(data)
+        self.bytes += len(data)
         return self._file.write(data)
 
     def flush(self) -> None:
         self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _feature_spec() -> dict[str, Any]:

@@ -481,7 +481,6 @@ def _summary(out: Path, cfg: ExperimentConfig, model_name: str, policy: str, mod
 def train(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: ExperimentConfig,
           model_name: str, policy: str, *, resume: bool = True) -> dict[str, Any]:
     """Stage 1: build ``model_name`` (transfer bases frozen) and train it under ``policy``."""
-    import keras
 
     from pcam.models import build_model, is_pretrained, set_trainable_for_stage
     from pcam.policies import make_policy
@@ -492,8 +491,7 @@ def train(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
     with _precision(cfg.train.mixed_precision):
         train_ds, val_ds, steps, images, fixed = _datasets(shards_dir, cfg, model_cfg.batch_size)
         with strategy_for_devices().scope():
-            keras.utils.set_random_seed(cfg.seed)
-            model = build_model(model_name, model_cfg, seed=cfg.seed)
+            model = build_model(model_name, model_cfg, seed=cfg.seed)  # seeds Python, NumPy, Keras and TF
             set_trainable_for_stage(model, model_name, "train", pretrained=is_pretrained(model_cfg))
             compile_model(model, model_cfg, cfg.train.xla)
         lr_policy = make_policy(policy, model_cfg, model_cfg.epochs, cfg.train, steps)
