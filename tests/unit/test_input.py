@@ -114,7 +114,7 @@ def test_unknown_empty_or_damaged_split_is_an_error(tiny_shards, tmp_path):
         make_dataset(tiny_shards, "holdout", 8, training=False)
     copy = shutil.copytree(tiny_shards, tmp_path / "shards")
     index = read_json(copy / "index.json")
-    index["splits"]["test"] = {"records": 0, "shards": [], "augmented_copies": 0}
+    index["splits"]["test"] = {"records": 0, "labels": {"0": 0, "1": 0}, "shards": [], "augmented_copies": 0}
     write_json(copy / "index.json", index)
     with pytest.raises(DataError, match="'test' is empty"):
         make_dataset(copy, "test", 8, training=False)

@@ -104,7 +104,7 @@ def test_too_small_gives_error_and_no_output(tmp_path):
      "split 'test' has no patches with label 1"),
     (lambda d: d["indices"]["test"].append(d["indices"]["train"][0]) or d["counts"]["test"].update(
         {"0": d["counts"]["test"]["0"] + 1}), "is in split 'test' and an earlier split"),
-    (lambda d: d.pop("indices"), "no 'indices' key"),
+    (lambda d: d.pop("indices"), "missing key 'indices'"),
 ])
 def test_load_split_rejects_bad_files(tiny_split, tmp_path, edit, message):
     data = json.loads((tiny_split / SPLIT_FILE).read_text())
