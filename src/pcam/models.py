@@ -25,12 +25,12 @@ from pathlib import Path
 import keras
 from keras import layers
 
+from pcam import IMAGE_SHAPE
 from pcam.config import MODEL_NAMES, TRANSFER_MODELS, ModelConfig
 from pcam.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-IMAGE_SHAPE = (96, 96, 3)
 OUTPUT_LAYER = "prediction"
 BASE_LAYER = {"mobilenetv2": "mobilenetv2_base", "resnet50": "resnet50_base"}
 MOBILENET_FROZEN_LAYERS = 100

@@ -36,6 +36,7 @@ from typing import Any
 from pcam.config import MODEL_NAMES, POLICY_NAMES
 from pcam.errors import DataError
 from pcam.fsutil import atomic_dir, check_output, check_shape, read_json
+from pcam.study import package_versions
 
 log = logging.getLogger(__name__)
 
@@ -229,22 +230,6 @@ def _delta(a: float | None, b: float | None) -> str:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
-
-
-def package_versions() -> dict[str, str]:
-    """Versions of the report step's own environment (no heavy imports)."""
-    from importlib import metadata
-
-    out = {}
-    for name in ("pcam", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn", "matplotlib", "kfp"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    if "tensorflow-cpu" in out:
-        out.setdefault("tensorflow", out.pop("tensorflow-cpu") + " (cpu wheel)")
-        out.pop("tensorflow-cpu", None)
-    return out
 
 
 def _context(context: dict[str, Any]) -> dict[str, Any]:

@@ -29,15 +29,19 @@ STUDY_FILE = "study.json"
 
 
 def package_versions() -> dict[str, str]:
-    """Versions a reviewer needs to reproduce a result (kfp only when installed)."""
+    """Versions a reviewer needs to reproduce a result (kfp only when installed; no heavy imports)."""
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for name in ("pcam", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn", "h5py", "kfp"):
+    for name in ("pcam", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn", "h5py", "matplotlib",
+                 "kfp"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
+    if "tensorflow-cpu" in versions:  # the x86_64 wheel: say it is TensorFlow
+        versions.setdefault("tensorflow", versions.pop("tensorflow-cpu") + " (cpu wheel)")
+        versions.pop("tensorflow-cpu", None)
     return versions
 
 

@@ -127,22 +127,17 @@ def _reseed_epoch(seed: int) -> None:
     np.random.seed(seed)
 
 
-class _precision:
+@contextlib.contextmanager
+def _precision(mixed: bool) -> Iterator[None]:
     """Set the global Keras dtype policy for a block and restore it afterwards."""
+    import keras
 
-    def __init__(self, mixed: bool):
-        self.mixed = mixed
-
-    def __enter__(self) -> None:
-        import keras
-
-        self.saved = keras.mixed_precision.global_policy().name
-        keras.mixed_precision.set_global_policy("mixed_float16" if self.mixed else "float32")
-
-    def __exit__(self, *exc: object) -> None:
-        import keras
-
-        keras.mixed_precision.set_global_policy(self.saved)
+    saved = keras.mixed_precision.global_policy().name
+    keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    try:
+        yield
+    finally:
+        keras.mixed_precision.set_global_policy(saved)
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -321,37 +316,34 @@ def load_checkpoint(root: str, model: Any) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- the core
 
 
-class _StepLR:
-    """Keras callback: set the policy's LR before every batch, time the training part of the epoch."""
+def _step_lr(policy: Any, first_step: int) -> Any:
+    """A Keras callback that sets the policy's LR before every batch and times the training part of the epoch."""
+    import keras
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
-        import keras
+    class StepLR(keras.callbacks.Callback):
+        def __init__(self) -> None:
+            super().__init__()
+            self.step = first_step
+            self.first_lr = policy.lr_at(first_step)
+            self.train_seconds = 0.0
+            self._t0 = 0.0
 
-        class StepLR(keras.callbacks.Callback):
-            def __init__(self, policy: Any, first_step: int):
-                super().__init__()
-                self.policy = policy
-                self.step = first_step
-                self.first_lr = policy.lr_at(first_step)
-                self.train_seconds = 0.0
-                self._t0 = 0.0
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self._t0 = time.perf_counter()
 
-            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
-                self._t0 = time.perf_counter()
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            self.model.optimizer.learning_rate = policy.lr_at(self.step)
+            self.step += 1
 
-            def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
-                self.model.optimizer.learning_rate = self.policy.lr_at(self.step)
-                self.step += 1
+        def on_test_begin(self, logs: Any = None) -> None:
+            if not self.train_seconds:
+                self.train_seconds = time.perf_counter() - self._t0
 
-            def on_test_begin(self, logs: Any = None) -> None:
-                if not self.train_seconds:
-                    self.train_seconds = time.perf_counter() - self._t0
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            if not self.train_seconds:
+                self.train_seconds = time.perf_counter() - self._t0
 
-            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
-                if not self.train_seconds:
-                    self.train_seconds = time.perf_counter() - self._t0
-
-        return StepLR(*args, **kwargs)
+    return StepLR()
 
 
 def _write_tensorboard(log_dir: Path, row: dict[str, Any]) -> None:
@@ -462,7 +454,7 @@ def fit_model(
         log.info("%s epoch %d (%d of %d in this stage)", stage, epoch, i + 1, epochs)
         _reseed_epoch(seed * 1000 + epoch)
         dataset = train_data(epoch) if callable(train_data) else train_data
-        step_lr = _StepLR(policy, i * steps_per_epoch)
+        step_lr = _step_lr(policy, i * steps_per_epoch)
         t0 = time.perf_counter()
         result = model.fit(dataset, validation_data=val_ds, initial_epoch=epoch - 1, epochs=epoch,
                            steps_per_epoch=steps_per_epoch if fixed_steps else None,
