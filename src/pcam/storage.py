@@ -248,6 +248,8 @@ def read_bytes(uri: str) -> bytes:
             return local(uri).read_bytes()
         except FileNotFoundError:
             raise DataError(f"{uri}: does not exist") from None
+        except OSError as exc:
+            raise DataError(f"{uri}: cannot read ({exc.strerror or exc})") from None
     with _gcs_errors(uri, "read"):
         return _blob(uri).download_as_bytes(retry=_retry())
 
@@ -274,6 +276,8 @@ def read_versioned(uri: str) -> tuple[bytes | None, Any]:
             data = local(uri).read_bytes()
         except FileNotFoundError:
             return None, ABSENT
+        except OSError as exc:
+            raise DataError(f"{uri}: cannot read ({exc.strerror or exc})") from None
         return data, hashlib.sha256(data).hexdigest()
     from google.api_core import exceptions as gexc
 
