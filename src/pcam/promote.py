@@ -199,8 +199,14 @@ def promote(
     candidate_score = score(candidate_metrics, metric, str(eval_dir / METRICS_FILE))
     model_file = model_dir / MODEL_FILE
     sha = _check_candidate(eval_dir, model_file, candidate_metrics)
-    if not storage.is_gcs(champion_uri) and storage.local(champion_uri).is_file():
-        raise DataError(f"{champion_uri}: is a file; the champion location must be a directory")
+    if not storage.is_gcs(champion_uri):
+        where = storage.local(champion_uri).resolve()
+        if where.is_file():
+            raise DataError(f"{champion_uri}: is a file; the champion location must be a directory")
+        for given in (eval_dir, model_dir):
+            if where == given.resolve() or given.resolve() in where.parents:
+                raise DataError(f"--champion {champion_uri}: inside the candidate's {given}; choose a location "
+                                "outside the run it crowns")
 
     version: str | None = None
     committed = False

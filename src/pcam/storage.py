@@ -172,8 +172,10 @@ def _gcs_errors(uri: str, action: str) -> Iterator[None]:
         raise DataError(f"{uri}: {action} failed ({_first_line(exc)})") from None
     except GoogleAuthError as exc:
         raise DataError(f"{uri}: {action} failed: credentials problem ({_first_line(exc)})") from None
-    except (OSError, ValueError) as exc:  # requests' ConnectionError is an OSError
+    except OSError as exc:  # requests' ConnectionError is an OSError
         raise DataError(f"{uri}: {action} failed: storage server unreachable ({_first_line(exc)})") from None
+    except ValueError as exc:  # e.g. requests' InvalidURL for a malformed STORAGE_EMULATOR_HOST
+        raise DataError(f"{uri}: {action} failed ({_first_line(exc)})") from None
 
 
 def _bucket_exists(bucket: str) -> bool:
@@ -215,7 +217,10 @@ def exists(uri: str) -> bool:
     """True when ``uri`` is a file/object or a directory/prefix holding at least one object."""
     if not is_gcs(uri):
         return local(uri).exists()
-    return is_file(uri) or bool(_list(uri, "/")[0] or _list(uri, "/")[1])
+    if is_file(uri):
+        return True
+    blobs, prefixes = _list(uri, "/")
+    return bool(blobs or prefixes)
 
 
 def list_dir(uri: str) -> list[str]:

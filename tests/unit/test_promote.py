@@ -154,6 +154,10 @@ def test_champion_location_that_is_not_a_champion_is_refused_unless_forced(candi
     (tmp_path / "afile").write_text("x")
     with pytest.raises(DataError, match="afile: is a file"):
         _promote(good, tmp_path / "afile", tmp_path)
+    for inside in (good / "train", good / "evaluate" / "champion"):
+        with pytest.raises(DataError, match=r"inside the candidate's .*good/(train|evaluate); choose a location"):
+            _promote(good, inside, tmp_path)
+    assert not (good / "evaluate" / "champion").exists()
 
 
 def test_corrupt_champion_is_a_clear_error(candidates, tmp_path):
