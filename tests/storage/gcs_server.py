@@ -77,6 +77,12 @@ class FakeGcs:
         assert response.status in (200, 409), (response.status, body)
 
 
+def is_object(path: str) -> bool:
+    """An object request (upload, download, list, delete), not bucket metadata."""
+    route = path.split("?", 1)[0]
+    return route.endswith("/o") or "/o/" in route
+
+
 class FaultProxy:
     """An HTTP proxy in front of ``upstream_port`` that can inject faults."""
 
@@ -98,7 +104,9 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 with proxy.lock:
-                    fault = proxy.faults.pop(0) if proxy.faults else None
+                    # Faults hit object requests only: google-cloud-storage also fetches bucket
+                    # metadata from a background thread, at a time no test controls.
+                    fault = proxy.faults.pop(0) if proxy.faults and is_object(self.path) else None
                 if fault is not None:
                     self.rfile.read(length)
                     body = json.dumps({"error": {"code": fault, "message": f"injected {fault}",
