@@ -241,3 +241,32 @@ def test_cli_promote_best_of_runs(candidates, tmp_path, capsys):
     assert code == 0 and capsys.readouterr().out.startswith("promoted: no champion yet")
     assert json.loads((tmp_path / "champ" / "champion.json").read_text())["model"] == "good"
     assert C.fetch(str(tmp_path / "champ"), tmp_path / "reader")["model"] == "good"
+
+
+def test_cli_refusals_as_a_subprocess(candidates, tmp_path):
+    """The way a user runs it: one stderr line, exit 2, nothing written (and no TensorFlow import)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    good, bad = candidates
+    repo = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": f"{repo / 'src'}{os.pathsep}{repo}"}
+    thesis = tmp_path / "thesis"
+    thesis.mkdir()
+    (thesis / "thesis.tex").write_text("years of work")
+    cases = [
+        (["--eval", str(good / "evaluate"), "--model", str(bad / "train"), "--champion", str(tmp_path / "c")],
+         "scored another model"),
+        (["--eval", str(good / "evaluate"), "--model", str(good / "train"), "--champion", str(thesis)],
+         "not empty and not a pcam champion"),
+    ]
+    for args, message in cases:
+        proc = subprocess.run([sys.executable, "-m", "pcam.cli", "promote", *args, "--out", str(tmp_path / "d")],
+                              env=env, capture_output=True, text=True, timeout=120)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+        assert lines[0].startswith("pcam promote: error: ")
+    assert not (tmp_path / "c").exists() and not (tmp_path / "d").exists()
+    assert [p.name for p in thesis.iterdir()] == ["thesis.tex"]
