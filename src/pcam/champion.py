@@ -117,9 +117,13 @@ def discard_version(uri: str, version: str) -> None:
     storage.delete_tree(version_uri(uri, version))
 
 
-def collect_garbage(uri: str, pointer: dict[str, Any], legacy: bool) -> None:
-    """Delete versions that dropped out of the pointer's history, and the pre-versioning top-level files."""
-    for version in pointer.get("history", [])[KEEP_VERSIONS:]:
+def collect_garbage(uri: str, dropped: list[str], legacy: bool) -> None:
+    """Delete versions that dropped out of the pointer's history, and the pre-versioning top-level files.
+
+    Called only by the writer whose swap published the new pointer, so each dropped
+    version is deleted once.
+    """
+    for version in dropped:
         storage.delete_tree(version_uri(uri, version))
     if legacy:
         for name in (MODEL_FILE, METRICS_FILE):

@@ -235,18 +235,19 @@ def promote(
             if version is None:
                 version = C.upload_version(champion_uri, model_file, eval_dir / METRICS_FILE, info)
             previous = pointer or {}
-            history = [previous["version"]] if previous.get("version") else []
+            history = [*([previous["version"]] if previous.get("version") else []), *previous.get("history", [])]
             new_pointer = {
                 **info, "version": version,
                 "replaced": None if pointer is None else {k: previous.get(k) for k in
                                                           ("promoted_at", "score", "model", "policy", "model_sha256",
                                                            "version")},
                 "replaced_score": champ.get("score"),
-                "history": [*history, *previous.get("history", [])],
+                "history": history[:C.KEEP_VERSIONS],
             }
             if C.swap_pointer(champion_uri, new_pointer, generation):
                 committed = True
-                C.collect_garbage(champion_uri, new_pointer, legacy=bool(pointer and not pointer.get("version")))
+                C.collect_garbage(champion_uri, history[C.KEEP_VERSIONS:],
+                                  legacy=bool(pointer and not pointer.get("version")))
                 break
             log.info("the champion changed while this promotion decided (attempt %d): comparing again", attempt)
         else:

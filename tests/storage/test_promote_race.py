@@ -83,7 +83,9 @@ def _race(uri: str, tmp_path: Path, rounds: int, racers: int, promote_all) -> No
         reader.stop.set()
         reader.join(30)
     assert reader.errors == [] and reader.reads > 0
-    published = {C.read_pointer(uri)[0]["version"], *C.read_pointer(uri)[0]["history"][:C.KEEP_VERSIONS]}
+    pointer = C.read_pointer(uri)[0]
+    assert len(pointer["history"]) == C.KEEP_VERSIONS
+    published = {pointer["version"], *pointer["history"]}
     assert set(storage.list_dir(storage.join(uri, "versions"))) == published  # losers left nothing behind
 
 
