@@ -88,17 +88,25 @@ def save_checkpoint(root: str, model: Any, state: dict[str, Any]) -> str:
     return final
 
 
+def read_state(path: str) -> dict[str, Any]:
+    """``state.json`` of one checkpoint folder (local or gs://; no TensorFlow needed)."""
+    state_uri = storage.join(path, STATE_FILE)
+    try:
+        state = json.loads(storage.read_bytes(state_uri))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{state_uri}: not valid JSON ({exc})") from None
+    if not isinstance(state, dict):
+        raise DataError(f"{state_uri}: not a checkpoint state (expected a JSON object)")
+    return state
+
+
 def load_checkpoint(root: str, model: Any) -> dict[str, Any] | None:
     """Restore the newest complete checkpoint into ``model``; its state, or None if there is none."""
     checkpoints = complete_checkpoints(root)
     if not checkpoints:
         return None
     epoch, path = checkpoints[-1]
-    state_uri = storage.join(path, STATE_FILE)
-    try:
-        state = json.loads(storage.read_bytes(state_uri))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{state_uri}: not valid JSON ({exc})") from None
+    state = read_state(path)
     arrays = np.load(io.BytesIO(storage.read_bytes(storage.join(path, VARIABLES_FILE))))
     values = [arrays[f"v{i:05d}"] for i in range(len(arrays.files))]
     _ensure_optimizer_built(model)
