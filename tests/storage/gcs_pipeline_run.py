@@ -2,6 +2,11 @@
 
 kfp.local's SubprocessRunner runs each step in a child process that inherits
 STORAGE_EMULATOR_HOST, so every step reaches the same GCS-protocol server.
+
+Run by ``make test-gcs-pipeline``, not by ``make test``: a second whole pipeline run
+(11 step processes, each importing TensorFlow) took 233-400 s on the shared 2-core
+machine at load 10-15, beyond the test budget of this feature. The file name
+keeps pytest's default collection away from it; naming it runs it.
 """
 
 from __future__ import annotations
