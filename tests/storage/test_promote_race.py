@@ -84,7 +84,7 @@ def _race(uri: str, tmp_path: Path, rounds: int, racers: int, promote_all) -> No
         reader.join(30)
     assert reader.errors == [] and reader.reads > 0
     pointer = C.read_pointer(uri)[0]
-    assert len(pointer["history"]) == C.KEEP_VERSIONS
+    assert len(pointer["history"]) <= C.KEEP_VERSIONS
     published = {pointer["version"], *pointer["history"]}
     assert set(storage.list_dir(storage.join(uri, "versions"))) == published  # losers left nothing behind
 
