@@ -23,7 +23,7 @@ RUN_NAME ?= pcam-$(shell date +%Y%m%d-%H%M%S)
 CRON ?= 0 0 3 * * 0
 COMPILED := pipelines/compiled/pcam_training.yaml
 
-.PHONY: help setup demo run test test-fast lint compile submit schedule images push image-check kind-up kind-test bench bench-real clean
+.PHONY: help setup demo run test test-fast test-gcs-pipeline lint compile submit schedule images push image-check kind-up kind-test bench bench-real clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -48,6 +48,9 @@ test: setup ## Run the whole test suite (what CI runs)
 
 test-fast: setup ## Run the unit tests only
 	$(BIN)/python -m pytest -q tests/unit -m "not slow"
+
+test-gcs-pipeline: setup ## The whole kfp.local pipeline with source, checkpoints and champion on gs:// (fake-gcs-server; 400 s at load 15, outside make test)
+	$(BIN)/python -m pytest -q tests/storage/gcs_pipeline_run.py
 
 lint: setup ## ruff + shellcheck
 	$(BIN)/ruff check src tests components pipelines bench

@@ -12,7 +12,8 @@ def promote(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Datase
     """Compare the run's best model (promote.metric) with the champion at promote.champion_uri.
 
     The first run promotes (there is no champion yet). Without a champion location
-    nothing is compared and the decision says so.
+    nothing is compared and the decision says so. The champion is swapped by
+    compare-and-swap (pcam.promote), so overlapping runs cannot overwrite a better one.
 
     Args:
         scratch_runs: Run directories of the train-only pairs.

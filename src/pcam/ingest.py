@@ -25,7 +25,7 @@ Formats (``fmt``):
     Tell the format from what the source holds.
 
 Sources: a local path, ``gs://`` (copied to a local temporary directory with
-``tf.io.gfile``), or ``http(s)://`` (an archive ``.zip``/``.tar[.gz]``/``.tgz`` of any
+:mod:`pcam.storage`), or ``http(s)://`` (an archive ``.zip``/``.tar[.gz]``/``.tgz`` of any
 layout above, or a directory URL holding the official file names, i.e. a mirror).
 
 Every image is checked to be 96x96x3 uint8 RGB and every label to be 0 or 1; anything
@@ -226,24 +226,21 @@ def _scratch_dir(cache: Path) -> Iterator[str]:
 
 
 def _copy_gcs(uri: str, dest: Path) -> Path:
-    """Copy a gs:// file or directory tree to ``dest`` with tf.io.gfile.
+    """Copy a gs:// file or folder tree to ``dest`` through :mod:`pcam.storage`.
 
-    The first call (does it exist?) runs in a daemon thread with a timeout: without
-    network or credentials the GCS client may retry for minutes, and one clear error
-    naming the URI is more useful than a hang.
+    The first call (what is there?) runs in a daemon thread with a timeout: without
+    network the client retries with backoff up to its deadline, and one clear error
+    naming the URI is more useful than a long wait. Errors arrive as one DataError line.
     """
-    try:
-        import tensorflow as tf
-    except ImportError:
-        raise DataError(f"{uri}: reading gs:// needs tensorflow (tf.io.gfile)") from None
-    gfile = tf.io.gfile
+    from pcam import storage
+
     answer: dict[str, Any] = {}
 
     def probe() -> None:
         try:
-            answer["isdir"] = gfile.isdir(uri)
-            answer["exists"] = answer["isdir"] or gfile.exists(uri)
-        except Exception as exc:  # noqa: BLE001 - re-raised below as DataError in the caller's thread
+            answer["isfile"] = storage.is_file(uri)
+            answer["files"] = [] if answer["isfile"] else storage.walk(uri)
+        except Exception as exc:  # noqa: BLE001 - re-raised below in the caller's thread
             answer["error"] = exc
 
     worker = threading.Thread(target=probe, daemon=True)
@@ -253,23 +250,18 @@ def _copy_gcs(uri: str, dest: Path) -> Path:
         raise DataError(f"{uri}: no answer from Google Cloud Storage within {GCS_TIMEOUT_S:.0f} s "
                         "(no network or credentials?)")
     if "error" in answer:
+        if isinstance(answer["error"], DataError):
+            raise answer["error"]
         raise DataError(f"{uri}: cannot read ({_first_line(answer['error'])})")
-    if not answer["exists"]:
+    if answer["isfile"]:
+        target = dest / uri.rstrip("/").rsplit("/", 1)[-1]
+        storage.download_file(uri, target)
+        return _unpack_if_archive(target, dest)
+    if not answer["files"]:
         raise DataError(f"{uri}: does not exist")
-    try:
-        if not answer["isdir"]:
-            dest.mkdir(parents=True)
-            target = dest / uri.rstrip("/").rsplit("/", 1)[-1]
-            gfile.copy(uri, str(target), overwrite=True)
-            return _unpack_if_archive(target, dest)
-        base = uri.rstrip("/")
-        for folder, _, names in gfile.walk(base):
-            rel = folder[len(base):].lstrip("/")
-            (dest / rel).mkdir(parents=True, exist_ok=True)
-            for name in names:
-                gfile.copy(f"{folder.rstrip('/')}/{name}", str(dest / rel / name), overwrite=True)
-    except tf.errors.OpError as exc:
-        raise DataError(f"{uri}: copy failed ({_first_line(exc)})") from None
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in tqdm(answer["files"], desc=f"copy {uri}", unit="file", disable=len(answer["files"]) < 100):
+        storage.download_file(storage.join(uri, *name.split("/")), dest / name)
     return dest
 
 

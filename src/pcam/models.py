@@ -27,7 +27,7 @@ from keras import layers
 
 from pcam import IMAGE_SHAPE
 from pcam.config import MODEL_NAMES, TRANSFER_MODELS, ModelConfig
-from pcam.errors import ConfigError
+from pcam.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -193,19 +193,19 @@ def _load_base_weights(base: keras.Model, weights: str, model_name: str) -> None
 
 
 def _local_copy(uri: str) -> tuple[Path, Path | None]:
-    """A local path for ``uri``; gs:// files are copied to a temp file that keeps the suffix."""
-    import tensorflow as tf
+    """A local path for ``uri``; gs:// files are copied (pcam.storage) to a temp file that keeps the suffix."""
+    from pcam import storage
 
-    if uri.startswith("gs://"):
+    if storage.is_gcs(uri):
         suffix = ".weights.h5" if uri.endswith(".weights.h5") else Path(uri).suffix
         fd, name = tempfile.mkstemp(suffix=suffix)
         os.close(fd)
         tmp = Path(name)
         try:
-            tf.io.gfile.copy(uri, str(tmp), overwrite=True)
-        except tf.errors.OpError as exc:
+            storage.download_file(uri, tmp)
+        except DataError as exc:
             tmp.unlink(missing_ok=True)
-            raise ConfigError(f"weights file {uri!r} cannot be read: {exc}") from None
+            raise ConfigError(f"weights file {exc}") from None
         return tmp, tmp
     path = Path(uri).expanduser()
     if not path.is_file():

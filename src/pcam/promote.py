@@ -1,8 +1,7 @@
 """Replace the champion model only when a candidate beats it on the same test data.
 
-The champion location (a local directory, or a ``gs://`` prefix through
-``tf.io.gfile``) holds ``model.keras``, its ``metrics.json`` and ``champion.json``
-(provenance: when, from which run, on which data, with what score).
+The champion location (a local directory, a shared volume or a ``gs://`` prefix) is a
+:mod:`pcam.champion` store: versioned model folders and a ``champion.json`` pointer.
 
 Scores are compared on the candidate's test data. When ``shards_dir`` and ``cfg`` are
 given, the champion model is re-evaluated on those shards instead of trusting its
@@ -11,12 +10,16 @@ pipeline usually runs on fresher data), and a score on other data is no comparis
 Only a strictly better candidate wins; a tie keeps the champion (no churn for
 nothing). With no champion yet, the candidate is promoted.
 
-Replacement is atomic. Locally: the new champion is assembled in a temporary
-directory beside the champion's, then swapped in with two renames (the old one
-renamed aside first and removed after). On object stores, which have no directory
-rename, ``champion.json`` is removed first, ``model.keras`` and ``metrics.json``
-written next and ``champion.json`` last: a location without it is mid-update, and its
-``model_sha256`` lets a reader verify the model it finds.
+Promotion is a compare-and-swap, so a scheduled retraining and a manual run can
+overlap: read the pointer (and its generation), score the champion it names, decide;
+to promote, upload the candidate as a new complete version, then replace the pointer
+only if it is still the generation read (``if_generation_match`` on gs://, an
+``fcntl`` lock locally). If another promotion got there first, re-read, re-score and
+re-decide; a loser deletes its unpublished version. The best candidate always ends
+as champion, and readers always see one complete champion (:func:`pcam.champion.fetch`).
+
+The candidate's metrics.json must carry the sha256 of the model being crowned (as
+``pcam evaluate`` writes it): a score is never attached to another model.
 """
 
 from __future__ import annotations
@@ -27,59 +30,22 @@ import json
 import logging
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pcam import champion as C
+from pcam import storage
+from pcam.champion import CHAMPION_FILE, METRICS_FILE, MODEL_FILE  # noqa: F401 - re-exported
 from pcam.errors import ConfigError, DataError
 from pcam.fsutil import file_sha256, read_json, write_json
 from pcam.metrics import METRIC_NAMES
 
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
-CHAMPION_FILE = "champion.json"
-
-
-# ---------------------------------------------------------------- locations
-
-def _is_local(uri: str) -> bool:
-    return "://" not in uri or uri.startswith("file://")
-
-
-def _local(uri: str) -> Path:
-    return Path(uri[len("file://"):] if uri.startswith("file://") else uri).expanduser()
-
-
-def _join(uri: str, name: str) -> str:
-    return str(_local(uri) / name) if _is_local(uri) else uri.rstrip("/") + "/" + name
-
-
-def _exists(uri: str) -> bool:
-    if _is_local(uri):
-        return _local(uri).exists()
-    import tensorflow as tf
-
-    return bool(tf.io.gfile.exists(uri))
-
-
-def _read_text(uri: str) -> str:
-    if _is_local(uri):
-        return _local(uri).read_text()
-    import tensorflow as tf
-
-    with tf.io.gfile.GFile(uri, "r") as handle:
-        return handle.read()
-
-
-def _read_json_uri(uri: str) -> Any:
-    try:
-        return json.loads(_read_text(uri))
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{uri}: not valid JSON ({exc})") from None
+MAX_ATTEMPTS = 50
+"""Compare-and-swap rounds before giving up (each lost round means another promotion won)."""
 
 
 # ---------------------------------------------------------------- scores
@@ -135,29 +101,23 @@ def final_model_dir(run_dir: str | os.PathLike[str]) -> Path:
     return finetune if (finetune / MODEL_FILE).exists() else run_dir / "train"
 
 
-# ---------------------------------------------------------------- champion
+# ---------------------------------------------------------------- champion score
 
-def _champion_score(champion_uri: str, metric: str, shards_dir: Any, cfg: Any,
+def _champion_score(champion_uri: str, pointer: dict[str, Any] | None, metric: str, shards_dir: Any, cfg: Any,
                     candidate: dict[str, Any]) -> dict[str, Any]:
     """Score the champion: re-evaluated on ``shards_dir`` when possible, else its stored metrics."""
-    model_uri, metrics_uri = _join(champion_uri, MODEL_FILE), _join(champion_uri, METRICS_FILE)
-    has_model, has_metrics = _exists(model_uri), _exists(metrics_uri)
-    if not has_model and not has_metrics:
+    if pointer is None and not C.legacy_champion(champion_uri):
         return {"exists": False}
+    model_uri, metrics_uri = C.champion_files(champion_uri, pointer)
     if shards_dir is not None and cfg is not None:
-        if not has_model:
-            raise DataError(f"{model_uri}: champion model missing, cannot re-evaluate it on {shards_dir}")
         from pcam import evaluate
 
         with tempfile.TemporaryDirectory(prefix="pcam-champion-") as tmp:
             local_model = Path(tmp) / "model"
-            local_model.mkdir()
-            if _is_local(champion_uri):
-                shutil.copy2(_local(model_uri), local_model / MODEL_FILE)
-            else:
-                import tensorflow as tf
-
-                tf.io.gfile.copy(model_uri, str(local_model / MODEL_FILE), overwrite=True)
+            try:
+                storage.download_file(model_uri, local_model / MODEL_FILE)
+            except DataError:
+                raise DataError(f"{model_uri}: champion model missing, cannot re-evaluate it on {shards_dir}") from None
             fresh = evaluate.evaluate(local_model, shards_dir, Path(tmp) / "eval", cfg,
                                       split=candidate.get("split"), progress=False)
         fp_c, fp_champ = candidate.get("data_fingerprint"), fresh.get("data_fingerprint")
@@ -166,9 +126,12 @@ def _champion_score(champion_uri: str, metric: str, shards_dir: Any, cfg: Any,
                             f"({candidate.get('split')} split); re-evaluate the candidate on these shards")
         return {"exists": True, "score": score(fresh, metric, f"re-evaluation of {model_uri}"),
                 "source": f"re-evaluated on {shards_dir}", "same_test_data": True}
-    if not has_metrics:
+    if not storage.is_file(metrics_uri):
         raise DataError(f"{metrics_uri}: missing; pass shards_dir and cfg to re-evaluate the champion model")
-    stored = _read_json_uri(metrics_uri)
+    try:
+        stored = json.loads(storage.read_bytes(metrics_uri))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{metrics_uri}: not valid JSON ({exc})") from None
     value = score(stored, metric, metrics_uri)
     fp_c, fp_s = candidate.get("data_fingerprint"), stored.get("data_fingerprint")
     same = None if not (fp_c and fp_s) else fp_c == fp_s
@@ -177,51 +140,34 @@ def _champion_score(champion_uri: str, metric: str, shards_dir: Any, cfg: Any,
     return {"exists": True, "score": value, "source": f"stored {metrics_uri}", "same_test_data": same}
 
 
-def _replace_local(champion: Path, files: dict[str, Path], provenance: dict[str, Any]) -> None:
-    champion = champion.resolve()
-    champion.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{champion.name}.new-", dir=champion.parent))
-    try:
-        for name, src in files.items():
-            shutil.copyfile(src, staging / name)  # umask permissions, not the source's
-        write_json(staging / CHAMPION_FILE, provenance)
-        os.chmod(staging, 0o755)
-        if champion.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{champion.name}.old-", dir=champion.parent))
-            old.rmdir()
-            os.replace(champion, old)
-            try:
-                os.replace(staging, champion)
-            except OSError:
-                os.replace(old, champion)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(staging, champion)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+def _decide(metric: str, candidate_score: float | None, champ: dict[str, Any]) -> tuple[bool, str]:
+    champion_score = champ.get("score")
+    if candidate_score is None:
+        return False, f"candidate's {metric} is undefined (one-class test data?)"
+    if not champ["exists"]:
+        return True, "no champion yet: the first evaluated candidate becomes champion"
+    if champion_score is None:
+        return True, f"champion's {metric} is undefined ({champ['source']})"
+    if candidate_score > champion_score:
+        return True, f"candidate {metric} {candidate_score:.4f} > champion {champion_score:.4f}"
+    relation = "=" if candidate_score == champion_score else "<"
+    return False, (f"candidate {metric} {candidate_score:.4f} {relation} champion {champion_score:.4f}: "
+                   "the champion stays (only a strictly better one wins)")
 
 
-def _replace_remote(champion_uri: str, files: dict[str, Path], provenance: dict[str, Any]) -> None:
-    """Object-store replacement: champion.json removed first and written last.
-
-    A champion location without champion.json is mid-update. Each object is removed
-    before it is written: object stores replace whole objects anyway, and some
-    filesystems behind tf.io.gfile (TensorFlow's ram://) append on overwrite.
-    """
-    import tensorflow as tf
-
-    tf.io.gfile.makedirs(champion_uri)
-    marker = _join(champion_uri, CHAMPION_FILE)
-    for name, src in [(CHAMPION_FILE, None), *files.items()]:
-        target = _join(champion_uri, name)
-        if tf.io.gfile.exists(target):
-            tf.io.gfile.remove(target)
-        if src is not None:
-            tf.io.gfile.copy(str(src), target)
-    with tf.io.gfile.GFile(marker, "w") as handle:
-        handle.write(json.dumps(provenance, indent=2, sort_keys=True, default=str) + "\n")
+def _check_candidate(eval_dir: Path, model_file: Path, metrics: dict[str, Any]) -> str:
+    """The model's sha256, after checking it is the model the evaluation scored (issue 15: identity)."""
+    if not model_file.is_file():
+        raise DataError(f"{model_file}: candidate model file missing")
+    sha = file_sha256(model_file)
+    recorded = metrics.get("model_sha256")
+    if not isinstance(recorded, str):
+        raise DataError(f"{eval_dir / METRICS_FILE}: no model_sha256 (not written by pcam evaluate?); "
+                        "cannot tell which model it scored")
+    if recorded != sha:
+        raise DataError(f"{eval_dir / METRICS_FILE} scored another model (sha256 {recorded[:12]}...) than "
+                        f"{model_file} (sha256 {sha[:12]}...); evaluate this model first")
+    return sha
 
 
 def promote(
@@ -233,11 +179,16 @@ def promote(
     shards_dir: str | os.PathLike[str] | None = None,
     cfg: Any = None,
     out_dir: str | os.PathLike[str] | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Promote the candidate if it strictly beats the champion on ``metric``; returns the decision.
 
     ``metric`` names a TTA score (``auc``, ``f1``, ...; ``single.auc`` for single view).
     ``decision.json`` goes to ``out_dir`` (default: ``<candidate_eval_dir>/../promote``).
+    The candidate's metrics.json must name the candidate model's sha256. Concurrent
+    promotions are safe: the pointer is swapped only if nobody replaced it since it was
+    read; otherwise the new champion is re-read and compared again. ``force`` allows a
+    champion location that already holds other files.
     """
     if not champion_uri:
         raise ConfigError("promote.champion_uri is empty: say where the champion model lives")
@@ -247,72 +198,83 @@ def promote(
     candidate_metrics = read_json(eval_dir / METRICS_FILE)
     candidate_score = score(candidate_metrics, metric, str(eval_dir / METRICS_FILE))
     model_file = model_dir / MODEL_FILE
-    if not model_file.is_file():
-        raise DataError(f"{model_file}: candidate model file missing")
-    champ = _champion_score(champion_uri, metric, shards_dir, cfg, candidate_metrics)
-    champion_score = champ.get("score")
+    sha = _check_candidate(eval_dir, model_file, candidate_metrics)
+    if not storage.is_gcs(champion_uri):
+        where = storage.local(champion_uri).resolve()
+        if where.is_file():
+            raise DataError(f"{champion_uri}: is a file; the champion location must be a directory")
+        for given in (eval_dir, model_dir):
+            if where == given.resolve() or given.resolve() in where.parents:
+                raise DataError(f"--champion {champion_uri}: inside the candidate's {given}; choose a location "
+                                "outside the run it crowns")
 
-    if candidate_score is None:
-        promoted, reason = False, f"candidate's {metric} is undefined (one-class test data?)"
-    elif not champ["exists"]:
-        promoted, reason = True, "no champion yet: the first evaluated candidate becomes champion"
-    elif champion_score is None:
-        promoted, reason = True, f"champion's {metric} is undefined ({champ['source']})"
-    elif candidate_score > champion_score:
-        promoted, reason = True, f"candidate {metric} {candidate_score:.4f} > champion {champion_score:.4f}"
-    else:
-        relation = "=" if candidate_score == champion_score else "<"
-        promoted, reason = False, (f"candidate {metric} {candidate_score:.4f} {relation} champion "
-                                   f"{champion_score:.4f}: the champion stays (only a strictly better one wins)")
+    version: str | None = None
+    committed = False
+    scored: dict[str, dict[str, Any]] = {}  # champion version -> its score (re-evaluated once per version)
+    try:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            pointer, generation = C.read_pointer(champion_uri)
+            if attempt == 1:
+                C.check_location(champion_uri, pointer, force)
+            key = json.dumps(pointer, sort_keys=True, default=str)
+            if key not in scored:
+                scored[key] = _champion_score(champion_uri, pointer, metric, shards_dir, cfg, candidate_metrics)
+            champ = scored[key]
+            promoted, reason = _decide(metric, candidate_score, champ)
+            if not promoted:
+                break
+            now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            info = {
+                "promoted_at": now, "metric": metric, "score": candidate_score,
+                "model": candidate_metrics.get("model"), "policy": candidate_metrics.get("policy"),
+                "split": candidate_metrics.get("split"), "n": candidate_metrics.get("n"),
+                "data_fingerprint": candidate_metrics.get("data_fingerprint"),
+                "config_digest": candidate_metrics.get("config_digest"), "model_sha256": sha,
+                "candidate_eval_dir": str(eval_dir), "candidate_model_dir": str(model_dir),
+            }
+            if version is None:
+                version = C.upload_version(champion_uri, model_file, eval_dir / METRICS_FILE, info)
+            previous = pointer or {}
+            history = [*([previous["version"]] if previous.get("version") else []), *previous.get("history", [])]
+            new_pointer = {
+                **info, "version": version,
+                "replaced": None if pointer is None else {k: previous.get(k) for k in
+                                                          ("promoted_at", "score", "model", "policy", "model_sha256",
+                                                           "version")},
+                "replaced_score": champ.get("score"),
+                "history": history[:C.KEEP_VERSIONS],
+            }
+            if C.swap_pointer(champion_uri, new_pointer, generation):
+                committed = True
+                C.collect_garbage(champion_uri, history[C.KEEP_VERSIONS:],
+                                  legacy=bool(pointer and not pointer.get("version")))
+                break
+            log.info("the champion changed while this promotion decided (attempt %d): comparing again", attempt)
+        else:
+            raise DataError(f"{champion_uri}: the champion kept changing; gave up after {MAX_ATTEMPTS} attempts")
+    finally:
+        if version is not None and not committed:
+            C.discard_version(champion_uri, version)
     if champ.get("source"):
         reason += f"; champion score {champ['source']}"
-
-    now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    if promoted:
-        previous = None
-        if champ["exists"] and _exists(_join(champion_uri, CHAMPION_FILE)):
-            try:
-                previous = _read_json_uri(_join(champion_uri, CHAMPION_FILE))
-            except DataError as exc:
-                log.warning("previous champion.json unreadable, not kept in the history: %s", exc)
-        provenance = {
-            "promoted_at": now,
-            "metric": metric,
-            "score": candidate_score,
-            "model": candidate_metrics.get("model"),
-            "policy": candidate_metrics.get("policy"),
-            "split": candidate_metrics.get("split"),
-            "n": candidate_metrics.get("n"),
-            "data_fingerprint": candidate_metrics.get("data_fingerprint"),
-            "config_digest": candidate_metrics.get("config_digest"),
-            "model_sha256": file_sha256(model_file),
-            "candidate_eval_dir": str(eval_dir),
-            "candidate_model_dir": str(model_dir),
-            "replaced": None if previous is None else {k: previous.get(k) for k in
-                                                       ("promoted_at", "score", "model", "policy", "model_sha256")},
-            "replaced_score": champion_score,
-        }
-        files = {MODEL_FILE: model_file, METRICS_FILE: eval_dir / METRICS_FILE}
-        if _is_local(champion_uri):
-            _replace_local(_local(champion_uri), files, provenance)
-        else:
-            _replace_remote(champion_uri, files, provenance)
     decision = {
-        "promoted": promoted,
+        "promoted": committed,
         "reason": reason,
         "metric": metric,
         "candidate_score": candidate_score,
-        "champion_score": champion_score,
+        "champion_score": champ.get("score"),
         "champion_uri": champion_uri,
         "champion_score_source": champ.get("source"),
         "same_test_data": champ.get("same_test_data"),
         "candidate_eval_dir": str(eval_dir),
         "candidate_model_dir": str(model_dir),
-        "decided_at": now,
+        "version": version if committed else None,
+        "attempts": attempt,
+        "decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
     out = Path(out_dir) if out_dir is not None else eval_dir.parent / "promote"
     write_json(out / "decision.json", decision)
-    log.info("%s: %s", "promoted" if promoted else "kept champion", reason)
+    log.info("%s: %s", "promoted" if committed else "kept champion", reason)
     return decision
 
 
@@ -326,6 +288,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", help="re-evaluate the champion on these shards (needs --config)")
     parser.add_argument("--config", help="experiment YAML")
     parser.add_argument("--out", help="where decision.json goes (default: beside the evaluate directory)")
+    parser.add_argument("--force", action="store_true",
+                        help="allow a --champion directory that holds other files (they are left alone)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -343,6 +307,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.model:
             raise ConfigError("--eval needs --model (the candidate's model directory)")
         eval_dir, model_dir = Path(args.eval), Path(args.model)
-    decision = promote(eval_dir, model_dir, champion, metric, shards_dir=args.shards, cfg=cfg, out_dir=args.out)
+    decision = promote(eval_dir, model_dir, champion, metric, shards_dir=args.shards, cfg=cfg, out_dir=args.out,
+                       force=args.force)
     print(("promoted: " if decision["promoted"] else "not promoted: ") + decision["reason"])
     return 0

@@ -10,7 +10,7 @@ Layers:
 
 Resume: after every epoch a complete checkpoint is written to
 ``<out>/checkpoint/epoch-NNNNN/`` (or ``<train.checkpoint_uri>/<model>-<policy>-<stage>/
-epoch-NNNNN/``, which may be gs://): ``variables.npz`` (every model variable,
+epoch-NNNNN/``, which may be gs://; :mod:`pcam.checkpoint`): ``variables.npz`` (every model variable,
 including dropout seed-generator states, and every optimizer variable, including the
 iteration count and Adam moments) then ``state.json`` (epoch, history so far, LR
 policy state, best metric) written last as the commit marker. Locally the epoch
@@ -33,7 +33,6 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import math
@@ -41,7 +40,6 @@ import os
 import random
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -49,6 +47,16 @@ from typing import Any
 
 import numpy as np
 
+from pcam.checkpoint import (  # noqa: F401 - re-exported: callers import them from here
+    CHECKPOINT_PREFIX,
+    STATE_FILE,
+    VARIABLES_FILE,
+    checkpoint_root,
+    load_checkpoint,
+    read_state,
+    save_checkpoint,
+)
+from pcam.checkpoint import complete_checkpoints as _complete_checkpoints
 from pcam.config import POLICY_NAMES, TRANSFER_MODELS, ExperimentConfig, ModelConfig, load_config
 from pcam.errors import ConfigError, DataError
 from pcam.fsutil import (
@@ -66,11 +74,8 @@ log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = ("epoch", "stage", "loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc",
                    "lr", "seconds", "images_per_second")
-CHECKPOINT_PREFIX = "epoch-"
-STATE_FILE = "state.json"
 MODEL_FILE = "model.keras"
 PARTIAL_MODEL_FILE = "model.partial.keras"
-VARIABLES_FILE = "variables.npz"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -141,20 +146,7 @@ def _precision(mixed: bool) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- checkpoints
-
-
-def _gfile() -> Any:
-    import tensorflow as tf
-
-    return tf.io.gfile
-
-
-def checkpoint_root(out_dir: str | os.PathLike[str], cfg: ExperimentConfig, model_name: str,
-                    policy: str, stage: str) -> str:
-    """``<out>/checkpoint`` or ``<train.checkpoint_uri>/<model>-<policy>-<stage>``."""
-    if cfg.train.checkpoint_uri:
-        return f"{cfg.train.checkpoint_uri.rstrip('/')}/{model_name}-{policy}-{stage}"
-    return str(Path(out_dir) / "checkpoint")
+# (saving, loading and listing them: pcam.checkpoint, on top of pcam.storage)
 
 
 def run_identity(cfg: ExperimentConfig, model_name: str, policy: str, stage: str,
@@ -205,112 +197,8 @@ def check_resumable(ckpt_root: str, identity: dict[str, str]) -> None:
     """Before any work (and before TensorFlow loads, for local checkpoints): would a resume be refused?"""
     checkpoints = _complete_checkpoints(ckpt_root)
     if checkpoints:
-        state = json.loads(_read_text(f"{checkpoints[-1][1]}/{STATE_FILE}"))
+        state = read_state(checkpoints[-1][1])
         check_identity(ckpt_root, state.get("identity"), identity)
-
-
-def _read_text(path: str) -> str:
-    if "://" not in path:
-        return Path(path).read_text()
-    with _gfile().GFile(path, "r") as handle:
-        return handle.read()
-
-
-def _complete_checkpoints(root: str) -> list[tuple[int, str]]:
-    """(epoch, dir) of every committed checkpoint, oldest first; temp and half-written dirs skipped."""
-    if "://" not in root:  # local: no TensorFlow needed (the resume check runs before it loads)
-        isdir, listdir, exists = os.path.isdir, os.listdir, os.path.exists
-    else:
-        gfile = _gfile()
-        isdir, listdir, exists = gfile.isdir, gfile.listdir, gfile.exists
-    if not isdir(root):
-        return []
-    found = []
-    for name in listdir(root):
-        name = name.rstrip("/")
-        if not name.startswith(CHECKPOINT_PREFIX):
-            continue  # ".epoch-00003.tmp..." and other leftovers
-        try:
-            epoch = int(name[len(CHECKPOINT_PREFIX):])
-        except ValueError:
-            continue
-        path = f"{root}/{name}"
-        if exists(f"{path}/{STATE_FILE}") and exists(f"{path}/{VARIABLES_FILE}"):
-            found.append((epoch, path))
-    return sorted(found)
-
-
-def _variables(model: Any) -> list[Any]:
-    """Every variable that carries training state: model (incl. seed generators) then optimizer."""
-    return list(model.variables) + list(model.optimizer.variables)
-
-
-def _ensure_optimizer_built(model: Any) -> None:
-    if not model.optimizer.built:
-        model.optimizer.build(model.trainable_variables)
-
-
-def save_checkpoint(root: str, model: Any, state: dict[str, Any]) -> str:
-    """Write epoch ``state['epoch']``'s checkpoint; drop older ones once it is complete."""
-    gfile = _gfile()
-    epoch = int(state["epoch"])
-    name = f"{CHECKPOINT_PREFIX}{epoch:05d}"
-    final = f"{root}/{name}"
-    _ensure_optimizer_built(model)
-    arrays = {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(_variables(model))}
-    state = {**state, "variable_paths": [v.path for v in _variables(model)]}
-    with tempfile.TemporaryDirectory(prefix="pcam-ckpt-") as scratch:
-        np.savez(Path(scratch) / VARIABLES_FILE, **arrays)
-        (Path(scratch) / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
-        if "://" in root:
-            # Object stores have no atomic directory rename: copy the variables first
-            # and state.json last; readers only trust directories holding state.json.
-            gfile.makedirs(final)
-            gfile.copy(str(Path(scratch) / VARIABLES_FILE), f"{final}/{VARIABLES_FILE}", overwrite=True)
-            gfile.copy(str(Path(scratch) / STATE_FILE), f"{final}/{STATE_FILE}", overwrite=True)
-        else:
-            Path(root).mkdir(parents=True, exist_ok=True)
-            tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=root))
-            shutil.move(str(Path(scratch) / VARIABLES_FILE), tmp / VARIABLES_FILE)
-            shutil.move(str(Path(scratch) / STATE_FILE), tmp / STATE_FILE)
-            if Path(final).exists():
-                shutil.rmtree(final)
-            os.replace(tmp, final)
-    # Only now that this one is complete: drop older checkpoints and the leftovers of
-    # writes killed half-way (".epoch-N.*.tmp" dirs, epoch dirs without state.json).
-    for entry in gfile.listdir(root):
-        entry = entry.rstrip("/")
-        if entry != name and entry.lstrip(".").startswith(CHECKPOINT_PREFIX):
-            gfile.rmtree(f"{root}/{entry}")
-    return final
-
-
-def load_checkpoint(root: str, model: Any) -> dict[str, Any] | None:
-    """Restore the newest complete checkpoint into ``model``; its state, or None if there is none."""
-    checkpoints = _complete_checkpoints(root)
-    if not checkpoints:
-        return None
-    epoch, path = checkpoints[-1]
-    gfile = _gfile()
-    with gfile.GFile(f"{path}/{STATE_FILE}", "r") as handle:
-        try:
-            state = json.loads(handle.read())
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}/{STATE_FILE}: not valid JSON ({exc})") from None
-    with gfile.GFile(f"{path}/{VARIABLES_FILE}", "rb") as handle:
-        arrays = np.load(io.BytesIO(handle.read()))
-        values = [arrays[f"v{i:05d}"] for i in range(len(arrays.files))]
-    _ensure_optimizer_built(model)
-    variables = _variables(model)
-    shapes_ok = len(values) == len(variables) and all(
-        tuple(v.shape) == a.shape for v, a in zip(variables, values, strict=False))
-    if not shapes_ok:
-        raise DataError(f"{path}: checkpoint does not match this model ({len(values)} saved variables, "
-                        f"{len(variables)} in the model); delete it or pass --no-resume")
-    for variable, value in zip(variables, values, strict=True):
-        variable.assign(value)
-    log.info("resuming from checkpoint %s (epoch %d done)", path, epoch)
-    return state
 
 
 # --------------------------------------------------------------------------- the core
