@@ -7,7 +7,9 @@ nothing is pip-installed, so it works offline) with the same component code a
 cluster runs in the image. Artifacts land under ``OUT/pipeline_root``; the command
 prints each step's time and where the HTML report is. The data source is the
 config's (synthetic for the demo) unless ``--source`` or env ``PCAM_SOURCE`` says
-otherwise; the champion lives in ``OUT/champion`` unless the config names one.
+otherwise; the champion lives in ``OUT/champion`` unless the config names one, and
+train/finetune checkpoint to ``OUT/pipeline_root/checkpoints/<run id>/`` (deleted
+pair by pair once evaluated) unless it sets ``train.checkpoint_uri``.
 """
 
 import argparse
@@ -60,11 +62,12 @@ class StepTimer(logging.Filter):
             self.status[name] = match.group(2)
 
 
-def pipeline_arguments(cfg: ExperimentConfig, champion_uri: str) -> dict[str, Any]:
-    """The pipeline parameters that reproduce ``cfg`` exactly."""
+def pipeline_arguments(cfg: ExperimentConfig, champion_uri: str, checkpoint_root: str = "") -> dict[str, Any]:
+    """The pipeline parameters that reproduce ``cfg`` exactly (checkpoints under ``checkpoint_root``)."""
     from pipelines.pcam_training import config_arguments, config_param
 
-    return {"config_yaml": config_param(cfg), **config_arguments(cfg), "champion_uri": champion_uri}
+    return {"config_yaml": config_param(cfg), **config_arguments(cfg), "champion_uri": champion_uri,
+            "checkpoint_root": checkpoint_root or cfg.train.checkpoint_uri}
 
 
 def check_local_grid(cfg: ExperimentConfig) -> None:
@@ -89,6 +92,8 @@ def run_local(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], champion_u
     root = out / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     champion = champion_uri or cfg.promote.champion_uri or str(out / "champion")
+    # Under the pipeline root, the one host directory a DockerRunner container also sees.
+    checkpoints = cfg.train.checkpoint_uri or str(root / "checkpoints")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Expected locally: the image is only a name here, and GPU/resources/retries are cluster settings.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
@@ -100,7 +105,7 @@ def run_local(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], champion_u
     logging.getLogger().addFilter(timer)
     before = set(root.iterdir())
     try:
-        pipeline(**pipeline_arguments(cfg, champion))
+        pipeline(**pipeline_arguments(cfg, champion, checkpoints))
     finally:
         logging.getLogger().removeFilter(timer)
     (run_dir,) = [p for p in root.iterdir() if p not in before and p.is_dir()]
