@@ -162,6 +162,14 @@ def run_args_per_function(pipeline: Any, cpus: float | None = None, memory: int 
     return {name: container_run_args(lim, cpus, memory) for name, lim in limits.items()}
 
 
+def args_for(full_command: list[str], args_by_function: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The ``containers.run`` arguments of the step ``full_command`` (kfp.local's resolved command) runs."""
+    name = _function(full_command)
+    if name not in args_by_function:
+        raise ConfigError(f"step {name!r}: no container limits derived for it")
+    return args_by_function[name]
+
+
 def _handler_class(args_by_function: dict[str, dict[str, Any]]) -> type:
     from kfp.local import docker_task_handler
 
@@ -169,12 +177,10 @@ def _handler_class(args_by_function: dict[str, dict[str, Any]]) -> type:
         """DockerTaskHandler whose ``containers.run`` arguments are the executed step's own."""
 
         def run(self):  # noqa: ANN201 - kfp's signature
-            name = _function(self.full_command)
-            if name not in args_by_function:
-                raise ConfigError(f"step {name!r}: no container limits derived for it")
+            step = args_for(self.full_command, args_by_function)
             self.runner = copy.copy(self.runner)
-            self.runner.container_run_args = {**self.runner.container_run_args, **args_by_function[name]}
-            log.info("step %s: %s", name, describe(self.runner.container_run_args))
+            self.runner.container_run_args = {**self.runner.container_run_args, **step}
+            log.info("step %s: %s", _function(self.full_command), describe(self.runner.container_run_args))
             return super().run()
 
     return PerStepDockerTaskHandler
