@@ -60,8 +60,8 @@ def test_every_step_gets_its_own_compiled_requests(compiled):
 
 def test_run_args_follow_the_requests_capped_at_the_machine(compiled):
     pipeline = build_pipeline(image="localhost/pcam/pcam-cpu:test", parallelism=1, retries=False)
-    big = run_args_per_function(pipeline, cpus=64, memory=256 * GiB)
-    small = run_args_per_function(pipeline, cpus=2, memory=24 * GiB)
+    big = run_args_per_function(pipeline, cpus=64, memory=256 * GiB)  # compiles it: what run_container does
+    small = {name: container_run_args(lim, 2, 24 * GiB) for name, lim in step_limits(*compiled).items()}
     assert set(big) == set(small) == FUNCTIONS
     for args in (*big.values(), *small.values()):
         assert args["network_mode"] == "none"
