@@ -52,13 +52,11 @@ def configure(
     """
     import logging
 
-    import yaml
-
-    from pcam.config import TRANSFER_MODELS, config_from_dict, dump_config, set_dotted
+    from pcam.config import TRANSFER_MODELS, config_from_dict, dump_config, parse_yaml, set_dotted
     from pcam.errors import ConfigError
 
     logging.basicConfig(level=logging.INFO)
-    data = yaml.safe_load(config_yaml) or {}
+    data = parse_yaml(config_yaml, "config_yaml") or {}
     if not isinstance(data, dict):
         raise ConfigError("config_yaml: must hold a mapping at the top level")
 

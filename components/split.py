@@ -17,9 +17,9 @@ def split(dataset: Input[Dataset], config_yaml: str, split_index: Output[Dataset
     import logging
 
     import yaml
-    from pcam.split import split_dataset
 
     from pcam.config import config_from_dict
+    from pcam.split import split_dataset
 
     logging.basicConfig(level=logging.INFO)
     cfg = config_from_dict(yaml.safe_load(config_yaml))

@@ -7,6 +7,7 @@ Each subcommand lives in its own module, which defines ``add_arguments(parser)``
 Any :class:`pcam.errors.PcamError` becomes one line on stderr and exit code 2.
 An environment fault (disk full, quota, a TensorFlow I/O or corrupt-record error)
 becomes one line naming the output or file too, exit code 2, instead of a traceback.
+Anything else is a bug: one line saying so, exit code 1, and the traceback only with ``-v``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import importlib
 import logging
 import os
 import sys
+import typing
 
 from pcam import __version__
 from pcam.errors import PcamError
@@ -53,9 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``pcam train: error: ...``) and exit code 2, like every other error."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def _command_parser(name: str, module_name: str, help_text: str) -> tuple[argparse.ArgumentParser, object]:
     module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"pcam {name}", description=help_text)
+    parser = OneLineParser(prog=f"pcam {name}", description=help_text)
     module.add_arguments(parser)
     return parser, module
 
@@ -118,7 +127,9 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args_top.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # TensorFlow's C++ start-up lines (absl, cpu_feature_guard) would precede every error
+    # line of a command that loads it; -v shows them.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "0" if args_top.verbose else "3")
     name = argv[position]
     module_name, help_text = known[name]
     args = None
@@ -136,10 +147,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pcam {name}: error: {environment_error(exc, args)}", file=sys.stderr)
         return 2
     except Exception as exc:
-        if not _tensorflow_error(exc):
+        if _tensorflow_error(exc):
+            print(f"pcam {name}: error: {environment_error(exc, args)}", file=sys.stderr)
+            return 2
+        if args_top.verbose:
             raise
-        print(f"pcam {name}: error: {environment_error(exc, args)}", file=sys.stderr)
-        return 2
+        # Every input error is a PcamError with its own message; reaching here is a bug.
+        # Still one line for the user, and the way to the traceback.
+        text = " ".join(str(exc).split())[:300]
+        print(f"pcam {name}: internal error: {type(exc).__name__}: {text} (a bug in pcam; "
+              f"rerun as `pcam -v {name} ...` for the traceback)", file=sys.stderr)
+        return 1
     return int(result or 0)
 
 

@@ -10,31 +10,51 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from pcam.errors import ConfigError
 
-MODEL_NAMES = ("logreg", "cnn", "mobilenetv2", "resnet50")
+ModelName = Literal["logreg", "cnn", "mobilenetv2", "resnet50"]
+PolicyName = Literal["constant", "onecycle", "plateau"]
+Format = Literal["auto", "hdf5", "kaggle", "folders", "synthetic", "official"]
+TtaView = Literal["identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose"]
+MetricName = Literal["f1", "auc", "recall", "precision", "accuracy", "specificity", "specificity_at_target"]
+SplitName = Literal["train", "valid", "test"]
+
+MODEL_NAMES: tuple[str, ...] = typing.get_args(ModelName)
 TRANSFER_MODELS = ("mobilenetv2", "resnet50")
-POLICY_NAMES = ("constant", "onecycle", "plateau")
-FORMATS = ("auto", "hdf5", "kaggle", "folders", "synthetic")
-TTA_VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose")
+POLICY_NAMES: tuple[str, ...] = typing.get_args(PolicyName)
+FORMATS: tuple[str, ...] = typing.get_args(Format)
+TTA_VIEW_NAMES: tuple[str, ...] = typing.get_args(TtaView)
+METRIC_NAMES: tuple[str, ...] = typing.get_args(MetricName)
+"""Metrics a run can be ranked or promoted on (all higher-is-better)."""
+SEED_MAX = 2**32 - 1
+"""NumPy and TensorFlow take 32-bit seeds."""
+MIN_TRANSFER_IMAGE_SIZE = 32
+"""Keras' MobileNetV2 and ResNet50 refuse inputs smaller than 32x32."""
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
+            le: float | None = None, lt: float | None = None) -> Any:
+    """A dataclass field whose number must lie in a range; checked at load, naming the key."""
+    return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
 
 
 @dataclass(frozen=True)
 class SyntheticConfig:
     """Sizes of the generated official-format HDF5 files (used when data.format is synthetic)."""
 
-    train: int = 2000
-    valid: int = 400
-    test: int = 400
-    slides: int = 40
+    train: int = bounded(2000, ge=0)
+    valid: int = bounded(400, ge=0)
+    test: int = bounded(400, ge=0)
+    slides: int = bounded(40, ge=3)
 
 
 @dataclass(frozen=True)
@@ -43,10 +63,10 @@ class DataConfig:
 
     source: str = "synthetic"
     """Local path, gs:// or https:// URI, the word ``official`` (Zenodo download), or ``synthetic``."""
-    format: str = "auto"
+    format: Format = "auto"
     convert: bool = False
     """Convert grayscale/RGBA to RGB and resize other sizes to 96x96 instead of rejecting them."""
-    limit_per_split: int = 0
+    limit_per_split: int = bounded(0, ge=0)
     """Read at most this many patches per source split (0 = all), balanced by label where known."""
     cache_dir: str = ""
     """Where downloads land (default: ~/.cache/pcam)."""
@@ -55,7 +75,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
-    mode: str = "random"
+    mode: Literal["random", "official"] = "random"
     """``random`` (stratified, seeded; grouped by slide when slide ids are known) or ``official``."""
     ratios: tuple[float, float, float] = (0.7, 0.2, 0.1)
 
@@ -67,14 +87,14 @@ class AugmentConfig:
     hflip: bool = True
     vflip: bool = True
     rot90: bool = True
-    noise: float = 0.02
+    noise: float = bounded(0.02, ge=0, le=1)
     """Uniform noise amplitude as a fraction of the 0..255 range (0 disables it)."""
     color_jitter: bool = False
-    brightness: float = 0.25
-    contrast: float = 0.25
-    saturation: float = 0.25
-    hue: float = 0.04
-    copies: int = 0
+    brightness: float = bounded(0.25, ge=0, le=1)
+    contrast: float = bounded(0.25, ge=0, lt=1)
+    saturation: float = bounded(0.25, ge=0, lt=1)
+    hue: float = bounded(0.04, ge=0, le=0.5)
+    copies: int = bounded(0, ge=0)
     """Materialised augmented copies per training image written into the shards (0 = originals only)."""
     online: bool = True
     """Augment training batches on the fly in tf.data."""
@@ -82,10 +102,10 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ShardConfig:
-    records_per_shard: int = 4096
-    encoding: str = "raw"
+    records_per_shard: int = bounded(4096, gt=0)
+    encoding: Literal["raw", "png"] = "raw"
     """``raw`` (uint8 bytes) or ``png``."""
-    compression: str = "none"
+    compression: Literal["none", "gzip"] = "none"
     """``none`` or ``gzip``."""
 
 
@@ -93,52 +113,53 @@ class ShardConfig:
 class ModelConfig:
     """Per-model hyper-parameters; every field may be overridden per model in ``models:``."""
 
-    optimizer: str = "adam"
-    learning_rate: float = 1e-3
-    max_learning_rate: float = 1e-2
+    optimizer: Literal["adam", "sgd"] = "adam"
+    learning_rate: float = bounded(1e-3, gt=0, le=10)
+    max_learning_rate: float = bounded(1e-2, gt=0, le=10)
     """Peak LR of the one-cycle policy."""
-    weight_decay: float = 0.0
+    weight_decay: float = bounded(0.0, ge=0, le=1)
     """L2 penalty (the logistic-regression baseline uses it)."""
-    dropout: float = 0.3
-    bn_momentum: float = 0.99
+    dropout: float = bounded(0.3, ge=0, lt=1)
+    bn_momentum: float = bounded(0.99, gt=0, lt=1)
     """Momentum of the BatchNorm layers we train from scratch. Moving variances start at
     1.0 and forget it as momentum**steps: a run of a few dozen steps (the demo) needs ~0.8."""
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int = bounded(10, ge=0)
+    batch_size: int = bounded(64, gt=0)
     weights: str = "none"
     """``imagenet`` (needs internet), ``none``, or a local/gs:// path to a weights file."""
-    image_size: int = 0
+    image_size: int = bounded(0, ge=0, le=1024)
     """Input size the network sees after in-model resizing (0 = the model's default)."""
-    finetune_epochs: int = 0
-    finetune_learning_rate: float = 1e-5
+    finetune_epochs: int = bounded(0, ge=0)
+    finetune_learning_rate: float = bounded(1e-5, gt=0, le=10)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    models: tuple[str, ...] = ("logreg", "cnn", "mobilenetv2", "resnet50")
-    policies: tuple[str, ...] = ("constant", "onecycle", "plateau")
-    monitor: str = "val_auc"
+    models: tuple[ModelName, ...] = ("logreg", "cnn", "mobilenetv2", "resnet50")
+    policies: tuple[PolicyName, ...] = ("constant", "onecycle", "plateau")
+    monitor: Literal["val_auc", "val_accuracy"] = "val_auc"
     """Validation metric that picks the best epoch (``val_auc`` or ``val_accuracy``)."""
-    plateau_factor: float = 2.0
-    plateau_patience: int = 2
-    onecycle_final_fraction: float = 0.1
+    plateau_factor: float = bounded(2.0, gt=1)
+    """The LR is divided by it on a plateau."""
+    plateau_patience: int = bounded(2, ge=0)
+    onecycle_final_fraction: float = bounded(0.1, ge=0, lt=1)
     """Share of the epochs spent at a very low LR at the end of one-cycle."""
     mixed_precision: bool = False
     xla: bool = False
-    steps_per_epoch: int = 0
+    steps_per_epoch: int = bounded(0, ge=0)
     """0 = one pass over the training shards."""
-    shuffle_buffer: int = 4096
+    shuffle_buffer: int = bounded(4096, ge=1)
     checkpoint_uri: str = ""
     """Where per-epoch checkpoints outlive the pod (default: inside the output directory)."""
 
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    split: str = "test"
-    tta_views: tuple[str, ...] = ("identity", "hflip", "vflip", "rot90", "rot270")
-    threshold: float = 0.5
-    target_sensitivity: float = 0.95
-    batch_size: int = 256
+    split: SplitName = "test"
+    tta_views: tuple[TtaView, ...] = ("identity", "hflip", "vflip", "rot90", "rot270")
+    threshold: float = bounded(0.5, ge=0, le=1)
+    target_sensitivity: float = bounded(0.95, gt=0, le=1)
+    batch_size: int = bounded(256, gt=0)
 
 
 @dataclass(frozen=True)
@@ -146,12 +167,13 @@ class PromoteConfig:
     champion_uri: str = ""
     """Directory (local or gs://) holding the current champion model and its metrics JSON."""
     metric: str = "auc"
+    """A metric name, optionally prefixed ``single.`` for the single-view score."""
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "pcam"
-    seed: int = 42
+    seed: int = bounded(42, ge=0, le=SEED_MAX)
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
@@ -191,6 +213,11 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     origin = typing.get_origin(annotation)
     if annotation is Any:
         return value
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value not in choices or isinstance(value, bool):
+            raise ConfigError(f"config key {key!r}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
     if origin in (typing.Union, types.UnionType):
         for option in typing.get_args(annotation):
             try:
@@ -226,6 +253,8 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"config key {key!r}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"config key {key!r}: expected a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):
@@ -244,12 +273,26 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
                 f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(known))}"
             )
     kwargs = {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in data:
         dotted = f"{prefix}.{name}" if prefix else name
         kwargs[name] = _check_type(data[name], hints[name], dotted)
+        _check_range(kwargs[name], fields[name].metadata, dotted)
     obj = cls(**kwargs)
     _validate(obj, prefix)
     return obj
+
+
+_RANGE_TEXT = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_RANGE_TEST = {"ge": float.__ge__, "gt": float.__gt__, "le": float.__le__, "lt": float.__lt__}
+
+
+def _check_range(value: Any, metadata: typing.Mapping[str, Any], key: str) -> None:
+    """The field's bounds (see :func:`bounded`), reported all at once: ``must be >= 0 and < 1``."""
+    bounds = [(op, limit) for op, limit in metadata.items() if op in _RANGE_TEST and limit is not None]
+    if bounds and not all(_RANGE_TEST[op](float(value), float(limit)) for op, limit in bounds):
+        wanted = " and ".join(f"{_RANGE_TEXT[op]} {limit:g}" for op, limit in bounds)
+        raise ConfigError(f"config key {key!r}: must be {wanted}, got {value!r}")
 
 
 def _require(ok: bool, key: str, message: str) -> None:
@@ -258,78 +301,99 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 
 def _validate(obj: Any, prefix: str) -> None:
-    """Range checks that types alone cannot express."""
+    """Checks that involve more than one field (single-field ranges and choices are in the field types)."""
     p = f"{prefix}." if prefix else ""
-    if isinstance(obj, ModelConfig):
-        _require(obj.epochs >= 0, p + "epochs", f"must be >= 0, got {obj.epochs}")
-        _require(obj.finetune_epochs >= 0, p + "finetune_epochs", f"must be >= 0, got {obj.finetune_epochs}")
-        _require(obj.batch_size > 0, p + "batch_size", f"must be > 0, got {obj.batch_size}")
-        _require(obj.learning_rate > 0, p + "learning_rate", "must be > 0")
-        _require(obj.max_learning_rate > 0, p + "max_learning_rate", "must be > 0")
-        _require(0 <= obj.dropout < 1, p + "dropout", "must be in [0, 1)")
-        _require(0 < obj.bn_momentum < 1, p + "bn_momentum", "must be in (0, 1)")
-        _require(obj.optimizer in ("adam", "sgd"), p + "optimizer", f"must be adam or sgd, got {obj.optimizer!r}")
-        _require(obj.image_size >= 0, p + "image_size", "must be >= 0")
-    elif isinstance(obj, DataConfig):
-        _require(obj.format in FORMATS, p + "format", f"must be one of {', '.join(FORMATS)}, got {obj.format!r}")
-        _require(obj.limit_per_split >= 0, p + "limit_per_split", "must be >= 0")
-    elif isinstance(obj, SplitConfig):
-        _require(obj.mode in ("random", "official"), p + "mode", f"must be random or official, got {obj.mode!r}")
-        _require(all(r >= 0 for r in obj.ratios) and abs(sum(obj.ratios) - 1) < 1e-6,
-                 p + "ratios", f"must be three non-negative numbers summing to 1, got {list(obj.ratios)}")
-    elif isinstance(obj, AugmentConfig):
-        _require(0 <= obj.noise <= 1, p + "noise", "must be in [0, 1]")
-        _require(obj.copies >= 0, p + "copies", "must be >= 0")
-    elif isinstance(obj, ShardConfig):
-        _require(obj.records_per_shard > 0, p + "records_per_shard", "must be > 0")
-        _require(obj.encoding in ("raw", "png"), p + "encoding", f"must be raw or png, got {obj.encoding!r}")
-        _require(obj.compression in ("none", "gzip"), p + "compression", f"must be none or gzip, got {obj.compression!r}")
+    if isinstance(obj, SplitConfig):
+        _require(abs(sum(obj.ratios) - 1) < 1e-6 and all(0 <= r <= 1 for r in obj.ratios),
+                 p + "ratios", f"must be three numbers in [0, 1] summing to 1, got {list(obj.ratios)}")
     elif isinstance(obj, TrainConfig):
-        for i, m in enumerate(obj.models):
-            _require(m in MODEL_NAMES, f"{p}models[{i}]", f"unknown model {m!r}; expected one of {', '.join(MODEL_NAMES)}")
-        for i, pol in enumerate(obj.policies):
-            _require(pol in POLICY_NAMES, f"{p}policies[{i}]", f"unknown policy {pol!r}; expected one of {', '.join(POLICY_NAMES)}")
         _require(len(obj.models) > 0, p + "models", "needs at least one model")
         _require(len(obj.policies) > 0, p + "policies", "needs at least one policy")
-        _require(obj.monitor in ("val_auc", "val_accuracy"), p + "monitor", "must be val_auc or val_accuracy")
-        _require(obj.plateau_factor > 1, p + "plateau_factor", "must be > 1 (the LR is divided by it)")
-        _require(obj.steps_per_epoch >= 0, p + "steps_per_epoch", "must be >= 0")
     elif isinstance(obj, EvaluateConfig):
         _require(len(obj.tta_views) > 0, p + "tta_views", "needs at least one view")
-        for i, v in enumerate(obj.tta_views):
-            _require(v in TTA_VIEW_NAMES, f"{p}tta_views[{i}]", f"unknown view {v!r}; expected one of {', '.join(TTA_VIEW_NAMES)}")
-        _require(obj.split in ("train", "valid", "test"), p + "split", "must be train, valid or test")
-        _require(0 < obj.target_sensitivity <= 1, p + "target_sensitivity", "must be in (0, 1]")
+    elif isinstance(obj, PromoteConfig):
+        mode, _, name = obj.metric.rpartition(".")
+        _require(mode in ("", "tta", "single") and name in METRIC_NAMES, p + "metric",
+                 f"{obj.metric!r} is not one of {', '.join(METRIC_NAMES)} (optionally prefixed 'single.')")
     elif isinstance(obj, ExperimentConfig):
         for name, overrides in obj.models.items():
             _require(name in MODEL_NAMES, f"models.{name}", f"unknown model; expected one of {', '.join(MODEL_NAMES)}")
             _require(isinstance(overrides, dict), f"models.{name}", "must be a mapping of ModelConfig keys")
-            obj.model(name)  # type-checks the overrides, naming the key on error
+        for name in set(obj.train.models) | set(obj.models):
+            model_cfg = obj.model(name)  # type- and range-checks the overrides, naming the key on error
+            if name in TRANSFER_MODELS and 0 < model_cfg.image_size < MIN_TRANSFER_IMAGE_SIZE:
+                key = f"models.{name}.image_size" if "image_size" in obj.models.get(name, {}) else "defaults.image_size"
+                raise ConfigError(f"config key {key!r}: {name} needs image_size 0 (its default) or >= "
+                                  f"{MIN_TRANSFER_IMAGE_SIZE}, got {model_cfg.image_size}")
 
 
 def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
     return _build(ExperimentConfig, data or {})
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
-    """Read a YAML config; ``overrides`` are dotted keys (``train.models``) applied on top."""
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1})", mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML as the user wrote it: duplicate keys refused; errors in one line with file, line and column."""
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        problem = exc.problem or exc.context or "invalid YAML"
+        at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        raise ConfigError(f"{where}{at}: invalid YAML: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: invalid YAML: {' '.join(str(exc).split())}") from None
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """Read and parse a YAML file; a missing file, a directory or non-UTF-8 bytes give one line naming it."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(path)!r} is a directory") from None
     try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {exc}") from None
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "save the file as UTF-8") from None
+    return parse_yaml(text, str(path))
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> ExperimentConfig:
+    """Read a YAML config; ``overrides`` are dotted keys (``train.models``) applied on top.
+
+    Command-line flags that set a config key pass through ``overrides`` (None values
+    are ignored), so a flag gets exactly the checks its key gets in a file.
+    """
+    data = read_yaml_file(path) if path else {}
+    data = data or {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping at the top level")
     for dotted, value in (overrides or {}).items():
-        set_dotted(data, dotted, value)
+        if value is not None:
+            set_dotted(data, dotted, value)
     try:
         return config_from_dict(data)
     except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        raise ConfigError(f"{path}: {exc}" if path else f"command line: {exc}") from None
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:

@@ -32,7 +32,14 @@ import pandas as pd
 
 from pcam import IMAGE_SHAPE, __version__
 from pcam.errors import DataError
-from pcam.fsutil import file_sha256, read_json, temp_dir_beside, write_json
+from pcam.fsutil import (
+    check_output,
+    file_sha256,
+    mark_directory,
+    read_json,
+    temp_dir_beside,
+    write_json,
+)
 
 FORMAT_VERSION = 1
 IMAGES_FILE = "images.npy"
@@ -41,6 +48,10 @@ META_FILE = "meta.csv"
 MANIFEST_FILE = "manifest.json"
 META_COLUMNS = ("index", "id", "source_split", "label", "slide")
 SPLITS = ("train", "valid", "test")
+KIND = "dataset"
+MANIFEST_SCHEMA = {"format_version": int, "source": str, "format": str, "count": int,
+                   "counts": {str: {str: int}}, "files": {str: {"sha256": str, "bytes": int}}}
+"""What readers of manifest.json rely on (checked by :func:`pcam.fsutil.check_shape`)."""
 
 
 class DatasetWriter:
@@ -50,10 +61,12 @@ class DatasetWriter:
     knows it up front: HDF5 shapes, file lists, CSV rows).
     """
 
-    def __init__(self, out_dir: str | os.PathLike[str], capacity: int):
+    def __init__(self, out_dir: str | os.PathLike[str], capacity: int, *, force: bool = False):
         if capacity <= 0:
             raise DataError(f"{out_dir}: no patches to write (the source is empty)")
         self.out_dir = Path(out_dir)
+        self.force = force
+        check_output(self.out_dir, KIND, force=force)
         self._tmp = temp_dir_beside(self.out_dir)
         self.capacity = capacity
         self._sha256 = hashlib.sha256()
@@ -144,8 +157,12 @@ class DatasetWriter:
                 writer.writerows(self._meta)
             manifest = self._manifest(source, fmt, synthetic, extra or {})
             write_json(self._tmp / MANIFEST_FILE, manifest)
-            if self.out_dir.exists():
+            mark_directory(self._tmp, KIND)
+            check_output(self.out_dir, KIND, force=self.force)  # again: something may have appeared meanwhile
+            if self.out_dir.is_dir():
                 shutil.rmtree(self.out_dir)
+            elif self.out_dir.exists():
+                self.out_dir.unlink()
             os.replace(self._tmp, self.out_dir)
         except BaseException:
             self.abort()
@@ -207,7 +224,7 @@ def open_dataset(path: str | os.PathLike[str], verify: bool = True) -> Canonical
     root = Path(path)
     if not root.is_dir():
         raise DataError(f"{root}: no dataset here (run `pcam ingest` first)")
-    manifest = read_json(root / MANIFEST_FILE)
+    manifest = read_json(root / MANIFEST_FILE, MANIFEST_SCHEMA)
     if manifest.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{root / MANIFEST_FILE}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
     for name, info in manifest["files"].items():

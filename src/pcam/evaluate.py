@@ -32,6 +32,7 @@ import logging
 import os
 import time
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,7 @@ import numpy as np
 from pcam import metrics as M
 from pcam.config import TTA_VIEW_NAMES, ExperimentConfig, load_config
 from pcam.errors import ConfigError, DataError
-from pcam.fsutil import atomic_dir, file_sha256, write_json
+from pcam.fsutil import atomic_dir, check_output, file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +214,10 @@ def evaluate_arrays(
     }
 
 
-def write_evaluation(out_dir: str | os.PathLike[str], result: dict[str, Any]) -> None:
+def write_evaluation(out_dir: str | os.PathLike[str], result: dict[str, Any], *,
+                     inputs: Sequence[str | os.PathLike[str]] = (), force: bool = False) -> None:
     """Write an :func:`evaluate_arrays` result (its ``_arrays`` removed) as the evaluate directory."""
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "evaluation", inputs=inputs, force=force) as tmp:
         _write_outputs(tmp, result)
 
 
@@ -258,6 +260,7 @@ def evaluate(
     split: str | None = None,
     *,
     progress: bool = True,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``model_dir/model.keras`` on ``split`` (default ``cfg.evaluate.split``) of the shards.
 
@@ -265,6 +268,7 @@ def evaluate(
     """
     ecfg = cfg.evaluate
     split = split or ecfg.split
+    check_output(out_dir, "evaluation", inputs=[model_dir, shards_dir], force=force)
     model_dir = Path(model_dir)
     model = load_model(model_dir)
     from pcam.input import load_arrays
@@ -286,7 +290,7 @@ def evaluate(
         "data_fingerprint": data_fingerprint(result["_arrays"]["ids"], labels),
         "config_digest": cfg.digest(),
     })
-    write_evaluation(out_dir, result)
+    write_evaluation(out_dir, result, inputs=[model_dir, shards_dir], force=force)
     for mode in ("single", "tta"):
         m = result[mode]
         log.info("%s: auc=%.4f acc=%.4f f1=%.4f", mode, m["auc"], m["accuracy"], m["f1"])
@@ -313,11 +317,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory for metrics.json, predictions.csv, ...")
     parser.add_argument("--config", required=True, help="experiment YAML (evaluate: views, threshold, ...)")
     parser.add_argument("--split", choices=("train", "valid", "test"), help="default: evaluate.split")
+    parser.add_argument("--force", action="store_true", help="replace --out even if it is not a pcam evaluation")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    result = evaluate(args.model, args.shards, args.out, cfg, split=args.split)
+    result = evaluate(args.model, args.shards, args.out, cfg, split=args.split, force=args.force)
     for mode in ("single", "tta"):
         m = result[mode]
         print(f"{mode:>6}: auc={m['auc']} accuracy={m['accuracy']:.4f} f1={m['f1']:.4f} "

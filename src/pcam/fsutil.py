@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -79,14 +79,68 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
         handle.write("\n")
 
 
-def read_json(path: str | os.PathLike[str]) -> Any:
+def read_json(path: str | os.PathLike[str], schema: Any = None) -> Any:
+    """Parse a JSON file; with ``schema``, check its shape too (see :func:`check_shape`)."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise DataError(f"{path}: missing (was the step that writes it interrupted?)") from None
-    except json.JSONDecodeError as exc:
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, expected a JSON file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: not valid JSON ({exc})") from None
+    if schema is not None:
+        check_shape(data, schema, path)
+    return data
+
+
+_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true/false", type(None): "null"}
+
+
+def check_shape(data: Any, schema: Any, path: str | os.PathLike[str], key: str = "") -> None:
+    """Check that JSON ``data`` has the shape ``schema`` describes; a DataError names the file and the key.
+
+    A schema is a type or tuple of types (``int``, ``(int, float)``), a list holding one
+    schema (every item matches it), a dict of keys to schemas (a key ending in ``?`` is
+    optional; other keys are allowed), or a dict ``{str: schema}`` (any keys, every
+    value matches). An artifact a
+    reader cannot use fails here, in one line, instead of as a KeyError deep in the reader.
+    """
+    where = key or "the top level"
+    if isinstance(schema, dict):
+        if not isinstance(data, dict):
+            raise DataError(f"{path}: {where}: expected an object, got {_describe(data)}")
+        if set(schema) == {str}:
+            for name, value in data.items():
+                check_shape(value, schema[str], path, f"{key}.{name}" if key else str(name))
+            return
+        for name, sub in schema.items():
+            optional = name.endswith("?")
+            name = name.removesuffix("?")
+            if name not in data:
+                if optional:
+                    continue
+                raise DataError(f"{path}: missing key {(key + '.' if key else '') + name!r} "
+                                "(not written by this version of pcam, or edited?)")
+            check_shape(data[name], sub, path, f"{key}.{name}" if key else name)
+    elif isinstance(schema, list):
+        if not isinstance(data, list):
+            raise DataError(f"{path}: {where}: expected a list, got {_describe(data)}")
+        for i, item in enumerate(data):
+            check_shape(item, schema[0], path, f"{key}[{i}]")
+    else:
+        types = schema if isinstance(schema, tuple) else (schema,)
+        ok = isinstance(data, types) and not (isinstance(data, bool) and bool not in types)
+        if not ok:
+            wanted = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types)
+            raise DataError(f"{path}: {where}: expected {wanted}, got {_describe(data)}")
+
+
+def _describe(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return f"{_TYPE_NAMES.get(type(value), type(value).__name__)} {text[:40]}{'...' if len(text) > 40 else ''}"
 
 
 def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
@@ -102,15 +156,81 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return file_digest(path, "sha256")
 
 
+KIND_FILE = ".pcam-kind"
+"""Marks a directory pcam wrote, and what it is (``dataset``, ``split``, ``shards``, ...)."""
+
+
+def _local_inputs(inputs: Iterable[str | os.PathLike[str] | None]) -> list[Path]:
+    found = []
+    for item in inputs:
+        if item is None or str(item) == "" or is_remote(str(item)):
+            continue
+        found.append(Path(str(item).removeprefix("file://")).expanduser().resolve())
+    return found
+
+
+def directory_kind(path: str | os.PathLike[str]) -> str | None:
+    """The kind pcam recorded in ``path`` (its :data:`KIND_FILE`), or None."""
+    try:
+        return (Path(path) / KIND_FILE).read_text().strip() or None
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, UnicodeDecodeError):
+        return None
+
+
+def check_output(out: str | os.PathLike[str], kind: str, *,
+                 inputs: Iterable[str | os.PathLike[str] | None] = (), force: bool = False) -> Path:
+    """Refuse an output path whose replacement would destroy something pcam did not write there.
+
+    A command may replace ``out`` only if it does not exist, is an empty directory, or is a
+    directory pcam wrote as the same ``kind`` (its :data:`KIND_FILE`); anything else needs
+    ``force``. An output equal to, inside, or holding one of the command's ``inputs`` is
+    refused even with ``force``: writing it would destroy the input. Returns the resolved path.
+    """
+    final = Path(out).expanduser().resolve()
+    for source in _local_inputs(inputs):
+        if final == source:
+            raise DataError(f"{out}: the output is the input {source}; choose another output path")
+        if source in final.parents:
+            raise DataError(f"{out}: the output lies inside the input {source}; choose a path outside it")
+        if final in source.parents:
+            raise DataError(f"{out}: the output holds the input {source}, which replacing it would delete; "
+                            "choose another output path")
+    if force or not final.exists() and not final.is_symlink():
+        return final
+    if not final.is_dir():
+        raise DataError(f"{out}: exists and is not a directory; remove it or pass --force to replace it")
+    found = directory_kind(final)
+    if found == kind or not any(final.iterdir()):
+        return final
+    what = f"a pcam {found} directory" if found else "not a directory pcam wrote"
+    raise DataError(f"{out}: {what}, refusing to replace it with a {kind}; "
+                    "choose an empty or new path, or pass --force")
+
+
+def mark_directory(path: str | os.PathLike[str], kind: str) -> None:
+    """Record that pcam wrote ``path`` as a ``kind`` (see :func:`check_output`)."""
+    (Path(path) / KIND_FILE).write_text(f"{kind}\n")
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Build a directory under a temporary name and swap it into place on success."""
+def atomic_dir(path: str | os.PathLike[str], kind: str, *,
+               inputs: Iterable[str | os.PathLike[str] | None] = (), force: bool = False) -> Iterator[Path]:
+    """Build a ``kind`` directory under a temporary name and swap it into place on success.
+
+    :func:`check_output` decides first whether ``path`` may be replaced (and again just
+    before the swap, in case something else wrote there meanwhile).
+    """
     final = Path(path)
+    check_output(final, kind, inputs=inputs, force=force)
     tmp = temp_dir_beside(final)
     try:
         yield tmp
-        if final.exists():
+        mark_directory(tmp, kind)
+        check_output(final, kind, inputs=inputs, force=force)
+        if final.is_dir() and not final.is_symlink():
             shutil.rmtree(final)
+        elif final.exists() or final.is_symlink():
+            final.unlink()
         os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

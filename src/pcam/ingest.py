@@ -69,14 +69,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from pcam import IMAGE_SHAPE
-from pcam.config import SyntheticConfig
+from pcam.argtypes import integer, positive_int
+from pcam.config import FORMATS, SyntheticConfig
+from pcam.dataset import KIND as DATASET_KIND
 from pcam.dataset import SPLITS, DatasetWriter
 from pcam.errors import ConfigError, DataError
-from pcam.fsutil import CHUNK, is_remote, local_path
+from pcam.fsutil import CHUNK, check_output, is_remote, local_path
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("auto", "hdf5", "kaggle", "folders", "synthetic", "official")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SPLIT_ALIASES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "test": "test"}
 LABEL_DIRS = ("0", "1")
@@ -118,7 +119,8 @@ class _Stats:
 def ingest(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], fmt: str = "auto",
            convert: bool = False, limit_per_split: int = 0, seed: int = 0, *,
            cache_dir: str | os.PathLike[str] | None = None,
-           synthetic: SyntheticConfig | None = None, workers: int | None = None) -> dict[str, Any]:
+           synthetic: SyntheticConfig | None = None, workers: int | None = None,
+           force: bool = False) -> dict[str, Any]:
     """Read ``source`` (format ``fmt``) into a canonical dataset at ``out_dir``; return its manifest.
 
     ``cache_dir`` holds downloads (default ``$PCAM_CACHE`` or ``~/.cache/pcam``);
@@ -130,6 +132,8 @@ def ingest(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], fmt:
     if limit_per_split < 0:
         raise ConfigError(f"config key 'data.limit_per_split': must be >= 0, got {limit_per_split}")
     source = str(source)
+    local_source = None if source in ("official", "synthetic") else source
+    check_output(out_dir, DATASET_KIND, inputs=[local_source], force=force)
     cache = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     stats = _Stats()
     with contextlib.ExitStack() as stack:
@@ -145,7 +149,7 @@ def ingest(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], fmt:
             parts = _kaggle_parts(root, limit_per_split, seed, convert, stats, workers)
         else:
             parts = _folder_parts(root, limit_per_split, seed, convert, stats, workers)
-        manifest = _write(parts, out_dir, source, "synthetic" if is_synthetic else fmt, is_synthetic, {
+        manifest = _write(parts, out_dir, force, source, "synthetic" if is_synthetic else fmt, is_synthetic, {
             "reader": "hdf5" if fmt == "synthetic" else fmt,
             "convert": convert,
             "limit_per_split": limit_per_split,
@@ -160,12 +164,12 @@ def ingest(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], fmt:
     return manifest
 
 
-def _write(parts: list[_Part], out_dir: str | os.PathLike[str], source: str, fmt: str, synthetic: bool,
+def _write(parts: list[_Part], out_dir: str | os.PathLike[str], force: bool, source: str, fmt: str, synthetic: bool,
            extra: dict[str, Any], stats: _Stats) -> dict[str, Any]:
     total = sum(p.count for p in parts)
     if total == 0:
         raise DataError(f"{source}: no patches found")
-    writer = DatasetWriter(out_dir, total)
+    writer = DatasetWriter(out_dir, total, force=force)
     try:
         with tqdm(total=total, unit="img", desc="ingest", disable=None, mininterval=2) as bar:
             for part in parts:
@@ -557,8 +561,11 @@ def _h5_batches(x_path: Path, split: str, labels: np.ndarray, slides: list[str] 
 # ----------------------------------------------------------------------------- image files
 
 
-def _list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+def _list_images(folder: Path, recursive: bool = False) -> list[Path]:
+    """Image files in ``folder`` (and below it when ``recursive``; hidden entries skipped), sorted."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
@@ -612,7 +619,8 @@ def _kaggle_parts(root: Path, limit: int, seed: int, convert: bool, stats: _Stat
 
 def _folder_parts(root: Path, limit: int, seed: int, convert: bool, stats: _Stats, workers: int | None) -> list[_Part]:
     csv_path = root / "labels.csv"
-    rows = _rows_from_csv(root, csv_path) if csv_path.exists() else _rows_from_tree(root)
+    notes: list[str] = []
+    rows = _rows_from_csv(root, csv_path) if csv_path.exists() else _rows_from_tree(root, notes)
     if not rows:
         raise DataError(f"{root}: no images (*{', *'.join(IMAGE_EXTENSIONS)}) found")
     parts = []
@@ -627,16 +635,26 @@ def _folder_parts(root: Path, limit: int, seed: int, convert: bool, stats: _Stat
         slides = [entries[i][3] for i in chosen] if any(e[3] for e in entries) else None
         parts.append(_Part(split, len(chosen), _file_batches([root / entries[i][0] for i in chosen], labels[chosen],
                                                              [entries[i][0] for i in chosen], slides, convert, stats,
-                                                             workers), available=len(entries)))
+                                                             workers), available=len(entries), notes=notes))
+        notes = []  # said once, on the first part
     return parts
 
 
-def _rows_from_tree(root: Path) -> list[tuple[str, str, str, str]]:
-    """(relative path, split, label, slide) for <root>/<split>/<label>/* or <root>/<label>/*."""
-    dirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _rows_from_tree(root: Path, notes: list[str]) -> list[tuple[str, str, str, str]]:
+    """(relative path, split, label, slide) for <root>/<split>/<label>/** or <root>/<label>/**.
+
+    Images below a label folder, at any depth, take that label. Images with no label
+    folder above them (loose in <split>/ or in the root) cannot be labelled: they are
+    counted, logged and noted in the manifest, never skipped silently.
+    """
+    dirs = _subdirs(root)
     if not dirs:
         raise DataError(f"{root}: empty (expected <split>/<label>/ or <label>/ folders of images)")
-    if all(d.name in LABEL_DIRS for d in dirs):
+    if any(d.name in LABEL_DIRS for d in dirs):  # <label>/ at the top: every other folder is the odd one out
         layout = [(root, "train")]
     else:
         layout = []
@@ -645,11 +663,18 @@ def _rows_from_tree(root: Path) -> list[tuple[str, str, str, str]]:
                 raise DataError(f"{d}: unknown split folder; expected one of {', '.join(SPLIT_ALIASES)}")
             layout.append((d, SPLIT_ALIASES[d.name]))
     rows = []
+    unlabelled = [p for p in _list_images(root)] if layout[0][0] != root else []
     for folder, split in layout:
-        for sub in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for sub in _subdirs(folder):
             if sub.name not in LABEL_DIRS:
                 raise DataError(f"{sub}: unknown label folder; expected {' or '.join(LABEL_DIRS)}")
-            rows += [(p.relative_to(root).as_posix(), split, sub.name, "") for p in _list_images(sub)]
+            rows += [(p.relative_to(root).as_posix(), split, sub.name, "") for p in _list_images(sub, recursive=True)]
+        unlabelled += _list_images(folder)
+    if unlabelled:
+        note = (f"{len(unlabelled)} image(s) outside any <label>/ folder were not read (no label), "
+                f"e.g. {unlabelled[0].relative_to(root).as_posix()}")
+        log.warning("%s: %s", root, note)
+        notes.append(note)
     return rows
 
 
@@ -679,13 +704,16 @@ def _rows_from_csv(root: Path, csv_path: Path) -> list[tuple[str, str, str, str]
         i = int(np.flatnonzero(unknown)[0])
         raise DataError(f"{csv_path}: row {i + 2} ({paths.iloc[i]}): unknown split {splits.iloc[i]!r}; "
                         f"expected one of {', '.join(SPLIT_ALIASES)}")
+    # Compared by value, not text: "1.0" in the CSV is label 1 (check_labels parses it once, here).
+    values = check_labels(labels, lambda i: f"{csv_path}: row {i + 2} ({paths.iloc[i]})")
     label_dir = folders.str.rpartition("/")[2]
-    clash = (label_dir.isin(LABEL_DIRS) & labels.isin(LABEL_DIRS) & (label_dir != labels)).to_numpy()
+    in_label_dir = label_dir.isin(LABEL_DIRS).to_numpy()
+    clash = in_label_dir & (pd.to_numeric(label_dir.where(in_label_dir, "-1")).to_numpy() != values)
     if clash.any():
         i = int(np.flatnonzero(clash)[0])
         raise DataError(f"{csv_path}: row {i + 2} gives label {labels.iloc[i]} but {paths.iloc[i]} is in folder "
                         f"{label_dir.iloc[i]}/")
-    return list(zip(paths, splits.map(SPLIT_ALIASES), table["label"], slides, strict=True))
+    return list(zip(paths, splits.map(SPLIT_ALIASES), values.tolist(), slides, strict=True))
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -698,27 +726,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=FORMATS, default=None, help="source format (default: auto)")
     parser.add_argument("--convert", action="store_true", default=None,
                         help="convert grayscale/RGBA/16-bit to RGB and resize to 96x96 (bilinear) instead of rejecting")
-    parser.add_argument("--limit-per-split", type=int, default=None, help="at most N patches per source split (0 = all)")
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--limit-per-split", type=integer, default=None,
+                        help="at most N patches per source split (0 = all)")
+    parser.add_argument("--seed", type=integer, default=None)
     parser.add_argument("--cache-dir", default=None, help="where downloads land (default ~/.cache/pcam)")
-    parser.add_argument("--workers", type=int, default=None, help="image decoding threads")
+    parser.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
     parser.add_argument("--config", default=None, help="experiment YAML: its data section supplies the defaults")
+    parser.add_argument("--force", action="store_true", help="replace --out even if it is not a pcam dataset")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pcam.config import ExperimentConfig, load_config
+    from pcam.config import load_config
 
-    cfg = load_config(args.config) if args.config else ExperimentConfig()
+    cfg = load_config(args.config, {
+        "data.source": args.source, "data.format": args.format, "data.convert": args.convert,
+        "data.limit_per_split": args.limit_per_split, "seed": args.seed, "data.cache_dir": args.cache_dir,
+    })
     data = cfg.data
-    source = args.source if args.source is not None else data.source
     manifest = ingest(
-        source, args.out,
-        fmt=args.format if args.format is not None else data.format,
-        convert=args.convert if args.convert is not None else data.convert,
-        limit_per_split=args.limit_per_split if args.limit_per_split is not None else data.limit_per_split,
-        seed=args.seed if args.seed is not None else cfg.seed,
-        cache_dir=args.cache_dir or data.cache_dir or None,
-        synthetic=data.synthetic, workers=args.workers,
+        data.source, args.out, fmt=data.format, convert=data.convert, limit_per_split=data.limit_per_split,
+        seed=cfg.seed, cache_dir=data.cache_dir or None, synthetic=data.synthetic, workers=args.workers,
+        force=args.force,
     )
     print(f"{args.out}: {manifest['count']} patches {manifest['counts']}, "
           f"{manifest['duplicates']['count']} duplicates, format {manifest['format']}")

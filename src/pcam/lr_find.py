@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from pcam.argtypes import positive_float, positive_int
 from pcam.config import ExperimentConfig, load_config
-from pcam.errors import DataError
-from pcam.fsutil import atomic_path, write_json
+from pcam.errors import ConfigError, DataError
+from pcam.fsutil import atomic_dir, atomic_path, check_output, write_json
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,12 @@ def plot(result: dict[str, Any], path: str | os.PathLike[str], title: str = "LR 
 
 
 def lr_find(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: ExperimentConfig,
-            model_name: str, *, steps: int = 200, min_lr: float = 1e-7, max_lr: float = 1.0) -> dict[str, Any]:
+            model_name: str, *, steps: int = 200, min_lr: float = 1e-7, max_lr: float = 1.0,
+            force: bool = False) -> dict[str, Any]:
     """Sweep ``model_name`` (stage-1 setup) over the training shards; write lr_find.{json,png}."""
+    if not 0 < min_lr < max_lr:
+        raise ConfigError(f"--min-lr {min_lr:g} must be > 0 and below --max-lr {max_lr:g}")
+    check_output(out_dir, "lr-find", inputs=[shards_dir], force=force)
 
     from pcam.input import make_dataset
     from pcam.models import build_model, is_pretrained, set_trainable_for_stage
@@ -124,10 +129,9 @@ def lr_find(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
                            shuffle_buffer=cfg.train.shuffle_buffer, drop_remainder=True, repeat=True)
     result = lr_sweep(model, dataset, min_lr=min_lr, max_lr=max_lr, steps=steps)
     result["model"] = model_name
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    plot(result, out / "lr_find.png", title=f"LR range test: {model_name}")
-    write_json(out / "lr_find.json", result)
+    with atomic_dir(out_dir, "lr-find", inputs=[shards_dir], force=force) as tmp:
+        plot(result, tmp / "lr_find.png", title=f"LR range test: {model_name}")
+        write_json(tmp / "lr_find.json", result)
     return result
 
 
@@ -136,15 +140,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output directory for lr_find.json/png")
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--model", required=True, help="logreg, cnn, mobilenetv2 or resnet50")
-    parser.add_argument("--steps", type=int, default=200, help="sweep length in steps (default 200)")
-    parser.add_argument("--min-lr", type=float, default=1e-7)
-    parser.add_argument("--max-lr", type=float, default=1.0)
+    parser.add_argument("--steps", type=positive_int, default=200, help="sweep length in steps (default 200)")
+    parser.add_argument("--min-lr", type=positive_float, default=1e-7)
+    parser.add_argument("--max-lr", type=positive_float, default=1.0)
+    parser.add_argument("--force", action="store_true", help="replace --out even if it is not a pcam lr-find output")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     result = lr_find(args.shards, args.out, cfg, args.model, steps=args.steps, min_lr=args.min_lr,
-                     max_lr=args.max_lr)
+                     max_lr=args.max_lr, force=args.force)
     print(f"lr-find {args.model}: suggested LR {result['suggested_min_lr']:.3g} .. "
           f"{result['suggested_max_lr']:.3g} ({result['steps_run']} steps); {Path(args.out) / 'lr_find.png'}")
     return 0

@@ -35,7 +35,7 @@ from typing import Any
 
 from pcam.config import MODEL_NAMES, POLICY_NAMES
 from pcam.errors import DataError
-from pcam.fsutil import atomic_dir, read_json
+from pcam.fsutil import atomic_dir, check_output, check_shape, read_json
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +66,22 @@ SPLIT_NOTES = {
 
 # ---------------------------------------------------------------- loading runs
 
-def _read(path: Path, required: bool = True) -> Any:
+_NUMBER = (int, float, type(None))
+_SCORES = {key: _NUMBER for key in ("auc", "accuracy", "f1", "recall", "precision")}
+METRICS_SCHEMA = {"tta": _SCORES, "single": _SCORES, "n?": int, "split?": str}
+"""What the report reads from an evaluation's metrics.json."""
+CONTEXT_SCHEMA = {"source?": str, "format?": str, "synthetic?": bool, "split_mode?": str, "seed?": int,
+                  "config_digest?": str, "image?": str, "experiment?": str, "versions?": {str: (str, int, float)},
+                  "notes?": (str, list), "step_seconds?": {str: _NUMBER}, "data_checksums?": {str: str},
+                  "shard_checksums?": {str: str}, "counts?": {str: int}, "reference?": (dict, list)}
+"""The report context's keys, all optional (the report says "not recorded" for a missing one)."""
+_HISTORY_SCHEMA = [{"epoch": int}]
+
+
+def _read(path: Path, required: bool = True, schema: Any = None) -> Any:
     if not required and not path.exists():
         return None
-    return read_json(path)
+    return read_json(path, schema)
 
 
 def _history(run_dir: Path) -> tuple[list[dict[str, Any]], int | None]:
@@ -81,7 +93,7 @@ def _history(run_dir: Path) -> tuple[list[dict[str, Any]], int | None]:
     lists = []
     for stage in ("train", "finetune"):
         path = run_dir / stage / "history.json"
-        rows = _read(path, required=False) or []
+        rows = _read(path, required=False, schema=_HISTORY_SCHEMA) or []
         if not isinstance(rows, list):
             raise DataError(f"{path}: expected a list of per-epoch records")
         lists.append([r for r in rows if isinstance(r, dict)])
@@ -117,16 +129,11 @@ def _params(*infos: dict[str, Any] | None) -> int | None:
 def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Everything the report needs from one pair's directory; a missing required file is a DataError."""
     run_dir = Path(run_dir)
-    pair = _read(run_dir / "pair.json")
-    if not isinstance(pair, dict) or "model" not in pair or "policy" not in pair:
-        raise DataError(f"{run_dir / 'pair.json'}: expected {{model, policy}}")
-    metrics = _read(run_dir / "evaluate" / "metrics.json")
-    for mode in ("tta", "single"):
-        if not isinstance(metrics.get(mode), dict):
-            raise DataError(f"{run_dir / 'evaluate' / 'metrics.json'}: no {mode!r} section")
+    pair = _read(run_dir / "pair.json", schema={"model": str, "policy": str})
+    metrics = _read(run_dir / "evaluate" / "metrics.json", schema=METRICS_SCHEMA)
     history, boundary = _history(run_dir)
-    train_info = _read(run_dir / "train" / "train.json", required=False)
-    ft_info = _read(run_dir / "finetune" / "train.json", required=False)
+    train_info = _read(run_dir / "train" / "train.json", required=False, schema={})
+    ft_info = _read(run_dir / "finetune" / "train.json", required=False, schema={})
     stage1 = history[: (boundary - 1 if boundary else len(history))]
     stage2 = history[boundary - 1:] if boundary else []
     seconds = [s for s in (_seconds(train_info, stage1), _seconds(ft_info, stage2) if (ft_info or stage2) else None)
@@ -136,8 +143,8 @@ def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "model": str(pair["model"]),
         "policy": str(pair["policy"]),
         "metrics": metrics,
-        "roc": _read(run_dir / "evaluate" / "roc.json", required=False) or {},
-        "confusion": _read(run_dir / "evaluate" / "confusion.json", required=False) or {},
+        "roc": _read(run_dir / "evaluate" / "roc.json", required=False, schema={}) or {},
+        "confusion": _read(run_dir / "evaluate" / "confusion.json", required=False, schema={}) or {},
         "history": history,
         "finetune_start": boundary,
         "train_seconds": round(sum(seconds), 1) if seconds else None,
@@ -565,10 +572,11 @@ def _figures(runs: list[dict[str, Any]], rows: list[dict[str, Any]], plot_dir: P
 
 
 def build_report(run_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
-                 context: dict[str, Any] | None = None) -> dict[str, Any]:
+                 context: dict[str, Any] | None = None, *, force: bool = False) -> dict[str, Any]:
     """Write summary.csv, summary.md, report.html and plots/ for ``run_dirs``; returns the summary."""
     if not run_dirs:
         raise DataError("report: no run directories given")
+    check_output(out_dir, "report", inputs=run_dirs, force=force)
     runs = [load_run(d) for d in run_dirs]
     rows = [summary_row(r) for r in runs]
     order = sorted(range(len(rows)), key=lambda i: sort_key(rows[i]))
@@ -576,9 +584,10 @@ def build_report(run_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.P
     best = best_index(rows, "auc")
     if best is None:
         best = best_index(rows, "accuracy")
+    check_shape(context or {}, CONTEXT_SCHEMA, "report context")
     ctx = _context(context or {})
     out = Path(out_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "report", inputs=run_dirs, force=force) as tmp:
         figs, plot_files = _figures(runs, rows, tmp / "plots", ctx)
         _write_csv(tmp / "summary.csv", rows)
         (tmp / "summary.md").write_text(_markdown(rows, best, ctx))
@@ -603,13 +612,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", nargs="+", required=True, help="run directories (pair.json, train/, evaluate/)")
     parser.add_argument("--out", required=True, help="output directory for the report")
     parser.add_argument("--context", help="JSON file: source, synthetic, split_mode, seed, config_digest, ...")
+    parser.add_argument("--force", action="store_true", help="replace --out even if it is not a pcam report")
 
 
 def run(args: argparse.Namespace) -> int:
-    context = read_json(args.context) if args.context else {}
-    if not isinstance(context, dict):
-        raise DataError(f"{args.context}: expected a JSON object")
-    summary = build_report(args.runs, args.out, context)
+    context = read_json(args.context, CONTEXT_SCHEMA) if args.context else {}
+    summary = build_report(args.runs, args.out, context, force=args.force)
     buf = io.StringIO()
     for row in summary["rows"]:
         buf.write(f"{row['model']:>12} {row['policy']:>9}  auc={_fmt(row['auc'])}  acc={_fmt(row['accuracy'])}\n")

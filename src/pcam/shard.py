@@ -46,11 +46,12 @@ import numpy as np
 from tqdm import tqdm
 
 from pcam import IMAGE_SHAPE
+from pcam.argtypes import integer
 from pcam.augment import augment_numpy
-from pcam.config import AugmentConfig, ExperimentConfig, ShardConfig, load_config
-from pcam.dataset import SPLITS, label_counts, open_dataset
+from pcam.config import AugmentConfig, ShardConfig, load_config
+from pcam.dataset import IMAGES_FILE, SPLITS, label_counts, open_dataset
 from pcam.errors import DataError
-from pcam.fsutil import atomic_dir, file_sha256, read_json, write_json
+from pcam.fsutil import atomic_dir, check_output, check_shape, file_sha256, read_json, write_json
 from pcam.records import TFRecordFileWriter, compression_type, encode_example
 from pcam.split import SPLIT_FILE, load_split
 
@@ -58,6 +59,10 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 1
+INDEX_SCHEMA = {"format_version": int, "encoding": str, "compression": str, "image_shape": [int],
+                "splits": {str: {"records": int, "labels": {str: int},
+                                 "shards": [{"name": str, "records": int, "bytes": int, "sha256": str}]}}}
+"""What readers of index.json rely on (checked by :func:`pcam.fsutil.check_shape`)."""
 CHUNK = 1024
 """Records read, augmented and encoded together; part of the seed derivation, so fixed."""
 
@@ -66,10 +71,19 @@ def shard_name(split: str, i: int, n: int) -> str:
     return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
 
 
-def _load_split(split_dir: str | os.PathLike[str], count: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """The split's indices (checked against the dataset's size) and its split.json header."""
+def _load_split(split_dir: str | os.PathLike[str], count: int, images_sha256: str
+                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """The split's indices and its split.json header, checked to belong to the dataset.
+
+    A split.json that ``pcam split`` wrote names its dataset (the images' sha256); a
+    hand-written one may not, and then only its indices' range is checked.
+    """
     path = Path(split_dir) / SPLIT_FILE
     indices = load_split(split_dir)
+    made_for = read_json(path).get("dataset", {}).get("images_sha256", images_sha256)
+    if made_for != images_sha256:
+        raise DataError(f"{path}: made for another dataset (images sha256 {str(made_for)[:12]}, this dataset's "
+                        f"{images_sha256[:12]}); split this dataset again")
     for name, rows in indices.items():
         bad = rows[(rows < 0) | (rows >= count)]
         if len(bad):
@@ -125,10 +139,12 @@ def _write_split(ds: Any, name: str, plan: np.ndarray, out: Path, augment_cfg: A
 
 def write_shards(dataset_dir: str | os.PathLike[str], split_dir: str | os.PathLike[str],
                  out_dir: str | os.PathLike[str], augment_cfg: AugmentConfig, shard_cfg: ShardConfig,
-                 seed: int, *, progress: bool = True) -> dict[str, Any]:
+                 seed: int, *, progress: bool = True, force: bool = False) -> dict[str, Any]:
     """Write train/valid/test shards and ``index.json``; return the index."""
+    inputs = [dataset_dir, split_dir]
+    check_output(out_dir, "shards", inputs=inputs, force=force)
     ds = open_dataset(dataset_dir)
-    indices, split = _load_split(split_dir, len(ds))
+    indices, split = _load_split(split_dir, len(ds), ds.manifest["files"][IMAGES_FILE]["sha256"])
     compression_type(shard_cfg.compression)  # reject unknown values before any work
     plans = {}
     for stream, name in enumerate(SPLITS):
@@ -160,7 +176,7 @@ def write_shards(dataset_dir: str | os.PathLike[str], split_dir: str | os.PathLi
     }
     log.info("writing %d records (%s, compression %s) to %s", total, shard_cfg.encoding,
              shard_cfg.compression, out_dir)
-    with atomic_dir(out_dir) as tmp, tqdm(total=total, desc="shard", unit="img", disable=not progress) as bar:
+    with atomic_dir(out_dir, "shards", inputs=inputs, force=force) as tmp, tqdm(total=total, desc="shard", unit="img", disable=not progress) as bar:
         for name in SPLITS:
             plan = plans[name]
             shards = _write_split(ds, name, plan, tmp, augment_cfg, shard_cfg, seed, bar)
@@ -181,7 +197,12 @@ def load_index(shards_dir: str | os.PathLike[str], verify: bool = True) -> dict[
     index = read_json(root / INDEX_FILE)
     if not isinstance(index, dict) or index.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{root / INDEX_FILE}: format_version is not {FORMAT_VERSION} (not written by `pcam shard`?)")
+    check_shape(index, INDEX_SCHEMA, root / INDEX_FILE)
     for split, info in index["splits"].items():
+        in_shards = sum(s["records"] for s in info["shards"])
+        if info["records"] != in_shards or sum(info["labels"].values()) != in_shards:
+            raise DataError(f"{root / INDEX_FILE}: split {split!r} says {info['records']} records "
+                            f"(labels {info['labels']}) but its shards hold {in_shards} (edited or corrupt)")
         for shard in info["shards"]:
             path = root / shard["name"]
             if not path.is_file():
@@ -199,13 +220,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", required=True, help="split directory holding split.json (from `pcam split`)")
     parser.add_argument("--out", required=True, help="output directory for the shards and index.json")
     parser.add_argument("--config", help="experiment YAML (its augment:, shard: and seed are used)")
-    parser.add_argument("--seed", type=int, help="override the config's seed")
+    parser.add_argument("--seed", type=integer, help="override the config's seed")
+    parser.add_argument("--force", action="store_true", help="replace --out even if it is not a pcam shards directory")
 
 
 def run(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config) if args.config else ExperimentConfig()
-    seed = cfg.seed if args.seed is None else args.seed
-    index = write_shards(args.dataset, args.split, args.out, cfg.augment, cfg.shard, seed)
+    cfg = load_config(args.config, {"seed": args.seed})
+    index = write_shards(args.dataset, args.split, args.out, cfg.augment, cfg.shard, cfg.seed, force=args.force)
     for name, info in index["splits"].items():
         print(f"{name}: {info['records']} records in {len(info['shards'])} shards")
     print(f"wrote {Path(args.out) / INDEX_FILE}")

@@ -32,19 +32,27 @@ from typing import Any
 
 import numpy as np
 
+from pcam.argtypes import finite_float, integer
 from pcam.dataset import IMAGES_FILE, SPLITS, CanonicalDataset, label_counts, open_dataset
 from pcam.errors import ConfigError, DataError
-from pcam.fsutil import atomic_dir, read_json, write_json
+from pcam.fsutil import atomic_dir, check_output, read_json, write_json
 
 log = logging.getLogger(__name__)
 
 SPLIT_FILE = "split.json"
 MODES = ("random", "official")
+_SPLIT_COUNTS = {"0": int, "1": int}
+SPLIT_SCHEMA = {"mode": str, "seed": int, "ratios": [(int, float)],
+                "counts": {s: _SPLIT_COUNTS for s in SPLITS}, "indices": {s: [int] for s in SPLITS},
+                "dataset?": {"count": int, "images_sha256": str}}
+"""What readers of split.json rely on (checked by :func:`pcam.fsutil.check_shape`)."""
 
 
 def split_dataset(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], mode: str = "random",
-                  ratios: tuple[float, float, float] | list[float] = (0.7, 0.2, 0.1), seed: int = 42) -> dict[str, Any]:
+                  ratios: tuple[float, float, float] | list[float] = (0.7, 0.2, 0.1), seed: int = 42,
+                  *, force: bool = False) -> dict[str, Any]:
     """Write ``out_dir/split.json`` for the dataset at ``dataset_dir``; return its content."""
+    check_output(out_dir, "split", inputs=[dataset_dir], force=force)
     if mode not in MODES:
         raise ConfigError(f"config key 'split.mode': unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     ratios = tuple(float(r) for r in ratios)
@@ -70,7 +78,7 @@ def split_dataset(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLik
         "dataset": {"count": len(labels), "images_sha256": ds.manifest["files"][IMAGES_FILE]["sha256"]},
     }
     _validate(result, Path(out_dir) / SPLIT_FILE)
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, "split", inputs=[dataset_dir], force=force) as tmp:
         write_json(tmp / SPLIT_FILE, result)
     log.info("split %s (%s, seed %d): %s", dataset_dir, mode, seed, result["counts"])
     return result
@@ -171,10 +179,7 @@ def _validate(data: dict[str, Any], where: Path) -> None:
 def load_split(split_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The indices of each split (sorted int64 arrays), checked as :func:`split_dataset` writes them."""
     path = Path(split_dir) / SPLIT_FILE
-    data = read_json(path)
-    for key in ("mode", "seed", "ratios", "counts", "indices"):
-        if key not in data:
-            raise DataError(f"{path}: no {key!r} key")
+    data = read_json(path, SPLIT_SCHEMA)
     _validate(data, path)
     out = {}
     for s in SPLITS:
@@ -192,18 +197,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", required=True, help="canonical dataset directory (from `pcam ingest`)")
     parser.add_argument("--out", required=True, help="output directory for split.json")
     parser.add_argument("--mode", choices=MODES, default=None, help="random (default) or official")
-    parser.add_argument("--ratios", type=float, nargs=3, default=None, metavar=("TRAIN", "VALID", "TEST"))
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--ratios", type=finite_float, nargs=3, default=None, metavar=("TRAIN", "VALID", "TEST"))
+    parser.add_argument("--seed", type=integer, default=None)
+    parser.add_argument("--force", action="store_true", help="replace --out even if it is not a pcam split")
     parser.add_argument("--config", default=None, help="experiment YAML: its split section and seed supply the defaults")
 
 
 def run(args: argparse.Namespace) -> int:
-    from pcam.config import ExperimentConfig, load_config
+    from pcam.config import load_config
 
-    cfg = load_config(args.config) if args.config else ExperimentConfig()
-    result = split_dataset(args.dataset, args.out,
-                           mode=args.mode or cfg.split.mode,
-                           ratios=tuple(args.ratios) if args.ratios else cfg.split.ratios,
-                           seed=args.seed if args.seed is not None else cfg.seed)
+    cfg = load_config(args.config, {"split.mode": args.mode, "split.ratios": args.ratios, "seed": args.seed})
+    result = split_dataset(args.dataset, args.out, mode=cfg.split.mode, ratios=cfg.split.ratios, seed=cfg.seed,
+                           force=args.force)
     print(f"{args.out}: {result['counts']}")
     return 0

@@ -8,6 +8,8 @@ layout under ``out_dir``. Useful on a workstation, in notebooks and in tests.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import logging
 import os
 import platform
@@ -17,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from pcam.config import TRANSFER_MODELS, ExperimentConfig, load_config
-from pcam.fsutil import read_json, write_json
+from pcam.errors import DataError
+from pcam.fsutil import check_output, mark_directory, read_json, write_json
 
 log = logging.getLogger(__name__)
+
+STUDY_KIND = "study"
+STUDY_FILE = "study.json"
 
 
 def package_versions() -> dict[str, str]:
@@ -80,6 +86,29 @@ def run_context(cfg: ExperimentConfig, dataset_dir: Path | str, shards_dir: Path
     }
 
 
+def study_identity(cfg: ExperimentConfig) -> dict[str, str]:
+    """A digest per config section that decides what a run's checkpoints were trained on."""
+    sections = cfg.to_dict()
+    sections["train"] = {k: v for k, v in sections["train"].items() if k != "checkpoint_uri"}
+    return {name: hashlib.sha256(json.dumps(sections[name], sort_keys=True).encode()).hexdigest()
+            for name in ("seed", "data", "split", "augment", "shard", "defaults", "models", "train")}
+
+
+def _check_study_resumable(out: Path, identity: dict[str, str]) -> None:
+    """Refuse up front, before redoing the data steps, a rerun whose checkpoints another config made.
+
+    Each training step checks its own checkpoint again (with the data's digest), so a
+    source whose files changed under the same path is caught there.
+    """
+    if not any((out / "runs").glob("*/*/checkpoint")):
+        return
+    found = read_json(out / STUDY_FILE).get("identity", {}) if (out / STUDY_FILE).exists() else {}
+    differ = sorted(k for k in identity if found.get(k) != identity[k])
+    if differ:
+        raise DataError(f"{out}: its checkpoints were trained with other settings ({', '.join(differ)} differ); "
+                        "pass --no-resume to retrain, or use a fresh --out")
+
+
 class _StepTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
@@ -94,12 +123,25 @@ class _StepTimer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
 
 
-def run_study(cfg: ExperimentConfig, out_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Run every (model, policy) pair of ``cfg`` and build the report; returns the report's summary."""
+def run_study(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, resume: bool = True,
+              force: bool = False) -> dict[str, Any]:
+    """Run every (model, policy) pair of ``cfg`` and build the report; returns the report's summary.
+
+    Rerun into the same ``out_dir``, data steps are redone and training resumes from its
+    checkpoints only where they were made by the same settings and data (else it stops,
+    unless ``resume`` is False).
+    """
     from pcam import evaluate, ingest, report, shard, split, train
 
-    out = Path(out_dir)
+    source_input = None if cfg.data.source in ("official", "synthetic") else cfg.data.source
+    out = check_output(out_dir, STUDY_KIND, inputs=[source_input], force=force)
+    identity = study_identity(cfg)
+    if resume:
+        _check_study_resumable(out, identity)
     out.mkdir(parents=True, exist_ok=True)
+    mark_directory(out, STUDY_KIND)
+    write_json(out / STUDY_FILE, {"identity": identity})
+    out = Path(out_dir)
     timer = _StepTimer()
     dataset_dir, split_dir, shards_dir = out / "dataset", out / "split", out / "shards"
 
@@ -124,11 +166,12 @@ def run_study(cfg: ExperimentConfig, out_dir: str | os.PathLike[str]) -> dict[st
             pair_dir.mkdir(parents=True, exist_ok=True)
             write_json(pair_dir / "pair.json", {"model": model_name, "policy": policy})
             with timer.step("train"):
-                train.train(shards_dir, pair_dir / "train", cfg, model_name, policy)
+                train.train(shards_dir, pair_dir / "train", cfg, model_name, policy, resume=resume)
             final_dir = pair_dir / "train"
             if model_name in TRANSFER_MODELS and cfg.model(model_name).finetune_epochs > 0:
                 with timer.step("finetune"):
-                    train.finetune(final_dir, shards_dir, pair_dir / "finetune", cfg, model_name, policy)
+                    train.finetune(final_dir, shards_dir, pair_dir / "finetune", cfg, model_name, policy,
+                                   resume=resume)
                 final_dir = pair_dir / "finetune"
             with timer.step("evaluate"):
                 evaluate.evaluate(final_dir, shards_dir, pair_dir / "evaluate", cfg)
@@ -158,6 +201,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", help="override data.format")
     parser.add_argument("--models", help="comma-separated override of train.models")
     parser.add_argument("--policies", help="comma-separated override of train.policies")
+    parser.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="retrain every pair from scratch (by default a rerun resumes checkpoints made by the "
+                             "same settings and data, and refuses others)")
+    parser.add_argument("--force", action="store_true", help="write into --out even if it is not a pcam run directory")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -172,6 +219,6 @@ def run(args: argparse.Namespace) -> int:
     if args.policies:
         overrides["train.policies"] = args.policies.split(",")
     cfg = load_config(args.config, overrides)
-    run_study(cfg, args.out)
+    run_study(cfg, args.out, resume=args.resume, force=args.force)
     print(Path(args.out) / "report" / "report.html")
     return 0

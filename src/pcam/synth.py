@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import scipy.fft as sfft
 
+from pcam.argtypes import integer
 from pcam.config import SyntheticConfig
 from pcam.errors import ConfigError
 from pcam.fsutil import atomic_dir, write_json
@@ -63,7 +64,7 @@ def file_names(split: str) -> tuple[str, str, str]:
     return f"{PREFIX}_{split}_x.h5", f"{PREFIX}_{split}_y.h5", f"{PREFIX}_{split}_meta.csv"
 
 
-def write_synthetic(out_dir: str | os.PathLike[str], sizes: SyntheticConfig, seed: int) -> Path:
+def write_synthetic(out_dir: str | os.PathLike[str], sizes: SyntheticConfig, seed: int, *, force: bool = False) -> Path:
     """Write synthetic train/valid/test files in the official HDF5 layout into ``out_dir``.
 
     Deterministic for ``(sizes, seed)``. The directory is built under a temporary name
@@ -78,7 +79,7 @@ def write_synthetic(out_dir: str | os.PathLike[str], sizes: SyntheticConfig, see
                           f"(a tumor and a normal slide per split), got {sizes.slides}")
     slides_per_split = _slides_per_split(counts, sizes.slides)
     out = Path(out_dir)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "synthetic", force=force) as tmp:
         for k, split in enumerate(SPLIT_NAMES):
             rng = np.random.default_rng([seed, k])
             _write_split(tmp, split, counts[split], slides_per_split[split], rng)
@@ -257,15 +258,19 @@ def draw_patches(labels: np.ndarray, border: np.ndarray, stains: dict[str, np.nd
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = SyntheticConfig()
     parser.add_argument("--out", required=True, help="output directory (official HDF5 layout)")
-    parser.add_argument("--train", type=int, default=defaults.train, help="training patches")
-    parser.add_argument("--valid", type=int, default=defaults.valid, help="validation patches")
-    parser.add_argument("--test", type=int, default=defaults.test, help="test patches")
-    parser.add_argument("--slides", type=int, default=defaults.slides, help="slides in all (split disjointly)")
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--train", type=integer, default=defaults.train, help="training patches")
+    parser.add_argument("--valid", type=integer, default=defaults.valid, help="validation patches")
+    parser.add_argument("--test", type=integer, default=defaults.test, help="test patches")
+    parser.add_argument("--slides", type=integer, default=defaults.slides, help="slides in all (split disjointly)")
+    parser.add_argument("--seed", type=integer, default=42)
+    parser.add_argument("--force", action="store_true", help="replace --out even if it is not a pcam synth output")
 
 
 def run(args: argparse.Namespace) -> int:
-    sizes = SyntheticConfig(train=args.train, valid=args.valid, test=args.test, slides=args.slides)
-    out = write_synthetic(args.out, sizes, args.seed)
+    from pcam.config import load_config
+
+    cfg = load_config(None, {"seed": args.seed, "data.synthetic": {
+        "train": args.train, "valid": args.valid, "test": args.test, "slides": args.slides}})
+    out = write_synthetic(args.out, cfg.data.synthetic, cfg.seed, force=args.force)
     print(out)
     return 0

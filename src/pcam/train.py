@@ -29,8 +29,10 @@ first step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import dataclasses
+import hashlib
 import io
 import json
 import logging
@@ -41,7 +43,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +51,16 @@ import numpy as np
 
 from pcam.config import POLICY_NAMES, TRANSFER_MODELS, ExperimentConfig, ModelConfig, load_config
 from pcam.errors import ConfigError, DataError
-from pcam.fsutil import atomic_open, atomic_path, read_json, write_json
+from pcam.fsutil import (
+    KIND_FILE,
+    atomic_open,
+    atomic_path,
+    check_output,
+    file_sha256,
+    mark_directory,
+    read_json,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +68,8 @@ HISTORY_COLUMNS = ("epoch", "stage", "loss", "accuracy", "auc", "val_loss", "val
                    "lr", "seconds", "images_per_second")
 CHECKPOINT_PREFIX = "epoch-"
 STATE_FILE = "state.json"
+MODEL_FILE = "model.keras"
+PARTIAL_MODEL_FILE = "model.partial.keras"
 VARIABLES_FILE = "variables.npz"
 
 
@@ -149,13 +162,76 @@ def checkpoint_root(out_dir: str | os.PathLike[str], cfg: ExperimentConfig, mode
     return str(Path(out_dir) / "checkpoint")
 
 
+def run_identity(cfg: ExperimentConfig, model_name: str, policy: str, stage: str,
+                 shards_dir: str | os.PathLike[str], start_model: str | os.PathLike[str] | None = None
+                 ) -> dict[str, str]:
+    """What a checkpoint must have been made by for a rerun to resume from it.
+
+    One digest per part, so a refusal can say which part differs: the model and its
+    resolved hyper-parameters, the policy, the stage, the seed, the training and
+    augmentation settings (not where checkpoints live), the data (index.json, which
+    holds every shard's sha256), and for fine-tuning the stage-1 model file.
+    """
+    train_cfg = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in ("checkpoint_uri", "models",
+                                                                                     "policies")}
+    settings = {"model": dataclasses.asdict(cfg.model(model_name)), "train": train_cfg,
+                "augment": dataclasses.asdict(cfg.augment)}
+    parts = {
+        "model": model_name, "policy": policy, "stage": stage, "seed": str(cfg.seed),
+        "config": _digest(settings),
+        "data": file_sha256(_existing(Path(shards_dir) / "index.json")),
+    }
+    if start_model is not None:
+        parts["start_model"] = file_sha256(start_model)
+    return parts
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: missing (is {path.parent} a shards directory written by `pcam shard`?)")
+    return path
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_identity(ckpt_root: str, found: dict[str, str] | None, expected: dict[str, str]) -> None:
+    """Refuse to resume from a checkpoint another run made; name what differs."""
+    if found == expected:
+        return
+    what = (f"{', '.join(sorted(k for k in expected if found.get(k) != expected[k]))} differ" if found
+            else "it records no settings: an older pcam")
+    raise DataError(f"{ckpt_root}: checkpoint made by another run ({what}); "
+                    "pass --no-resume to train from scratch, or use a fresh --out")
+
+
+def check_resumable(ckpt_root: str, identity: dict[str, str]) -> None:
+    """Before any work (and before TensorFlow loads, for local checkpoints): would a resume be refused?"""
+    checkpoints = _complete_checkpoints(ckpt_root)
+    if checkpoints:
+        state = json.loads(_read_text(f"{checkpoints[-1][1]}/{STATE_FILE}"))
+        check_identity(ckpt_root, state.get("identity"), identity)
+
+
+def _read_text(path: str) -> str:
+    if "://" not in path:
+        return Path(path).read_text()
+    with _gfile().GFile(path, "r") as handle:
+        return handle.read()
+
+
 def _complete_checkpoints(root: str) -> list[tuple[int, str]]:
     """(epoch, dir) of every committed checkpoint, oldest first; temp and half-written dirs skipped."""
-    gfile = _gfile()
-    if not gfile.isdir(root):
+    if "://" not in root:  # local: no TensorFlow needed (the resume check runs before it loads)
+        isdir, listdir, exists = os.path.isdir, os.listdir, os.path.exists
+    else:
+        gfile = _gfile()
+        isdir, listdir, exists = gfile.isdir, gfile.listdir, gfile.exists
+    if not isdir(root):
         return []
     found = []
-    for name in gfile.listdir(root):
+    for name in listdir(root):
         name = name.rstrip("/")
         if not name.startswith(CHECKPOINT_PREFIX):
             continue  # ".epoch-00003.tmp..." and other leftovers
@@ -164,7 +240,7 @@ def _complete_checkpoints(root: str) -> list[tuple[int, str]]:
         except ValueError:
             continue
         path = f"{root}/{name}"
-        if gfile.exists(f"{path}/{STATE_FILE}") and gfile.exists(f"{path}/{VARIABLES_FILE}"):
+        if exists(f"{path}/{STATE_FILE}") and exists(f"{path}/{VARIABLES_FILE}"):
             found.append((epoch, path))
     return sorted(found)
 
@@ -333,6 +409,7 @@ def fit_model(
     prior_history: list[dict[str, Any]] | None = None,
     fixed_steps: bool = False,
     verbose: int | None = None,
+    identity: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train a compiled ``model`` for ``epochs`` epochs; checkpoint after each, resume if asked.
 
@@ -341,7 +418,11 @@ def fit_model(
     for exact resume). ``steps_per_epoch`` sizes the LR policy; ``fixed_steps`` also
     passes it to Keras (for repeated datasets). ``prior_history`` holds earlier
     stages' rows (fine-tuning continues their epoch numbers). Returns the summary
-    fields of ``train.json`` (without the model/config ones).
+    fields of ``train.json`` (without the model/config ones). ``identity`` (see
+    :func:`run_identity`) is stored in every checkpoint; a resume from a checkpoint
+    with another identity is refused. The best model so far is kept as
+    ``model.partial.keras`` and becomes ``model.keras`` only when training ends, so a
+    failed or diverged run leaves no ``model.keras``.
     """
 
     out = Path(out_dir)
@@ -357,6 +438,8 @@ def fit_model(
     if resume:
         state = load_checkpoint(ckpt_root, model)
         if state is not None:
+            if identity is not None:
+                check_identity(ckpt_root, state.get("identity"), identity)
             if state.get("stage") != stage or int(state["offset"]) != offset:
                 raise DataError(f"{ckpt_root}: checkpoint belongs to stage {state.get('stage')!r} "
                                 f"(offset {state.get('offset')}), not {stage!r} (offset {offset})")
@@ -367,6 +450,12 @@ def fit_model(
             resumed_from = [*state.get("resumed_from", []), int(state["epoch"])]
     elif _complete_checkpoints(ckpt_root):
         log.info("--no-resume: ignoring and replacing the checkpoints in %s", ckpt_root)
+    best_path = out / PARTIAL_MODEL_FILE
+    if start > 0 and (out / MODEL_FILE).exists() and not best_path.exists():
+        os.replace(out / MODEL_FILE, best_path)  # a finished run resumed: its best model stays the best so far
+    if start == 0:  # a fresh start: nothing of an earlier run may survive into this one's outputs
+        for name in (MODEL_FILE, PARTIAL_MODEL_FILE, "train.json"):
+            (out / name).unlink(missing_ok=True)
     verbose = verbosity() if verbose is None else verbose
     for i in range(start, epochs):
         epoch = offset + i + 1
@@ -380,6 +469,10 @@ def fit_model(
                            callbacks=[step_lr], verbose=verbose, shuffle=False)  # tf.data shuffles
         seconds = time.perf_counter() - t0
         logs = {k: float(v[-1]) for k, v in result.history.items()}
+        if not math.isfinite(logs.get("loss", float("nan"))):
+            best_path.unlink(missing_ok=True)
+            raise DataError(f"{out}: training diverged: loss {logs.get('loss')} in epoch {epoch}; no model written "
+                            "(lower the learning rate, or check the data)")
         row = {"epoch": epoch, "stage": stage, "lr": step_lr.first_lr, "seconds": round(seconds, 3),
                "images_per_second": round(train_images / max(step_lr.train_seconds, 1e-9), 2)}
         row.update({k: logs.get(k, float("nan")) for k in HISTORY_COLUMNS if k not in row})
@@ -387,24 +480,25 @@ def fit_model(
         value = logs.get(monitor, float("nan"))
         if _improved(value, best):
             best, best_epoch = value, epoch
-            with atomic_path(out / "model.keras") as tmp:
+            with atomic_path(best_path) as tmp:
                 model.save(tmp)
-            log.info("epoch %d: %s improved to %.4f; saved %s", epoch, monitor, value, out / "model.keras")
+            log.info("epoch %d: %s improved to %.4f; saved %s", epoch, monitor, value, best_path)
         history.append(row)
         _write_tensorboard(out / "tensorboard", row)
         _write_history(out, prior + history)
         save_checkpoint(ckpt_root, model, {
             "epoch": epoch, "stage": stage, "offset": offset, "history": history,
             "policy": policy.state(), "best": best, "best_epoch": best_epoch,
-            "resumed_from": resumed_from, "seed": seed,
+            "resumed_from": resumed_from, "seed": seed, "identity": identity,
         })
     if not history:
         raise DataError(f"{out}: no epochs to train (epochs={epochs})")
-    if not (out / "model.keras").exists():
+    if not best_path.exists():
         # Every monitored value was NaN: keep the last model rather than none.
-        with atomic_path(out / "model.keras") as tmp:
+        with atomic_path(best_path) as tmp:
             model.save(tmp)
         best_epoch = history[-1]["epoch"]
+    os.replace(best_path, out / MODEL_FILE)
     _write_history(out, prior + history)
     return {
         "stage": stage,
@@ -478,8 +572,23 @@ def _summary(out: Path, cfg: ExperimentConfig, model_name: str, policy: str, mod
     return summary
 
 
+@contextlib.contextmanager
+def _output_dir(out_dir: str | os.PathLike[str], kind: str, inputs: list[Any], force: bool) -> Iterator[Path]:
+    """Claim ``out_dir`` for a training stage; remove it again if this call created it and then failed."""
+    out = check_output(out_dir, kind, inputs=inputs, force=force)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    mark_directory(out, kind)
+    try:
+        yield Path(out_dir)
+    except BaseException:
+        if created and not any(p.name != KIND_FILE for p in out.iterdir()):
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
 def train(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: ExperimentConfig,
-          model_name: str, policy: str, *, resume: bool = True) -> dict[str, Any]:
+          model_name: str, policy: str, *, resume: bool = True, force: bool = False) -> dict[str, Any]:
     """Stage 1: build ``model_name`` (transfer bases frozen) and train it under ``policy``."""
 
     from pcam.models import build_model, is_pretrained, set_trainable_for_stage
@@ -487,8 +596,10 @@ def train(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
 
     _check_names(model_name, policy)
     model_cfg = cfg.model(model_name)
-    out = Path(out_dir)
-    with _precision(cfg.train.mixed_precision):
+    identity = run_identity(cfg, model_name, policy, "train", shards_dir)
+    if resume:
+        check_resumable(checkpoint_root(out_dir, cfg, model_name, policy, "train"), identity)
+    with _output_dir(out_dir, "train", [shards_dir], force) as out, _precision(cfg.train.mixed_precision):
         train_ds, val_ds, steps, images, fixed = _datasets(shards_dir, cfg, model_cfg.batch_size)
         with strategy_for_devices().scope():
             model = build_model(model_name, model_cfg, seed=cfg.seed)  # seeds Python, NumPy, Keras and TF
@@ -497,7 +608,7 @@ def train(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
         lr_policy = make_policy(policy, model_cfg, model_cfg.epochs, cfg.train, steps)
         fit = fit_model(model, train_ds, val_ds, out_dir=out, policy=lr_policy, epochs=model_cfg.epochs,
                         steps_per_epoch=steps, train_images=images, monitor=cfg.train.monitor,
-                        seed=cfg.seed, resume=resume, stage="train", fixed_steps=fixed,
+                        seed=cfg.seed, resume=resume, stage="train", fixed_steps=fixed, identity=identity,
                         checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, "train"))
     return _summary(out, cfg, model_name, policy, model, model_cfg, fit,
                     {"learning_rate": model_cfg.learning_rate, "max_learning_rate": model_cfg.max_learning_rate})
@@ -513,7 +624,7 @@ def finetune_config(model_cfg: ModelConfig) -> ModelConfig:
 
 def finetune(trained_dir: str | os.PathLike[str], shards_dir: str | os.PathLike[str],
              out_dir: str | os.PathLike[str], cfg: ExperimentConfig, model_name: str, policy: str,
-             *, resume: bool = True) -> dict[str, Any]:
+             *, resume: bool = True, force: bool = False) -> dict[str, Any]:
     """Stage 2: load ``trained_dir/model.keras``, unfreeze the top layers, train on under ``policy``."""
     import keras
 
@@ -527,15 +638,22 @@ def finetune(trained_dir: str | os.PathLike[str], shards_dir: str | os.PathLike[
     if model_cfg.epochs <= 0:
         raise ConfigError(f"config key 'models.{model_name}.finetune_epochs': must be > 0 to fine-tune")
     trained = Path(trained_dir)
+    model_path = trained / MODEL_FILE
+    if not model_path.exists():
+        raise DataError(f"{model_path}: missing (train the model before fine-tuning it)")
+    trained_as = read_json(trained / "train.json")
+    if not isinstance(trained_as, dict) or (trained_as.get("model"), trained_as.get("policy")) != (model_name, policy):
+        got = (trained_as.get("model"), trained_as.get("policy")) if isinstance(trained_as, dict) else None
+        raise DataError(f"{trained / 'train.json'}: that model was trained as {got}, not ({model_name!r}, {policy!r})")
     prior = [r for r in read_json(trained / "history.json") if r.get("stage", "train") == "train"]
-    out = Path(out_dir)
-    with _precision(cfg.train.mixed_precision):
+    identity = run_identity(cfg, model_name, policy, "finetune", shards_dir, start_model=model_path)
+    if resume:
+        check_resumable(checkpoint_root(out_dir, cfg, model_name, policy, "finetune"), identity)
+    with _output_dir(out_dir, "finetune", [shards_dir, trained], force) as out, \
+            _precision(cfg.train.mixed_precision):
         train_ds, val_ds, steps, images, fixed = _datasets(shards_dir, cfg, model_cfg.batch_size)
         with strategy_for_devices().scope():
             keras.utils.set_random_seed(cfg.seed)
-            model_path = trained / "model.keras"
-            if not model_path.exists():
-                raise DataError(f"{model_path}: missing (train the model before fine-tuning it)")
             model = load_model(model_path, compile=False)
             set_trainable_for_stage(model, model_name, "finetune")
             compile_model(model, model_cfg, cfg.train.xla)
@@ -543,7 +661,7 @@ def finetune(trained_dir: str | os.PathLike[str], shards_dir: str | os.PathLike[
         fit = fit_model(model, train_ds, val_ds, out_dir=out, policy=lr_policy, epochs=model_cfg.epochs,
                         steps_per_epoch=steps, train_images=images, monitor=cfg.train.monitor,
                         seed=cfg.seed, resume=resume, stage="finetune", prior_history=prior,
-                        fixed_steps=fixed,
+                        fixed_steps=fixed, identity=identity,
                         checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, "finetune"))
     return _summary(out, cfg, model_name, policy, model, model_cfg, fit,
                     {"learning_rate": model_cfg.learning_rate, "trained_dir": str(trained)})
@@ -559,7 +677,10 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="logreg, cnn, mobilenetv2 or resnet50")
     parser.add_argument("--policy", required=True, help="constant, onecycle or plateau")
     parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="start from scratch even if a checkpoint exists")
+                        help="start from scratch even if a checkpoint exists (a rerun of the same command resumes; "
+                             "a checkpoint made with other settings or data is refused without this flag)")
+    parser.add_argument("--force", action="store_true",
+                        help="write into --out even if it is not a pcam training directory")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -568,7 +689,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    summary = train(args.shards, args.out, cfg, args.model, args.policy, resume=args.resume)
+    summary = train(args.shards, args.out, cfg, args.model, args.policy, resume=args.resume, force=args.force)
     print(f"trained {summary['model']}/{summary['policy']}: best {summary['monitor']} "
           f"{summary['best']} at epoch {summary['best_epoch']}; model {summary['model_path']}")
     return 0

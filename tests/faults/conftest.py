@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from pcam.fsutil import KIND_FILE
 from tests.fixtures_data import ingest_sample, official_split
 
 REPO = Path(__file__).resolve().parents[2]
@@ -101,9 +102,9 @@ def partial_file_in_temp(out: Path, pattern: str, min_bytes: int = 1) -> bool:
 
 
 def tree_digest(root: Path) -> dict[str, str]:
-    """{relative path: sha256} of every file under ``root``."""
+    """{relative path: sha256} of every data file under ``root`` (not pcam's kind marker, the same in every run)."""
     return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != KIND_FILE}
 
 
 @pytest.fixture(scope="session")

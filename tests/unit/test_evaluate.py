@@ -144,7 +144,8 @@ def test_evaluate_writes_all_outputs_from_shards(tiny_shards, tmp_path):
     cfg: ExperimentConfig = config_from_dict({"evaluate": {"batch_size": 64}})
     out = tmp_path / "eval"
     result = E.evaluate(model_dir, tiny_shards, out, cfg, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["confusion.json", "metrics.json", "predictions.csv", "roc.json"]
+    assert sorted(p.name for p in out.iterdir()) == [".pcam-kind", "confusion.json", "metrics.json", "predictions.csv",
+                                                     "roc.json"]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["split"] == "test" and saved["views"] == list(VIEWS5) and saved["n"] == len(labels)
@@ -168,7 +169,7 @@ def test_cli_evaluate_reports_a_missing_model(tmp_path, capsys):
 
     config = tmp_path / "c.yaml"
     config.write_text("name: t\n")
-    code = main(["evaluate", "--model", str(tmp_path / "nope"), "--shards", str(tmp_path),
+    code = main(["evaluate", "--model", str(tmp_path / "nope"), "--shards", str(tmp_path / "shards"),
                  "--out", str(tmp_path / "o"), "--config", str(config)])
     assert code == 2
     assert "model.keras: model file missing" in capsys.readouterr().err

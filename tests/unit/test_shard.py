@@ -43,7 +43,7 @@ def test_index_lists_every_shard_with_counts(augmented, tiny_dataset, tiny_split
     manifest = open_dataset(tiny_dataset).manifest
     assert index["source_manifest"]["sha256"] == {k: v["sha256"] for k, v in manifest["files"].items()}
     assert index["source_manifest"]["synthetic"] is False
-    names = {p.name for p in out.iterdir()} - {"index.json"}
+    names = {p.name for p in out.iterdir()} - {"index.json", ".pcam-kind"}
     for name, info in index["splits"].items():
         copies = 1 if name == "train" else 0
         assert info["records"] == len(split["indices"][name]) * (1 + copies) == sum(s["records"] for s in info["shards"])

@@ -7,6 +7,7 @@ from pcam.cli import main
 from pcam.config import SyntheticConfig
 from pcam.dataset import open_dataset
 from pcam.errors import ConfigError, DataError
+from pcam.fsutil import KIND_FILE
 from pcam.ingest import ingest
 from pcam.split import SPLIT_FILE, load_split, split_dataset
 from pcam.synth import write_synthetic
@@ -29,7 +30,7 @@ def test_same_seed_same_bytes_other_seed_other_split(tiny_dataset, tmp_path):
     split_dataset(tiny_dataset, tmp_path / "c", seed=8)
     a, b, c = ((tmp_path / n / SPLIT_FILE).read_bytes() for n in "abc")
     assert a == b and a != c
-    assert [p.name for p in (tmp_path / "a").iterdir()] == [SPLIT_FILE]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [KIND_FILE, SPLIT_FILE]
 
 
 def test_random_split_is_stratified_with_exact_ratio_counts(tiny_dataset, tmp_path):
