@@ -22,8 +22,14 @@ EXPERIMENT ?= pcam
 RUN_NAME ?= pcam-$(shell date +%Y%m%d-%H%M%S)
 CRON ?= 0 0 3 * * 0
 COMPILED := pipelines/compiled/pcam_training.yaml
+# GPU node pool of train/finetune/evaluate (a compile option): GPU=nvidia-tesla-a100 sets the
+# accelerator label's value; or GPU_LABEL=key=value and GPU_TAINT=key=value:Effect.
+GPU ?=
+GPU_LABEL ?=
+GPU_TAINT ?=
+NAMESPACE ?= kubeflow
 
-.PHONY: help setup demo run test test-fast test-gcs-pipeline lint compile submit schedule images push image-check kind-up kind-test bench bench-real clean
+.PHONY: help setup demo demo-container run test test-fast test-gcs-pipeline lint compile preflight submit schedule images push image-check kind-up kind-test bench bench-real clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -39,6 +45,9 @@ setup: $(BIN)/pcam ## Build .venv from nothing (pinned: requirements.lock)
 
 demo: setup ## Run the whole pipeline locally (kfp.local) on configs/demo.yaml; prints the report path
 	$(BIN)/python -m pipelines.run_local --config $(CONFIG) --out $(OUT)
+
+demo-container: setup ## make demo with every step in the CPU image of image-check (kfp.local DockerRunner, podman)
+	CONFIG=$(CONFIG) OUT=runs/demo-container PYTHON=$(BIN)/python scripts/demo-container.sh
 
 run: setup ## Run the study in-process without kfp: make run CONFIG=configs/demo.yaml OUT=runs/study
 	$(PCAM) run --config $(CONFIG) --out $(OUT)
@@ -57,7 +66,10 @@ lint: setup ## ruff + shellcheck
 	$(BIN)/shellcheck scripts/*.sh .ci/run bench/*.sh
 
 compile: setup ## Compile the pipeline to pipelines/compiled/pcam_training.yaml
-	$(BIN)/python -m pipelines.pcam_training --image $(PCAM_IMAGE) --output $(COMPILED)
+	$(BIN)/python -m pipelines.pcam_training --image $(PCAM_IMAGE) --output $(COMPILED) $(if $(GPU),--gpu $(GPU)) $(if $(GPU_LABEL),--gpu-label $(GPU_LABEL)) $(if $(GPU_TAINT),--gpu-taint $(GPU_TAINT))
+
+preflight: compile ## Check the cluster before a submit: make preflight KFP_HOST=... [NAMESPACE=kubeflow]
+	$(PCAM) doctor --pipeline $(COMPILED) --namespace $(NAMESPACE) --kfp-host $(KFP_HOST)
 
 submit: compile ## Submit one run: make submit KFP_HOST=... [EXPERIMENT=pcam RUN_NAME=... PARAMS='k=v ...']
 	$(BIN)/python -m pipelines.submit run --host $(KFP_HOST) --experiment $(EXPERIMENT) --run-name $(RUN_NAME) --package $(COMPILED) $(foreach p,$(PARAMS),--param $(p))

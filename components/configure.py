@@ -20,6 +20,7 @@ def configure(
     tta_views: list,
     target_sensitivity: float,
     champion_uri: str,
+    checkpoint_root: str = "",
 ) -> str:
     """Apply the pipeline parameters to the config and validate the result.
 
@@ -43,6 +44,8 @@ def configure(
         tta_views: ``evaluate.tta_views``: names of the test-time augmentation views.
         target_sensitivity: ``evaluate.target_sensitivity`` of the reported operating point.
         champion_uri: ``promote.champion_uri`` (local dir or gs://); empty keeps the config's.
+        checkpoint_root: ``train.checkpoint_uri`` (local dir on a shared volume, or gs://), to which
+            the checkpointing steps add the run id; empty keeps the config's.
 
     Returns:
         The resolved config as YAML.
@@ -80,6 +83,8 @@ def configure(
             set_dotted(data, f"models.{name}.weights", weights_uri)
     if champion_uri:
         set_dotted(data, "promote.champion_uri", champion_uri)
+    if checkpoint_root:
+        set_dotted(data, "train.checkpoint_uri", checkpoint_root)
     resolved = dump_config(config_from_dict(data))
     logging.getLogger("pcam.configure").info("resolved config:\n%s", resolved)
     return resolved

@@ -8,14 +8,15 @@ from components._common import make_component
 
 def evaluate(model: Input[Model], shards: Input[Dataset], config_yaml: str, model_name: str,
              policy: str, stage: str, run: Output[Dataset], metrics: Output[Metrics],
-             classification: Output[ClassificationMetrics]):
+             classification: Output[ClassificationMetrics], run_id: str = ""):
     """Evaluate the model on evaluate.split with TTA and publish the pair's run directory.
 
     ``run`` is what the report and promote steps read (docs/architecture.md):
     ``pair.json``, ``<stage>/`` (the evaluated model directory, without checkpoints)
     and ``evaluate/`` (metrics.json, predictions.csv, roc.json, confusion.json). The
     scalar metrics (``tta_*`` and ``single_*``) and the TTA confusion matrix and ROC
-    curve go to the KFP UI.
+    curve go to the KFP UI. Once all of that is written, the pair's checkpoints under
+    ``<train.checkpoint_uri>/<run_id>/`` are deleted (``pcam.run_checkpoints``).
 
     Args:
         model: The model directory from train or finetune.
@@ -27,6 +28,7 @@ def evaluate(model: Input[Model], shards: Input[Dataset], config_yaml: str, mode
         run: Directory: pair.json, <stage>/, evaluate/.
         metrics: f1, auc, recall, precision, accuracy with (tta_) and without (single_) TTA.
         classification: Confusion matrix and ROC curve (at most 200 points) of the TTA scores.
+        run_id: KFP's run id: names the run's checkpoint directory to clean up.
     """
     import json
     import logging
@@ -40,6 +42,7 @@ def evaluate(model: Input[Model], shards: Input[Dataset], config_yaml: str, mode
     from pcam.config import config_from_dict
     from pcam.evaluate import evaluate as evaluate_model
     from pcam.fsutil import write_json
+    from pcam.run_checkpoints import for_run, remove_pair_checkpoints
 
     logging.basicConfig(level=logging.INFO)
     cfg = config_from_dict(yaml.safe_load(config_yaml))
@@ -65,6 +68,9 @@ def evaluate(model: Input[Model], shards: Input[Dataset], config_yaml: str, mode
         classification.log_roc_curve([roc["fpr"][i] for i in keep], [roc["tpr"][i] for i in keep],
                                      [roc["thresholds"][i] for i in keep])
     run.metadata.update({"model": model_name, "policy": policy, "stage": stage})
+    # Last: only a pair whose results are safely written gives up its checkpoints.
+    removed = remove_pair_checkpoints(for_run(cfg, run_id), model_name, policy)
+    run.metadata["checkpoints_deleted"] = removed
     import gc
 
     gc.freeze()  # the process ends next: spare its final GC pass over TensorFlow's objects (1-2 s a step)

@@ -7,7 +7,7 @@ from components._common import make_component
 
 
 def finetune(trained: Input[Model], shards: Input[Dataset], config_yaml: str, model_name: str,
-             policy: str, model: Output[Model]):
+             policy: str, model: Output[Model], run_id: str = ""):
     """Fine-tune a stage-1 transfer model (MobileNetV2: all but the first 100 base layers; ResNet50: the last 124, BatchNorm frozen).
 
     Args:
@@ -17,16 +17,18 @@ def finetune(trained: Input[Model], shards: Input[Dataset], config_yaml: str, mo
         model_name: mobilenetv2 or resnet50.
         policy: constant, onecycle or plateau.
         model: Directory with the train layout; the history continues the stage-1 epochs.
+        run_id: KFP's run id: checkpoints go to ``<train.checkpoint_uri>/<run_id>/<model>-<policy>-finetune``.
     """
     import logging
 
     import yaml
 
     from pcam.config import config_from_dict
+    from pcam.run_checkpoints import for_run
     from pcam.train import finetune as finetune_model
 
     logging.basicConfig(level=logging.INFO)
-    cfg = config_from_dict(yaml.safe_load(config_yaml))
+    cfg = for_run(config_from_dict(yaml.safe_load(config_yaml)), run_id)
     finetune_model(trained.path, shards.path, model.path, cfg, model_name, policy)
     model.metadata.update({"model": model_name, "policy": policy, "stage": "finetune",
                            "framework": "keras"})

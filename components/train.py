@@ -7,28 +7,31 @@ from components._common import make_component
 
 
 def train(shards: Input[Dataset], config_yaml: str, model_name: str, policy: str,
-          model: Output[Model]):
+          model: Output[Model], run_id: str = ""):
     """Train ``model_name`` under ``policy`` on the training shards; transfer models keep their base frozen.
 
-    Per-epoch checkpoints go to train.checkpoint_uri when set (so a retried pod resumes),
-    otherwise into the output directory.
+    Per-epoch checkpoints go to ``<train.checkpoint_uri>/<run_id>/<model>-<policy>-train`` when
+    train.checkpoint_uri is set (the pipeline sets it: a retried pod of the same run
+    resumes there), otherwise into the output directory.
 
     Args:
         shards: TFRecord shards with index.json.
         config_yaml: The resolved experiment config.
         model_name: logreg, cnn, mobilenetv2 or resnet50.
         policy: constant, onecycle or plateau.
-        model: Directory: model.keras, history.json/.csv, checkpoint/, tensorboard/, train.json.
+        model: Directory: model.keras, history.json/.csv, tensorboard/, train.json.
+        run_id: KFP's run id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``); empty keeps train.checkpoint_uri as is.
     """
     import logging
 
     import yaml
 
     from pcam.config import config_from_dict
+    from pcam.run_checkpoints import for_run
     from pcam.train import train as train_model
 
     logging.basicConfig(level=logging.INFO)
-    cfg = config_from_dict(yaml.safe_load(config_yaml))
+    cfg = for_run(config_from_dict(yaml.safe_load(config_yaml)), run_id)
     train_model(shards.path, model.path, cfg, model_name, policy)
     model.metadata.update({"model": model_name, "policy": policy, "stage": "train",
                            "framework": "keras"})

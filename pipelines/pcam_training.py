@@ -41,6 +41,7 @@ from components import (
 from components._common import PCAM_IMAGE, make_component
 from pcam import cluster
 from pcam.config import ExperimentConfig, load_config
+from pcam.errors import PcamError
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO / "configs" / "paper.yaml"
@@ -86,23 +87,34 @@ def _cpu_step(task: dsl.PipelineTask, cpu: str, memory: str, cache: bool) -> dsl
     return task.set_caching_options(cache)
 
 
-def _gpu_step(task: dsl.PipelineTask, retry: bool) -> dsl.PipelineTask:
-    """One GPU on the GPU node pool, a memory-backed /dev/shm for tf.data, CPUs to feed the GPU."""
-    task.set_accelerator_type(cluster.GPU_RESOURCE).set_accelerator_limit(1)
+def _gpu_step(task: dsl.PipelineTask, retry: bool | dict, gpu: cluster.GpuPool) -> dsl.PipelineTask:
+    """One GPU on ``gpu``'s node pool, the shared volume, a memory-backed /dev/shm, CPUs to feed the GPU.
+
+    The ``pcam-data`` volume holds the run's checkpoints (``checkpoint_root``) and the
+    pool's persistent CUDA JIT cache. ``retry`` is True (the production policy), False,
+    or a ``set_retry`` keyword dict (tests use a short backoff).
+    """
+    task.set_accelerator_type(gpu.resource).set_accelerator_limit(1)
     task.set_cpu_request("4").set_cpu_limit("8").set_memory_request("16G").set_memory_limit("32G")
-    kubernetes.add_node_selector(task, cluster.GPU_NODE_LABEL_KEY, cluster.GPU_NODE_LABEL_VALUE)
-    kubernetes.add_toleration(task, key=cluster.GPU_TAINT_KEY, operator="Equal",
-                              value=cluster.GPU_TAINT_VALUE, effect=cluster.GPU_TAINT_EFFECT)
+    kubernetes.add_node_selector(task, gpu.label_key, gpu.label_value)
+    kubernetes.add_toleration(task, key=gpu.taint_key, operator="Equal",
+                              value=gpu.taint_value, effect=gpu.taint_effect)
     # Docker's default /dev/shm is 64 MB; TensorFlow input pipelines need more.
     kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm",
                                medium="Memory", size_limit="8Gi")
-    if retry:  # preemptible GPU nodes: train/finetune resume from their checkpoints
-        task.set_retry(**RETRIES)
+    kubernetes.mount_pvc(task, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
+    # GPUs without native code in the TF wheel (Blackwell) JIT-compile every kernel on
+    # first use; the cache on the volume makes that a once-per-pool cost, not per pod.
+    task.set_env_variable("CUDA_CACHE_PATH", gpu.cuda_cache_path)
+    task.set_env_variable("CUDA_CACHE_MAXSIZE", str(cluster.CUDA_CACHE_MAXSIZE))
+    if retry:  # preemptible GPU nodes: train/finetune resume from the run's checkpoints
+        task.set_retry(**(RETRIES if retry is True else retry))
     return task.set_caching_options(True)
 
 
 def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLELISM,
-                   pipeline_root: str | None = None, retries: bool = True):
+                   pipeline_root: str | None = None, retries: bool | dict = True,
+                   gpu: cluster.GpuPool | None = None):
     """Build the pipeline with every component running in ``image``.
 
     Args:
@@ -112,9 +124,12 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
         pipeline_root: Where artifacts go (gs://, minio://, a local dir); default: the server's.
         retries: Retry train/finetune with backoff (for preempted GPU nodes). kfp.local
             2.17 honours retry policies too, where a failure is a bug, not a preemption,
-            and retrying only delays the error by minutes; run_local turns them off.
+            and retrying only delays the error by minutes; run_local turns them off. A dict
+            is a ``set_retry`` policy of its own.
+        gpu: The GPU node pool of train/finetune/evaluate (default: ``cluster.GpuPool()``).
     """
     image = image or PCAM_IMAGE
+    gpu = gpu or cluster.GpuPool()
     ops = {name: make_component(getattr(module, name), image) for name, module in (
         ("configure", configure), ("select_pairs", select_pairs), ("ingest", ingest), ("split", split),
         ("shard", shard), ("train", train), ("finetune", finetune), ("evaluate", evaluate),
@@ -139,6 +154,7 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
         tta_views: list = d["tta_views"],
         target_sensitivity: float = d["target_sensitivity"],
         champion_uri: str = f"{cluster.DATA_MOUNT_PATH}/champion",
+        checkpoint_root: str = cluster.CHECKPOINT_ROOT,
     ):
         """Train and compare PCam classifiers over a (model, policy) grid, report, promote the best.
 
@@ -160,13 +176,17 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
             target_sensitivity: Sensitivity of the reported operating point.
             champion_uri: Champion location (local dir, e.g. on the pcam-data volume, or gs://);
                 empty keeps the config's, and no location at all skips promotion.
+            checkpoint_root: Where train/finetune checkpoint every epoch so a retried pod resumes
+                (default: the pcam-data volume; or gs://...): ``<root>/<run id>/<model>-<policy>-<stage>``,
+                deleted once the pair's evaluate succeeds. Empty keeps the config's train.checkpoint_uri.
         """
         cfg = ops["configure"](
             config_yaml=config_yaml, source=source, data_format=data_format, split_mode=split_mode,
             split_ratios=split_ratios, seed=seed, epochs=epochs, finetune_epochs=finetune_epochs,
             batch_size=batch_size, learning_rate=learning_rate,
             finetune_learning_rate=finetune_learning_rate, weights_uri=weights_uri,
-            tta_views=tta_views, target_sensitivity=target_sensitivity, champion_uri=champion_uri)
+            tta_views=tta_views, target_sensitivity=target_sensitivity, champion_uri=champion_uri,
+            checkpoint_root=checkpoint_root)
         _cpu_step(cfg, "500m", "512M", cache=True)
         resolved = cfg.output
 
@@ -180,24 +200,29 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
 
         scratch = _cpu_step(ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=False),
                             "500m", "512M", cache=True).set_display_name("select-train-only-pairs")
+        # Every retry of a task keeps the run id, so it finds its own checkpoints there.
+        run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         with dsl.ParallelFor(scratch.output, parallelism=parallelism) as pair:
             trained = _gpu_step(ops["train"](shards=shards_dir, config_yaml=pair.config_yaml,
-                                             model_name=pair.model, policy=pair.policy), retry=retries)
+                                             model_name=pair.model, policy=pair.policy, run_id=run_id),
+                                retry=retries, gpu=gpu)
             scored = _gpu_step(ops["evaluate"](
                 model=trained.outputs["model"], shards=shards_dir, config_yaml=pair.config_yaml,
-                model_name=pair.model, policy=pair.policy, stage="train"), retry=False)
+                model_name=pair.model, policy=pair.policy, stage="train", run_id=run_id), retry=False, gpu=gpu)
 
         transfer = _cpu_step(ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=True),
                              "500m", "512M", cache=True).set_display_name("select-fine-tuned-pairs")
         with dsl.ParallelFor(transfer.output, parallelism=parallelism) as tpair:
             stage1 = _gpu_step(ops["train"](shards=shards_dir, config_yaml=tpair.config_yaml,
-                                            model_name=tpair.model, policy=tpair.policy), retry=retries)
+                                            model_name=tpair.model, policy=tpair.policy, run_id=run_id),
+                               retry=retries, gpu=gpu)
             stage2 = _gpu_step(ops["finetune"](
                 trained=stage1.outputs["model"], shards=shards_dir, config_yaml=tpair.config_yaml,
-                model_name=tpair.model, policy=tpair.policy), retry=retries)
+                model_name=tpair.model, policy=tpair.policy, run_id=run_id), retry=retries, gpu=gpu)
             tscored = _gpu_step(ops["evaluate"](
                 model=stage2.outputs["model"], shards=shards_dir, config_yaml=tpair.config_yaml,
-                model_name=tpair.model, policy=tpair.policy, stage="finetune"), retry=False)
+                model_name=tpair.model, policy=tpair.policy, stage="finetune", run_id=run_id),
+                retry=False, gpu=gpu)
 
         # One dsl.Collected per consumer: the compiler rewrites each instance in place.
         summary = ops["report"](scratch_runs=dsl.Collected(scored.outputs["run"]),
@@ -215,11 +240,12 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
 
 
 def compile_pipeline(output: str | Path, image: str | None = None,
-                     parallelism: int = DEFAULT_PARALLELISM, pipeline_root: str | None = None) -> Path:
-    """Compile the pipeline to ``output`` (YAML) and return its path."""
+                     parallelism: int = DEFAULT_PARALLELISM, pipeline_root: str | None = None,
+                     gpu: cluster.GpuPool | None = None) -> Path:
+    """Compile the pipeline to ``output`` (YAML) for GPU pool ``gpu`` and return its path."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    compiler.Compiler().compile(build_pipeline(image, parallelism, pipeline_root), str(output))
+    compiler.Compiler().compile(build_pipeline(image, parallelism, pipeline_root, gpu=gpu), str(output))
     return output
 
 
@@ -231,8 +257,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM,
                         help="most pairs trained at once per loop; 0 = unlimited")
     parser.add_argument("--pipeline-root", default=None, help="artifact root (gs://..., minio://...)")
+    parser.add_argument("--gpu", default="", metavar="ACCELERATOR",
+                        help=f"GPU node pool by accelerator: the value of {cluster.GPU_NODE_LABEL_KEY} "
+                             f"(default {cluster.GPU_NODE_LABEL_VALUE}; e.g. nvidia-tesla-a100, nvidia-h100-80gb)")
+    parser.add_argument("--gpu-label", default="", metavar="KEY=VALUE",
+                        help="GPU node pool by any node label instead (e.g. nvidia.com/gpu.product=NVIDIA-L4)")
+    parser.add_argument("--gpu-taint", default="", metavar="KEY=VALUE:EFFECT",
+                        help=f"taint the GPU nodes carry (default {cluster.GPU_TAINT_KEY}="
+                             f"{cluster.GPU_TAINT_VALUE}:{cluster.GPU_TAINT_EFFECT})")
     args = parser.parse_args(argv)
-    path = compile_pipeline(args.output, args.image, args.parallelism, args.pipeline_root)
+    try:
+        gpu = cluster.gpu_pool(args.gpu, args.gpu_label, args.gpu_taint)
+    except PcamError as exc:
+        parser.exit(2, f"{parser.prog}: error: {exc}\n")
+    path = compile_pipeline(args.output, args.image, args.parallelism, args.pipeline_root, gpu)
     print(path)
     return 0
 

@@ -7,7 +7,9 @@ nothing is pip-installed, so it works offline) with the same component code a
 cluster runs in the image. Artifacts land under ``OUT/pipeline_root``; the command
 prints each step's time and where the HTML report is. The data source is the
 config's (synthetic for the demo) unless ``--source`` or env ``PCAM_SOURCE`` says
-otherwise; the champion lives in ``OUT/champion`` unless the config names one.
+otherwise; the champion lives in ``OUT/champion`` unless the config names one, and
+train/finetune checkpoint to ``OUT/pipeline_root/checkpoints/<run id>/`` (deleted
+pair by pair once evaluated) unless it sets ``train.checkpoint_uri``.
 """
 
 import argparse
@@ -60,11 +62,12 @@ class StepTimer(logging.Filter):
             self.status[name] = match.group(2)
 
 
-def pipeline_arguments(cfg: ExperimentConfig, champion_uri: str) -> dict[str, Any]:
-    """The pipeline parameters that reproduce ``cfg`` exactly."""
+def pipeline_arguments(cfg: ExperimentConfig, champion_uri: str, checkpoint_root: str = "") -> dict[str, Any]:
+    """The pipeline parameters that reproduce ``cfg`` exactly (checkpoints under ``checkpoint_root``)."""
     from pipelines.pcam_training import config_arguments, config_param
 
-    return {"config_yaml": config_param(cfg), **config_arguments(cfg), "champion_uri": champion_uri}
+    return {"config_yaml": config_param(cfg), **config_arguments(cfg), "champion_uri": champion_uri,
+            "checkpoint_root": checkpoint_root or cfg.train.checkpoint_uri}
 
 
 def check_local_grid(cfg: ExperimentConfig) -> None:
@@ -78,32 +81,38 @@ def check_local_grid(cfg: ExperimentConfig) -> None:
 
 
 def run_local(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], champion_uri: str | None = None,
-              ) -> tuple[Path, dict[str, list[float]]]:
-    """Run the pipeline through kfp.local; returns (report.html path, seconds per step)."""
+              runner: Any = None, image: str = LOCAL_IMAGE) -> tuple[Path, dict[str, list[float]]]:
+    """Run the pipeline through kfp.local; returns (report.html path, seconds per step).
+
+    ``runner`` defaults to ``SubprocessRunner(use_venv=False)`` (this virtualenv, image
+    ``local-venv``); ``pipelines.run_container`` passes a DockerRunner and the image.
+    """
     from kfp import local
 
-    from pipelines.pcam_training import build_pipeline
+    from pipelines.pcam_training import PIPELINE_NAME, build_pipeline
 
     check_local_grid(cfg)
     out = Path(out_dir).resolve()
     root = out / "pipeline_root"
     root.mkdir(parents=True, exist_ok=True)
     champion = champion_uri or cfg.promote.champion_uri or str(out / "champion")
+    # Under the pipeline root, the one host directory a DockerRunner container also sees.
+    checkpoints = cfg.train.checkpoint_uri or str(root / "checkpoints")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     # Expected locally: the image is only a name here, and GPU/resources/retries are cluster settings.
     warnings.filterwarnings("ignore", message=".*non-Python base image.*", category=RuntimeWarning)
     warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*", category=UserWarning)
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-    pipeline = build_pipeline(image=LOCAL_IMAGE, parallelism=1, retries=False)
+    local.init(runner=runner or local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
+    pipeline = build_pipeline(image=image, parallelism=1, retries=False)
 
     timer = StepTimer()
     logging.getLogger().addFilter(timer)
     before = set(root.iterdir())
     try:
-        pipeline(**pipeline_arguments(cfg, champion))
+        pipeline(**pipeline_arguments(cfg, champion, checkpoints))
     finally:
         logging.getLogger().removeFilter(timer)
-    (run_dir,) = [p for p in root.iterdir() if p not in before and p.is_dir()]
+    (run_dir,) = [p for p in root.iterdir() if p not in before and p.is_dir() and p.name.startswith(PIPELINE_NAME)]
     return find_report(run_dir), dict(timer.seconds)
 
 
@@ -139,15 +148,19 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:  # kfp.local: a step failed; its log is above
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print("\nstep times (kfp.local, one subprocess per step):")
+    print_summary(report, seconds, time.perf_counter() - start, "kfp.local, one subprocess per step")
+    return 0
+
+
+def print_summary(report: Path, seconds: dict[str, list[float]], total: float, how: str) -> None:
+    """Print each step's time, the total and where the report is."""
+    print(f"\nstep times ({how}):")
     for name, values in seconds.items():
-        total = sum(values)
         runs = f" ({len(values)} runs)" if len(values) > 1 else ""
-        print(f"  {name:<16} {total:8.1f} s{runs}")
-    print(f"  {'total':<16} {time.perf_counter() - start:8.1f} s")
+        print(f"  {name:<16} {sum(values):8.1f} s{runs}")
+    print(f"  {'total':<16} {total:8.1f} s")
     print(f"\nHTML report: {report.parent / 'report_dir' / 'report.html'}")
     print(f"  (the same page as the UI's HTML artifact: {report}; summary.csv and plots/ beside it)")
-    return 0
 
 
 if __name__ == "__main__":

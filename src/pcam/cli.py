@@ -37,6 +37,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("report", "pcam.report", "build the comparison report from evaluations"),
     ("promote", "pcam.promote", "replace the champion model only if the candidate wins"),
     ("run", "pcam.study", "run the whole study in-process: ingest to report"),
+    ("doctor", "pcam.doctor", "check a cluster before a submit: context, RBAC, PVC, GPU nodes, KFP, pipeline root"),
 )
 
 

@@ -20,7 +20,9 @@ from pcam import cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
-KUSTOMIZATIONS = ["base", "overlays/kind", "overlays/gke"]
+KUSTOMIZATIONS = ["base", "overlays/kind", "overlays/gke", "overlays/gke-b200"]
+# Overlays that target another GPU pool (the pipeline is compiled for it: make compile GPU=...).
+OVERLAY_GPU = {"overlays/gke-b200": "nvidia-b200"}
 # The oldest and the newest Kubernetes minor we check against: GKE's and kind's
 # supported versions sit in between.
 K8S_VERSIONS = ["1.31.0", "1.37.0"]
@@ -115,11 +117,14 @@ def test_configmap_publishes_exactly_the_pcam_cluster_values(rendered, path):
         "data-mount-path": cluster.DATA_MOUNT_PATH,
         "priority-class": cluster.PRIORITY_CLASS,
         "gpu-node-label-key": cluster.GPU_NODE_LABEL_KEY,
-        "gpu-node-label-value": cluster.GPU_NODE_LABEL_VALUE,
+        "gpu-node-label-value": OVERLAY_GPU.get(path, cluster.GPU_NODE_LABEL_VALUE),
         "gpu-taint-key": cluster.GPU_TAINT_KEY,
         "gpu-taint-value": cluster.GPU_TAINT_VALUE,
         "gpu-taint-effect": cluster.GPU_TAINT_EFFECT,
         "gpu-resource": cluster.GPU_RESOURCE,
+        "checkpoint-root": cluster.CHECKPOINT_ROOT,
+        "cuda-cache-root": cluster.CUDA_CACHE_ROOT,
+        "cuda-cache-maxsize": str(cluster.CUDA_CACHE_MAXSIZE),
         "gcs-credentials-secret": cluster.GCS_CREDENTIALS_SECRET,
         "image-pull-secret": cluster.IMAGE_PULL_SECRET,
     }

@@ -142,6 +142,24 @@ def test_promote_mounts_the_shared_volume_for_a_local_champion(compiled):
     assert default.startswith(cluster.DATA_MOUNT_PATH + "/")
 
 
+def test_checkpoints_outlive_the_pod_by_default_keyed_by_run_id(compiled):
+    """Section 1 of issue 11: a retried train/finetune pod finds its checkpoints on the shared volume."""
+    spec, k8s = compiled
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["checkpoint_root"]["defaultValue"] == cluster.CHECKPOINT_ROOT
+    assert cluster.CHECKPOINT_ROOT.startswith(cluster.DATA_MOUNT_PATH + "/")
+    configure = spec["root"]["dag"]["tasks"]["configure"]["inputs"]["parameters"]["checkpoint_root"]
+    assert configure == {"componentInputParameter": "checkpoint_root"}
+    bodies, _ = _loop_tasks(spec)
+    tasks = {name: task for body in bodies.values() for name, task in body.items()}
+    for name in ("train", "train-2", "finetune", "evaluate", "evaluate-2"):
+        # KFP's run id: the same for every retry of a task in one run, new for every run.
+        assert tasks[name]["inputs"]["parameters"]["run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+    for name in GPU_EXECUTORS:
+        mounts = [(m["constant"], m["mountPath"]) for m in k8s[name]["pvcMount"]]
+        assert mounts == [(cluster.PVC_NAME, cluster.DATA_MOUNT_PATH)], name
+
+
 def test_ui_artifacts_evaluate_metrics_and_report_html(compiled):
     spec, _ = compiled
     for name in ("comp-evaluate", "comp-evaluate-2"):
