@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import shutil
-from pathlib import Path
 
 from pcam.config import ExperimentConfig
 from pcam.errors import ConfigError
@@ -81,16 +79,12 @@ def remove_pair_checkpoints(cfg: ExperimentConfig, model_name: str, policy: str)
     Returns:
         The directories that existed and were deleted.
     """
+    from pcam import storage
+
     removed = []
     for uri in pair_checkpoint_uris(cfg, model_name, policy):
-        if "://" in uri:
-            import tensorflow as tf  # gs:// and other TensorFlow filesystems; only evaluate calls this
-
-            if tf.io.gfile.isdir(uri):
-                tf.io.gfile.rmtree(uri)
-                removed.append(uri)
-        elif Path(uri).is_dir():
-            shutil.rmtree(uri)
+        if storage.exists(uri):
+            storage.delete_tree(uri)
             removed.append(uri)
     for uri in removed:
         log.info("evaluation done: deleted checkpoints %s", uri)
