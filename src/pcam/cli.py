@@ -35,6 +35,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("report", "pcam.report", "build the comparison report from evaluations"),
     ("promote", "pcam.promote", "replace the champion model only if the candidate wins"),
     ("run", "pcam.study", "run the whole study in-process: ingest to report"),
+    ("predict", "pcam.predict", "apply a model or the champion to patches and whole-slide images"),
 )
 
 
