@@ -169,11 +169,13 @@ def predict_patches(sources: list[tuple[Path, list[Path] | None]], predictor: Pr
 def predict(model: str, inputs: list[str], out: str | Path, *, views: int | None = None, slide_views: int = 1,
             mpp: float | None = None, stride: int = PCAM_TILE, min_tissue: float = 0.25, top_k: int = 10,
             batch_size: int = 256, operating_point_override: float | None = None, convert: bool = False,
-            progress: bool = True) -> dict[str, Any]:
+            progress: bool = True, kinds: tuple[str, ...] = ("patches", "slides")) -> dict[str, Any]:
     """Predict every input with ``model``; returns what ``predict.json`` holds.
 
     ``views`` TTA views for patches (default: the evaluation's five), ``slide_views``
-    for slide tiles (default 1: a slide has tens of thousands of tiles).
+    for slide tiles (default 1: a slide has tens of thousands of tiles). ``kinds``
+    restricts a mixed input to its patches or its slides (the inference pipeline
+    predicts them in separate steps).
     """
     from pcam.slide_predict import SlidePlan, predict_slide
 
@@ -188,6 +190,10 @@ def predict(model: str, inputs: list[str], out: str | Path, *, views: int | None
     tile_views = view_names(slide_views)
     with contextlib.ExitStack() as stack:
         planned = plan_inputs(inputs, stack)
+        planned.patches = planned.patches if "patches" in kinds else []
+        planned.slides = planned.slides if "slides" in kinds else []
+        if not planned.patches and not planned.slides:
+            raise DataError(f"{', '.join(inputs)}: no {' or '.join(kinds)} to predict")
         for slide in planned.slides:  # every slide opens, has a resolution and a readable thumbnail
             SlidePlan(slide, mpp, stride, min_tissue).close()
         predictor = load_predictor(model, patch_views if planned.patches else tile_views, stack,
