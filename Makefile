@@ -22,6 +22,10 @@ EXPERIMENT ?= pcam
 RUN_NAME ?= pcam-$(shell date +%Y%m%d-%H%M%S)
 CRON ?= 0 0 3 * * 0
 COMPILED := pipelines/compiled/pcam_training.yaml
+INFERENCE_COMPILED := pipelines/compiled/pcam_inference.yaml
+# Which compiled pipeline `make submit` sends: training (default) or inference.
+PIPELINE ?= training
+SUBMIT_PACKAGE = $(if $(filter inference,$(PIPELINE)),$(INFERENCE_COMPILED),$(COMPILED))
 
 .PHONY: help setup demo run test test-fast lint compile submit schedule images push image-check kind-up kind-test bench bench-real clean
 
@@ -53,11 +57,12 @@ lint: setup ## ruff + shellcheck
 	$(BIN)/ruff check src tests components pipelines bench
 	$(BIN)/shellcheck scripts/*.sh .ci/run bench/*.sh
 
-compile: setup ## Compile the pipeline to pipelines/compiled/pcam_training.yaml
+compile: setup ## Compile both pipelines to pipelines/compiled/ (pcam_training.yaml, pcam_inference.yaml)
 	$(BIN)/python -m pipelines.pcam_training --image $(PCAM_IMAGE) --output $(COMPILED)
+	$(BIN)/python -m pipelines.pcam_inference --image $(PCAM_IMAGE) --output $(INFERENCE_COMPILED)
 
-submit: compile ## Submit one run: make submit KFP_HOST=... [EXPERIMENT=pcam RUN_NAME=... PARAMS='k=v ...']
-	$(BIN)/python -m pipelines.submit run --host $(KFP_HOST) --experiment $(EXPERIMENT) --run-name $(RUN_NAME) --package $(COMPILED) $(foreach p,$(PARAMS),--param $(p))
+submit: compile ## Submit one run: make submit KFP_HOST=... [PIPELINE=inference EXPERIMENT=pcam RUN_NAME=... PARAMS='k=v ...']
+	$(BIN)/python -m pipelines.submit run --host $(KFP_HOST) --experiment $(EXPERIMENT) --run-name $(RUN_NAME) --package $(SUBMIT_PACKAGE) $(foreach p,$(PARAMS),--param $(p))
 
 schedule: compile ## Create a recurring retraining run: make schedule KFP_HOST=... [CRON='0 0 3 * * 0']
 	$(BIN)/python -m pipelines.submit schedule --host $(KFP_HOST) --experiment $(EXPERIMENT) --cron '$(CRON)' --package $(COMPILED) $(foreach p,$(PARAMS),--param $(p))

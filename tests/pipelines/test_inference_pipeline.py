@@ -84,3 +84,22 @@ def test_kfp_local_run_predicts_every_slide_and_the_patches(test_slide, mean_mod
     (predictions,) = run.glob("**/predict-patches/predictions")  # one patch source: one step
     patch_rows = list(csv.DictReader(open(predictions / "predictions.csv")))
     assert len(patch_rows) == 4 and all(r["label_at_operating_point"] in ("0", "1") for r in patch_rows)
+
+
+def test_submit_sends_the_inference_package_and_wants_its_source(tmp_path, capsys):
+    from pipelines import submit
+    from pipelines.pcam_inference import compile_pipeline
+    from tests.pipelines.fake_kfp_server import FakeKfpServer
+
+    package = compile_pipeline(tmp_path / "pcam_inference.yaml", IMAGE)
+    server = FakeKfpServer().start()
+    try:
+        common = ["run", "--host", server.url, "--experiment", "pcam-test", "--package", str(package)]
+        assert submit.main([*common, "--param", "stride=48"]) == 2
+        assert "needs --param source_uri=..." in capsys.readouterr().err
+        assert submit.main([*common, "--param", "source_uri=gs://bucket/slides", "--param", "stride=48"]) == 0
+        (run,) = server.posted("/runs")
+        assert run["runtime_config"]["parameters"] == {"source_uri": "gs://bucket/slides", "stride": 48}
+        assert run["pipeline_spec"]["pipeline_spec"]["pipelineInfo"]["name"] == "pcam-inference"
+    finally:
+        server.stop()
