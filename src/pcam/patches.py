@@ -4,7 +4,7 @@ Accepted: every layout ingest reads (official/synthetic HDF5, Kaggle, class fold
 their labels are carried along as ``true_label``), one HDF5 ``x`` file (``.h5`` or
 ``.h5.gz``, dataset ``x``, no labels needed), and a flat folder of 96x96 RGB images
 (PNG/JPEG/TIFF, e.g. Kaggle's unlabelled ``test/``). Memory stays bounded: HDF5 is
-read :data:`pcam.ingest.BLOCK` rows at a time, image files :data:`pcam.ingest.FILE_BATCH`
+read :data:`H5_BLOCK` rows at a time (an ingest layout: :data:`pcam.ingest.BLOCK`), image files :data:`pcam.ingest.FILE_BATCH`
 at a time.
 """
 
@@ -22,6 +22,8 @@ from pcam import IMAGE_SHAPE
 from pcam import ingest as I
 from pcam.errors import DataError
 
+H5_BLOCK = 1024
+"""HDF5 rows read at a time (28 MB): predict holds TensorFlow beside them, so smaller than ingest's block."""
 Batch = tuple[np.ndarray, list[str], np.ndarray | None]
 """(uint8 images, ids, true labels or None)."""
 
@@ -54,8 +56,8 @@ def _h5_source(path: Path, stack: contextlib.ExitStack) -> PatchSource:
     name = path.name.removesuffix(".gz")
 
     def batches() -> Iterator[Batch]:
-        for start in range(0, x.shape[0], I.BLOCK):
-            stop = min(start + I.BLOCK, x.shape[0])
+        for start in range(0, x.shape[0], H5_BLOCK):
+            stop = min(start + H5_BLOCK, x.shape[0])
             try:
                 images = x[start:stop]
             except (OSError, ValueError) as exc:
