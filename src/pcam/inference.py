@@ -61,6 +61,10 @@ def _list_gcs(uri: str) -> dict[str, Any]:
     return {"slides": slides, "patches": patches}
 
 
+def _num(value: float | None) -> str:
+    return "no tissue" if value is None else f"{value:.4f}"
+
+
 def _image(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
@@ -86,14 +90,14 @@ def inference_page(result_dirs: list[Path], html_path: Path, csv_path: Path,
     if slides:
         parts.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>")
         for folder, info in slides:
-            cells = [folder.name, info["tiles_scored"], f"{info['score']['max']:.4f}",
-                     f"{info['score']['top_k_mean']:.4f}", info.get("label_at_operating_point"),
+            cells = [folder.name, info["tiles_scored"], _num(info["score"]["max"]),
+                     _num(info["score"]["top_k_mean"]), info.get("label_at_operating_point"),
                      info.get("tumour_regions")]
             parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
         for folder, info in slides:
             parts.append(f"<figure><img src='{_image(folder / 'heatmap.png')}' style='max-width:640px'>"
-                         f"<figcaption>{html.escape(folder.name)}: max {info['score']['max']:.3f}, level "
+                         f"<figcaption>{html.escape(folder.name)}: max {_num(info['score']['max'])}, level "
                          f"{info['level']} ({info['level_mpp']:.3f} µm/px), {info['tiles_scored']} tiles"
                          "</figcaption></figure>")
     if patches_dir is not None and (Path(patches_dir) / "predict.json").is_file():

@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from pcam.errors import DataError
 from pcam.fsutil import atomic_dir, write_json
+from pcam.metrics import json_safe
 from pcam.scoring import Predictor
 from pcam.slide import (
     PCAM_MPP,
@@ -168,6 +169,7 @@ def write_slide_outputs(plan: SlidePlan, predictor: Predictor, records: np.ndarr
         geo = tumour_geojson(grid, cells, records["p"], threshold, plan.path.stem)
         (tmp / "tumour.geojson").write_text(json.dumps(geo) + "\n")
         summary["tumour_regions"] = len(geo["features"])
+        summary = json_safe(summary)  # a slide without tissue has NaN scores: null in JSON
         write_json(tmp / SLIDE_JSON, {**summary, "identity": plan.identity(predictor)})
     return summary
 

@@ -232,3 +232,15 @@ def test_slide_without_resolution_needs_mpp(real_patches, tmp_path):
     with pytest.raises(DataError, match="nompp.tif: no resolution"):
         slide_mpp(slide, path, None)
     assert slide_mpp(slide, path, 0.486) == 0.486
+
+
+def test_slide_without_tissue_gives_empty_outputs(tmp_path, predictor):
+    from pcam.slide_synth import write_slide
+
+    path = write_slide(tmp_path / "glass.tif", lambda r, c: None, 4, 5, levels=3)
+    summary = predict_slide(path, predictor, tmp_path / "out", progress=False)
+    assert summary["tiles_scored"] == 0 and summary["score"]["max"] is None
+    out = tmp_path / "out" / "slides" / "glass.tif"
+    assert json.loads((out / "tumour.geojson").read_text()) == {"type": "FeatureCollection", "features": []}
+    assert json.loads((out / "slide.json").read_text())["score"]["top_k_mean"] is None
+    assert (out / "heatmap.png").is_file()
