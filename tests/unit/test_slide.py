@@ -244,3 +244,22 @@ def test_slide_without_tissue_gives_empty_outputs(tmp_path, predictor):
     assert json.loads((out / "tumour.geojson").read_text()) == {"type": "FeatureCollection", "features": []}
     assert json.loads((out / "slide.json").read_text())["score"]["top_k_mean"] is None
     assert (out / "heatmap.png").is_file()
+
+
+def test_overlapping_tiles_own_the_cell_around_their_centre(test_slide, predictor, tmp_path):
+    summary = predict_slide(test_slide.path, predictor, tmp_path, stride=48, min_tissue=0.01, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "slides" / test_slide.path.name / "tiles.csv")))
+    assert summary["stride0"] == 96.0 and len(rows) > 3 * len(test_slide.cells)
+    plan = SlidePlan(test_slide.path, None, 48, 0.01)
+    grid = plan.grid
+    plan.close()
+    cells = np.array([int(r["row"]) * grid.cols + int(r["col"]) for r in rows])
+    probs = np.array([float(r["probability"]) for r in rows], dtype=np.float32)
+    scale = summary["heatmap_scale"]
+    heat = heatmap_array(grid, cells, probs, scale)
+    for cell, p, r in zip(cells, probs, rows, strict=True):
+        x, y = int(r["x"]), int(r["y"])
+        assert (x, y) == grid.origin(cell // grid.cols, cell % grid.cols) and x % 96 == 0
+        assert heat[int((y + 96) // scale), int((x + 96) // scale)] == pytest.approx(p, abs=1e-6)
+        if (x % 192, y % 192) == (0, 0):  # a tile on the patch grid is exactly that patch
+            assert p == pytest.approx(expected_mean(test_slide.cells[(y // 192, x // 192)]), abs=2e-6)
