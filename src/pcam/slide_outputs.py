@@ -52,13 +52,13 @@ def heatmap_png(thumbnail: np.ndarray, heat: np.ndarray) -> Image.Image:
     """The thumbnail (resized to the heatmap) blended with the jet colour of each probability."""
     from matplotlib import colormaps
 
-    base = np.asarray(Image.fromarray(thumbnail).resize((heat.shape[1], heat.shape[0]), Image.Resampling.BILINEAR),
-                      dtype=np.float32)
+    out = np.array(Image.fromarray(thumbnail).resize((heat.shape[1], heat.shape[0]), Image.Resampling.BILINEAR))
     scored = ~np.isnan(heat)
-    colour = colormaps["jet"](np.nan_to_num(heat))[..., :3] * 255
-    out = base.copy()
-    out[scored] = (1 - HEATMAP_ALPHA) * base[scored] + HEATMAP_ALPHA * colour[scored]
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    # Colour only the scored pixels (a full-size float64 RGBA colour map is 16x the PNG).
+    colour = colormaps["jet"](heat[scored], bytes=True)[:, :3].astype(np.float32)
+    blend = (1 - HEATMAP_ALPHA) * out[scored].astype(np.float32) + HEATMAP_ALPHA * colour
+    out[scored] = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+    return Image.fromarray(out)
 
 
 def _rings(component: np.ndarray) -> list[list[tuple[int, int]]]:

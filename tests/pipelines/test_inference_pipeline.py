@@ -39,6 +39,8 @@ def test_compiled_pipeline_fans_out_one_task_per_slide(tmp_path):
     assert producers == ["pipelinechannel--predict-list-2-Output", "pipelinechannel--predict-list-Output"]
     resources = spec["deploymentSpec"]["executors"]["exec-predict-slide"]["container"]["resources"]
     assert resources["accelerator"]["resourceCount"] == "1"
+    env = spec["deploymentSpec"]["executors"]["exec-predict-slide"]["container"]["env"]
+    assert {"name": "MALLOC_ARENA_MAX", "value": "2"} in env
     assert platform["exec-predict-slide"]["nodeSelector"]["labels"] == {cluster.GPU_NODE_LABEL_KEY: cluster.GPU_NODE_LABEL_VALUE}
     assert platform["exec-predict-list"]["pvcMount"][0]["mountPath"] == cluster.DATA_MOUNT_PATH
     outputs = spec["components"]["comp-predict-report"]["outputDefinitions"]["artifacts"]
