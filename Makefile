@@ -28,6 +28,10 @@ GPU ?=
 GPU_LABEL ?=
 GPU_TAINT ?=
 NAMESPACE ?= kubeflow
+INFERENCE_COMPILED := pipelines/compiled/pcam_inference.yaml
+# Which compiled pipeline `make submit` sends: training (default) or inference.
+PIPELINE ?= training
+SUBMIT_PACKAGE = $(if $(filter inference,$(PIPELINE)),$(INFERENCE_COMPILED),$(COMPILED))
 
 .PHONY: help setup demo demo-container run test test-fast test-gcs-pipeline lint compile preflight submit schedule images push image-check kind-up kind-test bench bench-real clean
 
@@ -65,14 +69,16 @@ lint: setup ## ruff + shellcheck
 	$(BIN)/ruff check src tests components pipelines bench
 	$(BIN)/shellcheck scripts/*.sh .ci/run bench/*.sh
 
-compile: setup ## Compile the pipeline to pipelines/compiled/pcam_training.yaml
-	$(BIN)/python -m pipelines.pcam_training --image $(PCAM_IMAGE) --output $(COMPILED) $(if $(GPU),--gpu $(GPU)) $(if $(GPU_LABEL),--gpu-label $(GPU_LABEL)) $(if $(GPU_TAINT),--gpu-taint $(GPU_TAINT))
+GPU_FLAGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPU_LABEL),--gpu-label $(GPU_LABEL)) $(if $(GPU_TAINT),--gpu-taint $(GPU_TAINT))
+compile: setup ## Compile both pipelines to pipelines/compiled/ [GPU=nvidia-l4 | GPU_LABEL=k=v GPU_TAINT=k=v:Effect]
+	$(BIN)/python -m pipelines.pcam_training --image $(PCAM_IMAGE) --output $(COMPILED) $(GPU_FLAGS)
+	$(BIN)/python -m pipelines.pcam_inference --image $(PCAM_IMAGE) --output $(INFERENCE_COMPILED) $(GPU_FLAGS)
 
 preflight: compile ## Check the cluster before a submit: make preflight KFP_HOST=... [NAMESPACE=kubeflow]
 	$(PCAM) doctor --pipeline $(COMPILED) --namespace $(NAMESPACE) --kfp-host $(KFP_HOST)
 
-submit: compile ## Submit one run: make submit KFP_HOST=... [EXPERIMENT=pcam RUN_NAME=... PARAMS='k=v ...']
-	$(BIN)/python -m pipelines.submit run --host $(KFP_HOST) --experiment $(EXPERIMENT) --run-name $(RUN_NAME) --package $(COMPILED) $(foreach p,$(PARAMS),--param $(p))
+submit: compile ## Submit one run: make submit KFP_HOST=... [PIPELINE=inference EXPERIMENT=pcam RUN_NAME=... PARAMS='k=v ...']
+	$(BIN)/python -m pipelines.submit run --host $(KFP_HOST) --experiment $(EXPERIMENT) --run-name $(RUN_NAME) --package $(SUBMIT_PACKAGE) $(foreach p,$(PARAMS),--param $(p))
 
 schedule: compile ## Create a recurring retraining run: make schedule KFP_HOST=... [CRON='0 0 3 * * 0']
 	$(BIN)/python -m pipelines.submit schedule --host $(KFP_HOST) --experiment $(EXPERIMENT) --cron '$(CRON)' --package $(COMPILED) $(foreach p,$(PARAMS),--param $(p))

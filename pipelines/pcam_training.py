@@ -249,14 +249,8 @@ def compile_pipeline(output: str | Path, image: str | None = None,
     return output
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.pcam_training",
-                                     description="Compile the pcam training pipeline to YAML.")
-    parser.add_argument("--image", default=PCAM_IMAGE, help=f"image of every step (default: {PCAM_IMAGE})")
-    parser.add_argument("--output", default="pipelines/compiled/pcam_training.yaml", help="YAML to write")
-    parser.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM,
-                        help="most pairs trained at once per loop; 0 = unlimited")
-    parser.add_argument("--pipeline-root", default=None, help="artifact root (gs://..., minio://...)")
+def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
+    """The GPU node pool as compile options (both pipelines use them)."""
     parser.add_argument("--gpu", default="", metavar="ACCELERATOR",
                         help=f"GPU node pool by accelerator: the value of {cluster.GPU_NODE_LABEL_KEY} "
                              f"(default {cluster.GPU_NODE_LABEL_VALUE}; e.g. nvidia-tesla-a100, nvidia-h100-80gb)")
@@ -265,11 +259,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpu-taint", default="", metavar="KEY=VALUE:EFFECT",
                         help=f"taint the GPU nodes carry (default {cluster.GPU_TAINT_KEY}="
                              f"{cluster.GPU_TAINT_VALUE}:{cluster.GPU_TAINT_EFFECT})")
-    args = parser.parse_args(argv)
+
+
+def gpu_pool_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> cluster.GpuPool:
     try:
-        gpu = cluster.gpu_pool(args.gpu, args.gpu_label, args.gpu_taint)
+        return cluster.gpu_pool(args.gpu, args.gpu_label, args.gpu_taint)
     except PcamError as exc:
         parser.exit(2, f"{parser.prog}: error: {exc}\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.pcam_training",
+                                     description="Compile the pcam training pipeline to YAML.")
+    parser.add_argument("--image", default=PCAM_IMAGE, help=f"image of every step (default: {PCAM_IMAGE})")
+    parser.add_argument("--output", default="pipelines/compiled/pcam_training.yaml", help="YAML to write")
+    parser.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM,
+                        help="most pairs trained at once per loop; 0 = unlimited")
+    parser.add_argument("--pipeline-root", default=None, help="artifact root (gs://..., minio://...)")
+    add_gpu_arguments(parser)
+    args = parser.parse_args(argv)
+    gpu = gpu_pool_from_args(parser, args)
     path = compile_pipeline(args.output, args.image, args.parallelism, args.pipeline_root, gpu)
     print(path)
     return 0

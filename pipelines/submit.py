@@ -1,4 +1,8 @@
-"""Submit the compiled pipeline to a KFP server: one run, or a recurring retraining run.
+"""Submit a compiled pipeline to a KFP server: one run, or a recurring retraining run.
+
+Either package works: ``pcam_training.yaml`` or ``pcam_inference.yaml`` (``make submit
+PIPELINE=inference PARAMS='source_uri=gs://bucket/slides'``); parameters are checked
+against the package given.
 
     python -m pipelines.submit run --host URL --experiment NAME --package YAML [--param k=v ...]
     python -m pipelines.submit schedule --host URL --experiment NAME --package YAML --cron '0 0 3 * * 0'
@@ -69,8 +73,21 @@ def parse_params(pairs: list[str], types: dict[str, str]) -> dict[str, Any]:
     return out
 
 
+def required_parameters(package: str | Path) -> list[str]:
+    """Inputs of the compiled pipeline without a default (e.g. the inference pipeline's source_uri)."""
+    spec = next(yaml.safe_load_all(Path(package).read_text()))
+    params = spec.get("root", {}).get("inputDefinitions", {}).get("parameters", {})
+    return sorted(name for name, info in params.items() if "defaultValue" not in info and not info.get("isOptional"))
+
+
 def _arguments(args: argparse.Namespace) -> dict[str, Any]:
-    arguments = parse_params(args.param, package_parameters(args.package))
+    types = package_parameters(args.package)
+    arguments = parse_params(args.param, types)
+    missing = [name for name in required_parameters(args.package) if name not in arguments]
+    if missing:
+        raise ConfigError(f"{args.package}: needs --param {'=... --param '.join(missing)}=...")
+    if args.config and "config_yaml" not in types:
+        raise ConfigError(f"--config: {args.package} takes no experiment config (it has no config_yaml parameter)")
     if args.config:  # validated here, sent as the one-line YAML the pipeline expects
         from pipelines.pcam_training import config_param
 

@@ -38,6 +38,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("promote", "pcam.promote", "replace the champion model only if the candidate wins"),
     ("run", "pcam.study", "run the whole study in-process: ingest to report"),
     ("doctor", "pcam.doctor", "check a cluster before a submit: context, RBAC, PVC, GPU nodes, KFP, pipeline root"),
+    ("predict", "pcam.predict", "apply a model or the champion to patches and whole-slide images"),
 )
 
 
