@@ -1,0 +1,119 @@
+"""pcam.export: the TF Serving layout, and a SavedModel that scores like `pcam evaluate`'s TTA."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pcam.config import EvaluateConfig, ModelConfig
+from pcam.errors import ConfigError, DataError
+
+VIEWS = EvaluateConfig().tta_views
+REPO = Path(__file__).resolve().parents[2]
+
+
+def real_jpegs(pcam_sample: Path, per_class: int = 20) -> tuple[list[bytes], np.ndarray]:
+    """Encoded JPEG bytes of real valid patches, and their pixels as Pillow (and so `pcam ingest`) reads them."""
+    files = [f for label in (0, 1) for f in sorted((pcam_sample / "valid" / str(label)).glob("*.jpg"))[:per_class]]
+    return [f.read_bytes() for f in files], np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def cnn_dir(tmp_path_factory) -> Path:
+    """The study's CNN (untrained, seeded), saved as a model directory like the train step's."""
+    from pcam.models import build_model
+
+    out = tmp_path_factory.mktemp("cnn")
+    build_model("cnn", ModelConfig(), seed=3).save(out / "model.keras")
+    return out
+
+
+@pytest.fixture(scope="module")
+def exported(cnn_dir, tmp_path_factory) -> Path:
+    from pcam.export import export_serving
+
+    serving = tmp_path_factory.mktemp("champion") / "serving"
+    return Path(export_serving(cnn_dir, serving, VIEWS))
+
+
+def test_layout_is_what_tf_serving_loads(exported):
+    from pcam.export import graph_ops, read_meta
+
+    assert exported.name == "1"
+    assert (exported / "saved_model.pb").is_file()
+    assert list((exported / "variables").glob("variables.data-*")) and (exported / "variables" / "variables.index").is_file()
+    meta = read_meta(exported)
+    assert meta["views"] == list(VIEWS) and meta["input"]["encodings"] == ["png", "jpeg"]
+    assert meta["ops"] == graph_ops(exported)
+    # Explicit decoders only: no DecodeImage/DecodeWebP that an older serving build may lack.
+    assert {"DecodePng", "DecodeJpeg"} <= set(meta["ops"])
+    assert not {o for o in meta["ops"] if o.startswith("Decode")} - {"DecodePng", "DecodeJpeg"}
+
+
+def test_savedmodel_equals_keras_tta_on_real_patches(exported, cnn_dir, pcam_sample):
+    import tensorflow as tf
+
+    from pcam.evaluate import load_model, predict_views
+
+    jpegs, pixels = real_jpegs(pcam_sample)
+    probs = predict_views(load_model(cnn_dir), pixels, VIEWS, progress=False)  # (V, N), identity first
+    serve = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    for encoded in (jpegs, [png(p) for p in pixels]):
+        out = serve(image_bytes=tf.constant(encoded))
+        np.testing.assert_allclose(out["probability"].numpy(), probs.mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(out["single_probability"].numpy(), probs[0], atol=1e-5)
+    # Guards: the scores differ between patches and the views change them, so equality above means something.
+    assert probs.mean(axis=0).std() > 1e-3
+    assert np.abs(probs.mean(axis=0) - probs[0]).max() > 1e-4
+
+
+def test_signature_rejects_other_encodings_and_sizes(exported, pcam_sample):
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(str(exported)).signatures["serving_default"]
+    _, pixels = real_jpegs(pcam_sample, per_class=1)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a PNG or JPEG"):
+        serve(image_bytes=tf.constant([b"GIF89a not a patch"]))
+    with pytest.raises(tf.errors.InvalidArgumentError, match="must be 96x96"):
+        serve(image_bytes=tf.constant([png(pixels[0][:64, :64])]))
+
+
+def test_second_export_is_a_new_version_and_views_are_checked(exported, cnn_dir):
+    from pcam.export import export_serving, latest_version
+
+    second = export_serving(cnn_dir, exported.parent, ("identity", "hflip"))
+    assert Path(second).name == "2" and latest_version(exported.parent) == Path(second)
+    with pytest.raises(ConfigError, match="unknown TTA view 'sideways'"):
+        export_serving(cnn_dir, exported.parent, ("identity", "sideways"))
+
+
+def test_unreadable_model_leaves_no_version_folder(tmp_path):
+    from pcam.export import export_serving
+
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="model.keras"):
+        export_serving(tmp_path / "model", tmp_path / "serving", VIEWS)
+    assert not (tmp_path / "serving").exists() or not any((tmp_path / "serving").iterdir())
+
+
+def test_cli_bad_view_is_one_line_and_exit_2(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "pcam.cli", "export", "--model", str(tmp_path),
+                             "--out", str(tmp_path / "serving"), "--views", "identity", "upside"],
+                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "pcam export: error: export: unknown TTA view 'upside'; expected one of "
+        "identity, hflip, vflip, rot90, rot180, rot270, transpose"]
