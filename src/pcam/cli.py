@@ -34,6 +34,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "pcam.evaluate", "evaluate a model with test-time augmentation"),
     ("report", "pcam.report", "build the comparison report from evaluations"),
     ("promote", "pcam.promote", "replace the champion model only if the candidate wins"),
+    ("serve", "pcam.serve", "serve an exported model over HTTP (KServe v1 and v2 protocols)"),
     ("export", "pcam.export", "export a model as a TF Serving SavedModel (image bytes in, TTA inside)"),
     ("run", "pcam.study", "run the whole study in-process: ingest to report"),
 )
