@@ -36,6 +36,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("promote", "pcam.promote", "replace the champion model only if the candidate wins"),
     ("serve", "pcam.serve", "serve an exported model over HTTP (KServe v1 and v2 protocols)"),
     ("export", "pcam.export", "export a model as a TF Serving SavedModel (image bytes in, TTA inside)"),
+    ("deploy", "pcam.deploy", "create or update the KServe InferenceService serving the champion"),
     ("run", "pcam.study", "run the whole study in-process: ingest to report"),
 )
 
