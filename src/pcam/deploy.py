@@ -28,10 +28,11 @@ import json
 import logging
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 from pcam import cluster
-from pcam.errors import ConfigError, PcamError
+from pcam.errors import ConfigError, DataError, PcamError
 
 log = logging.getLogger(__name__)
 
@@ -205,6 +206,55 @@ def deploy(name: str, serving_uri: str, *, namespace: str = cluster.NAMESPACE, c
     log.info("%s/%s ready at %s", namespace, name, url)
     return {"name": name, "namespace": namespace, "url": url, "generation": generation,
             "storage_uri": body["spec"]["predictor"]["model"]["storageUri"], "canary_percent": canary_percent}
+
+
+SERVING_DIR = "serving"
+"""Sub-folder of the champion location that holds the SavedModel versions (``pcam export --out``)."""
+
+
+def should_deploy(decision_json: str, serving_name: str) -> bool:
+    """True when promote's decision says ``promoted`` and an InferenceService name is configured."""
+    try:
+        decision = json.loads(decision_json)
+    except (TypeError, ValueError):
+        raise ConfigError(f"promote decision is not JSON: {decision_json!r:.200}") from None
+    return bool(serving_name) and isinstance(decision, dict) and decision.get("promoted") is True
+
+
+def _champion_revision(champion_uri: str) -> str:
+    """The champion's model sha256 (champion.json) when readable: a new champion, a new revision."""
+    from pcam.fsutil import is_remote
+
+    serving, marker = f"{champion_uri.rstrip('/')}/{SERVING_DIR}", f"{champion_uri.rstrip('/')}/champion.json"
+    if is_remote(champion_uri):
+        import tensorflow as tf
+
+        exists, read = tf.io.gfile.isdir, lambda uri: tf.io.gfile.GFile(uri).read()
+    else:
+        exists, read = (lambda uri: Path(uri).is_dir()), (lambda uri: Path(uri).read_text())
+    if not exists(serving):
+        raise DataError(f"{serving}: no SavedModel export in the champion (promotion writes it with "
+                        f"pcam.export.export_serving; or run `pcam export --model {champion_uri} --out {serving}`)")
+    try:
+        return str(json.loads(read(marker)).get("model_sha256") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
+def deploy_champion(decision_json: str, champion_uri: str, name: str, *, namespace: str = cluster.NAMESPACE,
+                    canary_percent: int = 100, gpu: bool = False, timeout: float = DEFAULT_TIMEOUT,
+                    api_client: Any = None) -> dict[str, Any]:
+    """Deploy ``<champion_uri>/serving`` after a promotion (what the pipeline's deploy step runs).
+
+    Returns :func:`deploy`'s result, or ``{"deployed": False, "reason": ...}`` when the
+    decision did not promote (the pipeline already skips the step then).
+    """
+    if not should_deploy(decision_json, name):
+        return {"deployed": False, "reason": "nothing promoted or no InferenceService name"}
+    revision = _champion_revision(champion_uri)
+    result = deploy(name, f"{champion_uri.rstrip('/')}/{SERVING_DIR}", namespace=namespace,
+                    canary_percent=canary_percent, gpu=gpu, revision=revision, timeout=timeout, api_client=api_client)
+    return {"deployed": True, "revision": revision, **result}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

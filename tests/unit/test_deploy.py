@@ -295,3 +295,54 @@ def test_serving_rbac_grants_exactly_what_deploy_calls():
     assert docs["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": cluster.SERVICE_ACCOUNT,
                                                 "namespace": cluster.NAMESPACE}]
     assert docs["RoleBinding"]["roleRef"]["name"] == docs["Role"]["metadata"]["name"]
+
+
+# ---------------------------------------------------------------- pipeline wiring
+
+def test_gate_reads_promotes_decision():
+    from pcam.deploy import should_deploy
+
+    assert should_deploy('{"promoted": true, "reason": "first"}', "pcam-champion")
+    assert not should_deploy('{"promoted": false}', "pcam-champion")
+    assert not should_deploy('{"promoted": true}', "")
+    with pytest.raises(ConfigError, match="not JSON"):
+        should_deploy("promoted", "x")
+
+
+def test_pipeline_deploys_after_promote_only_when_it_promoted(tmp_path):
+    from pipelines.pcam_training import compile_pipeline
+
+    spec, platform = yaml.safe_load_all(compile_pipeline(tmp_path / "p.yaml", "registry.example/pcam:1").read_text())
+    root = spec["root"]["dag"]["tasks"]
+    assert root["deploy-gate"]["dependentTasks"] == ["promote"]
+    gate_input = root["deploy-gate"]["inputs"]["parameters"]["decision"]["taskOutputParameter"]
+    assert gate_input == {"producerTask": "promote", "outputParameterKey": "Output"}
+    (name, branch), = [(n, t) for n, t in root.items() if "triggerPolicy" in t]
+    assert branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--deploy-gate-Output'] == true"
+    inner = spec["components"][branch["componentRef"]["name"]]["dag"]["tasks"]
+    assert list(inner) == ["deploy"]
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["serving_name"]["defaultValue"] == "" and params["canary_traffic_percent"]["defaultValue"] == 100
+    assert params["serving_gpu"]["defaultValue"] is False
+    mounts = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]["exec-deploy"]["pvcMount"]
+    assert [(m["constant"], m["mountPath"]) for m in mounts] == [(cluster.PVC_NAME, cluster.DATA_MOUNT_PATH)]
+
+
+def test_deploy_champion_needs_the_export_and_reads_the_model_revision(kube, tmp_path):
+    from pcam.deploy import deploy_champion
+    from pcam.errors import DataError
+
+    champion = tmp_path / "champion"
+    champion.mkdir()
+    (champion / "champion.json").write_text(json.dumps({"model_sha256": "c" * 64}))
+    promoted = json.dumps({"promoted": True})
+    with pytest.raises(DataError, match="no SavedModel export"):
+        deploy_champion(promoted, str(champion), "pcam-champion", api_client=api_client(kube))
+    assert not kube.requests
+    (champion / "serving" / "1").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="cannot fetch"):  # a local path off the shared volume
+        deploy_champion(promoted, str(champion), "pcam-champion", api_client=api_client(kube))
+    assert deploy_champion(json.dumps({"promoted": False}), str(champion), "x")["deployed"] is False
+    from pcam.deploy import _champion_revision
+
+    assert _champion_revision(str(champion)) == "c" * 64
