@@ -30,6 +30,7 @@ BENCHES = {
     "encoding": "bench.encoding_bench",
     "startup": "bench.startup_bench",
     "demo": "bench.demo_bench",
+    "serve": "bench.serve_bench",
 }
 QUICK_DEFAULT_SKIP = ("demo",)
 """The demo is minutes long whatever the size: not part of --quick."""
