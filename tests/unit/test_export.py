@@ -2,50 +2,25 @@
 
 from __future__ import annotations
 
-import io
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from pcam.config import EvaluateConfig, ModelConfig
+from pcam.config import EvaluateConfig
 from pcam.errors import ConfigError, DataError
+from tests.fixtures_serving import png, real_jpegs
 
 VIEWS = EvaluateConfig().tta_views
 REPO = Path(__file__).resolve().parents[2]
 
 
-def real_jpegs(pcam_sample: Path, per_class: int = 20) -> tuple[list[bytes], np.ndarray]:
-    """Encoded JPEG bytes of real valid patches, and their pixels as Pillow (and so `pcam ingest`) reads them."""
-    files = [f for label in (0, 1) for f in sorted((pcam_sample / "valid" / str(label)).glob("*.jpg"))[:per_class]]
-    return [f.read_bytes() for f in files], np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
-
-
-def png(pixels: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, "PNG")
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
-def cnn_dir(tmp_path_factory) -> Path:
-    """The study's CNN (untrained, seeded), saved as a model directory like the train step's."""
-    from pcam.models import build_model
-
-    out = tmp_path_factory.mktemp("cnn")
-    build_model("cnn", ModelConfig(), seed=3).save(out / "model.keras")
-    return out
-
-
-@pytest.fixture(scope="module")
-def exported(cnn_dir, tmp_path_factory) -> Path:
-    from pcam.export import export_serving
-
-    serving = tmp_path_factory.mktemp("champion") / "serving"
-    return Path(export_serving(cnn_dir, serving, VIEWS))
+def exported(cnn_champion) -> Path:
+    return cnn_champion / "serving" / "1"
 
 
 def test_layout_is_what_tf_serving_loads(exported):
@@ -62,13 +37,13 @@ def test_layout_is_what_tf_serving_loads(exported):
     assert not {o for o in meta["ops"] if o.startswith("Decode")} - {"DecodePng", "DecodeJpeg"}
 
 
-def test_savedmodel_equals_keras_tta_on_real_patches(exported, cnn_dir, pcam_sample):
+def test_savedmodel_equals_keras_tta_on_real_patches(exported, cnn_model_dir, pcam_sample):
     import tensorflow as tf
 
     from pcam.evaluate import load_model, predict_views
 
     jpegs, pixels = real_jpegs(pcam_sample)
-    probs = predict_views(load_model(cnn_dir), pixels, VIEWS, progress=False)  # (V, N), identity first
+    probs = predict_views(load_model(cnn_model_dir), pixels, VIEWS, progress=False)  # (V, N), identity first
     serve = tf.saved_model.load(str(exported)).signatures["serving_default"]
     for encoded in (jpegs, [png(p) for p in pixels]):
         out = serve(image_bytes=tf.constant(encoded))
@@ -90,13 +65,15 @@ def test_signature_rejects_other_encodings_and_sizes(exported, pcam_sample):
         serve(image_bytes=tf.constant([png(pixels[0][:64, :64])]))
 
 
-def test_second_export_is_a_new_version_and_views_are_checked(exported, cnn_dir):
-    from pcam.export import export_serving, latest_version
+def test_second_export_is_a_new_version_and_views_are_checked(exported, cnn_model_dir, tmp_path):
+    from pcam.export import export_serving, latest_version, read_meta
 
-    second = export_serving(cnn_dir, exported.parent, ("identity", "hflip"))
-    assert Path(second).name == "2" and latest_version(exported.parent) == Path(second)
+    shutil.copytree(exported, tmp_path / "serving" / "1")  # the shared champion stays as it is
+    second = export_serving(cnn_model_dir, tmp_path / "serving", ("identity", "hflip"))
+    assert Path(second).name == "2" and latest_version(tmp_path / "serving") == Path(second)
+    assert read_meta(second)["views"] == ["identity", "hflip"]
     with pytest.raises(ConfigError, match="unknown TTA view 'sideways'"):
-        export_serving(cnn_dir, exported.parent, ("identity", "sideways"))
+        export_serving(cnn_model_dir, tmp_path / "serving", ("identity", "sideways"))
 
 
 def test_unreadable_model_leaves_no_version_folder(tmp_path):

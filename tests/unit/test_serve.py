@@ -23,8 +23,8 @@ import pytest
 import requests
 from PIL import Image
 
-from pcam.config import EvaluateConfig, ModelConfig
-from tests.unit.test_export import png, real_jpegs
+from pcam.config import EvaluateConfig
+from tests.fixtures_serving import png, real_jpegs
 
 VIEWS = EvaluateConfig().tta_views
 REPO = Path(__file__).resolve().parents[2]
@@ -38,16 +38,9 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def model_dirs(tmp_path_factory) -> tuple[Path, Path]:
-    """(Keras model dir, champion-like folder holding serving/1) for the study's CNN, seeded."""
-    from pcam.export import export_serving
-    from pcam.models import build_model
-
-    keras_dir = tmp_path_factory.mktemp("cnn")
-    build_model("cnn", ModelConfig(), seed=5).save(keras_dir / "model.keras")
-    champion = tmp_path_factory.mktemp("champion")
-    export_serving(keras_dir, champion / "serving", VIEWS)
-    return keras_dir, champion
+def model_dirs(cnn_model_dir, cnn_champion) -> tuple[Path, Path]:
+    """(Keras model dir, champion-like folder holding serving/1) of the same model."""
+    return cnn_model_dir, cnn_champion
 
 
 @pytest.fixture(scope="module")
@@ -62,14 +55,14 @@ def reference(model_dirs, pcam_sample):
 @pytest.fixture(scope="module")
 def server(model_dirs):
     port = free_port()
-    log = open(model_dirs[1] / "serve.log", "w")  # noqa: SIM115 - closed at teardown
+    log = open(model_dirs[1].parent / "serve.log", "w")  # noqa: SIM115 - closed at teardown
     proc = subprocess.Popen([sys.executable, "-m", "pcam.cli", "serve", "--model", str(model_dirs[1]),
                              "--host", "127.0.0.1", "--port", str(port), "--max-body-mb", str(MAX_BODY_MB), "--grace-seconds", "90"],
                             stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ})
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
-        assert proc.poll() is None, (model_dirs[1] / "serve.log").read_text()[-3000:]
+        assert proc.poll() is None, (model_dirs[1].parent / "serve.log").read_text()[-3000:]
         try:
             if requests.get(url + "/v2/health/ready", timeout=2).status_code == 200:
                 break
