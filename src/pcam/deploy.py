@@ -9,9 +9,10 @@ loads what TensorFlow 2.21 exports, an optional GPU, and the canary traffic perc
 updates), waits until KServe reports it Ready for this generation, and returns its URL.
 
 Why ``runtimeVersion`` :data:`TF_SERVING_VERSION`: KServe's default ``tensorflow/serving:2.6.2``
-predates ops our export contains (``DisableCopyOnRead``, which TensorFlow writes into
-every SavedModel's restore function since 2.14, among them), so it cannot load the
-model. The exported graph otherwise uses long-standing core ops only (``pcam.json`` in
+predates ops our export contains (``DisableCopyOnRead``, which TensorFlow 2.21 writes
+into every SavedModel's variable-restore function and which TF 2.6 does not register),
+so it cannot load the model; 2.18.0 is a recent TF Serving release (an exact match for
+2.21 was not confirmed from here). The exported graph otherwise uses long-standing core ops only (``pcam.json`` in
 each version folder lists them). Not run here: no cluster or TF Serving image is
 reachable from this machine (docs/cluster.md).
 
