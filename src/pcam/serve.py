@@ -18,10 +18,11 @@ v1 (``POST /v1/models/<name>:predict``, ``Content-Type: application/json``)::
 
 ``{"image_bytes": {"b64": ...}}`` per instance (TF Serving's named form) works too.
 
-v2 (``POST /v2/models/<name>/infer``): one input, ``datatype`` ``BYTES``, shape ``[N]``,
-``data`` a list of base64 strings (JSON), or raw bytes with the binary-tensor extension
-(``application/octet-stream`` + ``Inference-Header-Content-Length``). Outputs
-``probability`` and ``single_probability``, FP32 ``[N]``.
+v2 (``POST /v2/models/<name>/infer``, JSON): one input, ``datatype`` ``BYTES``, shape
+``[N]``, ``data`` a list of base64 strings. Outputs ``probability`` and
+``single_probability``, FP32 ``[N]``. Not the binary-tensor extension: kserve 0.21
+decodes BYTES elements as UTF-8 text, which image bytes are not (it answers 500), so
+this server accepts JSON only and says so with a 400.
 
 Health: ``GET /`` and ``/v2/health/live`` (live), ``/v2/health/ready``,
 ``/v1/models/<name>`` and ``/v2/models/<name>/ready`` (ready once the model is loaded
@@ -243,8 +244,7 @@ def build_server(version_dir: Path, *, name: str = DEFAULT_NAME, resize: bool = 
                 tensor = payload.inputs[0]
                 if tensor.datatype != "BYTES":
                     raise BadRequest(f"input {tensor.name!r}: datatype must be BYTES, got {tensor.datatype}")
-                items = tensor.as_numpy().reshape(-1).tolist() if tensor._raw_data is not None else tensor.data
-                return [b64_blob(x, i) for i, x in enumerate(items or [])], True
+                return [b64_blob(x, i) for i, x in enumerate(tensor.data or [])], True
             if not isinstance(payload, dict) or not isinstance(payload.get("instances"), list):
                 raise BadRequest('expected a JSON object {"instances": [{"b64": "..."}, ...]}')
             return [b64_blob(x, i) for i, x in enumerate(payload["instances"])], False
@@ -293,7 +293,7 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
-        allowed = {"application/json", "application/octet-stream"} if "/v2/" in scope["path"] else {"application/json"}
+        allowed = {"application/json"}
         if ctype and ctype not in allowed:
             return await _json_error(send, 400, f"content type {ctype!r} not accepted here; send "
                                                 f"{' or '.join(sorted(allowed))}")

@@ -134,6 +134,8 @@ def _bad_requests(pixels: np.ndarray) -> dict[str, tuple[str, dict, int, str]]:
                               413, "limit"),
         "wrong content type": ("/v1/models/pcam:predict", {"data": b"instances=1", "headers": {"Content-Type": "text/plain"}},
                                400, "content type"),
+        "v2 binary extension": ("/v2/models/pcam/infer", {"data": b"\x00" * 16, "headers": {
+            "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "8"}}, 400, "content type"),
         "v2 wrong datatype": ("/v2/models/pcam/infer", {"json": {"inputs": [
             {"name": "image_bytes", "shape": [1], "datatype": "FP32", "data": [1.0]}]}}, 400, "BYTES"),
         "unknown model": ("/v1/models/nope:predict", {"json": v1([png(pixels[0])])}, 404, "nope"),
