@@ -383,6 +383,19 @@ def serve(model: str, *, host: str = "0.0.0.0", port: int = DEFAULT_PORT, name: 
         return 0 if server.started else 1
 
 
+def check_port(host: str, port: int) -> None:
+    """Fail fast, before loading anything, when ``host:port`` cannot be bound."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise ConfigError(f"--host {host} --port {port}: cannot listen there ({exc.strerror})") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="champion folder (holding serving/), serving folder or version folder; local or gs://")
@@ -402,6 +415,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not is_remote(args.model):
         resolve_model(args.model)  # a wrong folder fails in a second, before TensorFlow and kserve load
+    check_port(args.host, args.port)
     try:
         with _own_argv():
             import kserve  # noqa: F401

@@ -175,6 +175,19 @@ def test_model_folder_without_savedmodel_is_one_clear_line(model_dirs, tmp_path)
     assert result.stderr.strip().splitlines()[-1].startswith(f"pcam serve: error: {model_dirs[0]}: holds a Keras")
 
 
+def test_port_in_use_is_one_clear_line(model_dirs):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run([sys.executable, "-m", "pcam.cli", "serve", "--model", str(model_dirs[1]),
+                                 "--host", "127.0.0.1", "--port", str(port)],
+                                capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"pcam serve: error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)")
+
+
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(server, reference):
     """Runs last: it stops the module's server."""
     url, proc = server
