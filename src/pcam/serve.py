@@ -29,7 +29,8 @@ Health: ``GET /`` and ``/v2/health/live`` (live), ``/v2/health/ready``,
 and warmed up). SIGTERM/SIGINT: uvicorn stops accepting connections, finishes the
 requests in flight (up to ``--grace-seconds``) and the process exits 0.
 
-Bad requests get a JSON ``{"error": ...}`` and the server keeps serving: 400 for a
+Bad requests get a JSON ``{"error": ...}`` (the body and content-type checks live in
+:mod:`pcam.serve_guard`) and the server keeps serving: 400 for a
 body that is not base64 of a PNG/JPEG, an image that is not 96x96 (unless
 ``--resize``), no instances, a wrong content type; 413 for a body over
 ``--max-body-mb``; 404 (KServe's and TF Serving's answer) for an unknown model name.
@@ -277,75 +278,6 @@ def build_server(version_dir: Path, *, name: str = DEFAULT_NAME, resize: bool = 
     return server, model_server.app
 
 
-class RequestGuard:
-    """ASGI guard in front of kserve's app: content type and body size of POST requests.
-
-    A declared Content-Length over the limit is refused before the body is read; a
-    chunked body is counted as it arrives and refused when it crosses the limit.
-    """
-
-    def __init__(self, app: Any, max_body: int) -> None:
-        self.app = app
-        self.max_body = max_body
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.app(scope, receive, send)
-        headers = dict(scope["headers"])
-        ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
-        allowed = {"application/json"}
-        if ctype and ctype not in allowed:
-            return await _json_error(send, 400, f"content type {ctype!r} not accepted here; send "
-                                                f"{' or '.join(sorted(allowed))}")
-        try:
-            declared = int(headers.get(b"content-length", b"0"))
-        except ValueError:
-            return await _json_error(send, 400, "invalid Content-Length")
-        if declared > self.max_body:
-            return await _json_error(send, 413, f"request body of {declared} bytes exceeds the "
-                                                f"{self.max_body}-byte limit")
-        received = 0
-        started = refused = False
-
-        async def counted_receive() -> dict:
-            nonlocal received, refused
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_body and not refused:
-                    # Answer now and tell the app the client left: it stops reading, and
-                    # whatever it tries to send after that is dropped by watched_send.
-                    refused = True
-                    if not started:
-                        await _json_error(send, 413, f"request body exceeds the {self.max_body}-byte limit")
-                    return {"type": "http.disconnect"}
-            return message
-
-        async def watched_send(message: dict) -> None:
-            nonlocal started
-            if refused:
-                return
-            started = started or message["type"] == "http.response.start"
-            await send(message)
-
-        try:
-            await self.app(scope, counted_receive, watched_send)
-        except Exception:
-            if not refused:
-                raise
-            log.info("refused a chunked body over %d bytes", self.max_body)
-
-
-async def _json_error(send: Any, status: int, message: str) -> None:
-    import json
-
-    body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
-
-
 def serve(model: str, *, host: str = "0.0.0.0", port: int = DEFAULT_PORT, name: str = DEFAULT_NAME,
           resize: bool = False, max_body_mb: float = DEFAULT_MAX_BODY_MB, grace_seconds: int = 20) -> int:
     """Load ``model`` and serve it until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop).
@@ -367,6 +299,8 @@ def serve(model: str, *, host: str = "0.0.0.0", port: int = DEFAULT_PORT, name: 
         version_dir = resolve_model(model, workdir)
         _server, app = build_server(version_dir, name=name, resize=resize)
         import uvicorn
+
+        from pcam.serve_guard import RequestGuard
 
         config = uvicorn.Config(RequestGuard(app, int(max_body_mb * 2**20)), host=host, port=port,
                                 log_config=None, timeout_graceful_shutdown=grace_seconds, loop="asyncio")
