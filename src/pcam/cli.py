@@ -34,8 +34,8 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
     ("evaluate", "pcam.evaluate", "evaluate a model with test-time augmentation"),
     ("report", "pcam.report", "build the comparison report from evaluations"),
     ("promote", "pcam.promote", "replace the champion model only if the candidate wins"),
-    ("serve", "pcam.serve", "serve an exported model over HTTP (KServe v1 and v2 protocols)"),
     ("export", "pcam.export", "export a model as a TF Serving SavedModel (image bytes in, TTA inside)"),
+    ("serve", "pcam.serve", "serve an exported model over HTTP (KServe v1 and v2 protocols)"),
     ("deploy", "pcam.deploy", "create or update the KServe InferenceService serving the champion"),
     ("run", "pcam.study", "run the whole study in-process: ingest to report"),
 )

@@ -129,7 +129,13 @@ class Scorer:
         self.resize = resize
         self.version = self.version_dir.name
         self._tf = tf
-        self._loaded = tf.saved_model.load(str(self.version_dir))
+        from google.protobuf.message import DecodeError
+
+        try:
+            self._loaded = tf.saved_model.load(str(self.version_dir))
+        except (OSError, ValueError, DecodeError, tf.errors.OpError) as exc:
+            raise DataError(f"{self.version_dir}: not a loadable SavedModel ({type(exc).__name__}: "
+                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
         self._signature = self._loaded.signatures[SIGNATURE]
         self._input = INPUT_NAME
 
