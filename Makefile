@@ -33,7 +33,7 @@ INFERENCE_COMPILED := pipelines/compiled/pcam_inference.yaml
 PIPELINE ?= training
 SUBMIT_PACKAGE = $(if $(filter inference,$(PIPELINE)),$(INFERENCE_COMPILED),$(COMPILED))
 
-.PHONY: help setup demo demo-container run test test-fast test-gcs-pipeline lint compile preflight submit schedule images push image-check kind-up kind-test bench bench-real clean
+.PHONY: help setup demo demo-container run test test-fast test-gcs-pipeline lint compile preflight submit schedule images push image-check kind-up kind-test bench bench-real bench-serve serve clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -103,6 +103,12 @@ bench: setup ## Run the benchmarks; prints `name value unit goal` lines
 
 bench-real: setup ## Real-data check: the CNN on pcam-sample/train, AUC on pcam-sample/valid (~30 min)
 	$(BIN)/python -m bench.real_cnn --out bench/out/real-cnn --epochs 14
+
+serve: setup ## Serve a champion locally (KServe v1 + v2): make serve MODEL=runs/demo/champion [PORT=8080]
+	$(PCAM) serve --model $(MODEL) --host 127.0.0.1 --port $(or $(PORT),8080)
+
+bench-serve: setup ## Serving latency/throughput vs in-process, then steady load (STEADY=300 seconds)
+	$(BIN)/python -m bench.serve_bench --steady-seconds $(or $(STEADY),300)
 
 clean: ## Remove build outputs and local runs (keeps .venv)
 	rm -rf runs build dist bench/out pipelines/compiled/*.yaml

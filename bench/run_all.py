@@ -31,6 +31,7 @@ BENCHES = {
     "startup": "bench.startup_bench",
     "demo": "bench.demo_bench",
     "predict": "bench.predict_bench",
+    "serve": "bench.serve_bench",
 }
 QUICK_DEFAULT_SKIP = ("demo",)
 """The demo is minutes long whatever the size: not part of --quick."""

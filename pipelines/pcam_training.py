@@ -28,6 +28,7 @@ from kfp import compiler, dsl, kubernetes
 
 from components import (
     configure,
+    deploy,
     evaluate,
     finetune,
     ingest,
@@ -50,6 +51,8 @@ DEFAULT_PARALLELISM = 4
 RETRIES = {"num_retries": 3, "backoff_duration": "60s", "backoff_factor": 2.0,
            "backoff_max_duration": "3600s"}
 SHM_VOLUME = "dshm"
+DEPLOY_TIMEOUT = 900
+"""Seconds the deploy step waits for the InferenceService to be Ready (image pulls, model load)."""
 
 
 def config_param(cfg: ExperimentConfig) -> str:
@@ -133,7 +136,7 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
     ops = {name: make_component(getattr(module, name), image) for name, module in (
         ("configure", configure), ("select_pairs", select_pairs), ("ingest", ingest), ("split", split),
         ("shard", shard), ("train", train), ("finetune", finetune), ("evaluate", evaluate),
-        ("report", report), ("promote", promote))}
+        ("report", report), ("promote", promote), ("deploy_gate", deploy), ("deploy", deploy))}
     config_yaml_default, d = _paper_defaults()
 
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=pipeline_root)
@@ -155,6 +158,10 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
         target_sensitivity: float = d["target_sensitivity"],
         champion_uri: str = f"{cluster.DATA_MOUNT_PATH}/champion",
         checkpoint_root: str = cluster.CHECKPOINT_ROOT,
+        serving_name: str = "",
+        serving_namespace: str = cluster.NAMESPACE,
+        canary_traffic_percent: int = 100,
+        serving_gpu: bool = False,
     ):
         """Train and compare PCam classifiers over a (model, policy) grid, report, promote the best.
 
@@ -179,6 +186,11 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
             checkpoint_root: Where train/finetune checkpoint every epoch so a retried pod resumes
                 (default: the pcam-data volume; or gs://...): ``<root>/<run id>/<model>-<policy>-<stage>``,
                 deleted once the pair's evaluate succeeds. Empty keeps the config's train.checkpoint_uri.
+            serving_name: KServe InferenceService serving the champion, deployed after each
+                promotion (needs KServe and manifests/serving); empty: no deployment.
+            serving_namespace: Namespace of the InferenceService.
+            canary_traffic_percent: Traffic share of a newly promoted model (100: full rollout).
+            serving_gpu: Serve on one GPU of the GPU node pool.
         """
         cfg = ops["configure"](
             config_yaml=config_yaml, source=source, data_format=data_format, split_mode=split_mode,
@@ -235,6 +247,16 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
         _cpu_step(decision, "2", "8G", cache=False)
         # A local champion_uri lives on the shared volume; a gs:// one ignores the mount.
         kubernetes.mount_pvc(decision, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
+
+        # Serve the new champion: only when promote promoted (and a name is set).
+        gate = _cpu_step(ops["deploy_gate"](decision=decision.outputs["Output"], serving_name=serving_name),
+                         "200m", "256M", cache=False)
+        with dsl.If(gate.output == True, name="promoted"):  # noqa: E712 - a kfp condition, not Python
+            served = _cpu_step(ops["deploy"](
+                decision=decision.outputs["Output"], config_yaml=resolved, serving_name=serving_name,
+                serving_namespace=serving_namespace, canary_traffic_percent=canary_traffic_percent,
+                gpu=serving_gpu, timeout_seconds=DEPLOY_TIMEOUT), "500m", "512M", cache=False)
+            kubernetes.mount_pvc(served, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
 
     return pcam_training
 

@@ -13,7 +13,9 @@
 #   5. inside the image, as its non-root user with no network: pcam --help, the
 #      pcam synth -> ingest -> split -> shard chain, pcam evaluate of a freshly built
 #      Keras model, and the pipeline's ingest component launched the way KFP launches
-#      it (its compiled command + args, executor input JSON, output to /minio/...)
+#      it (its compiled command + args, executor input JSON, output to /minio/...),
+#      and the second entry point: pcam export of that model, then pcam serve answering
+#      one real KServe v1 request on the container's loopback and stopping on SIGTERM
 #
 # Slow (minutes; the first run debootstraps and downloads ~450 MB of wheels); a make
 # target, not a CI test. Writes only under build/. Results: build/image-check/report.txt.
@@ -223,6 +225,40 @@ ls /minio/mlpipeline/pcam-check/ingest/dataset
 test -s /minio/mlpipeline/pcam-check/ingest/dataset/manifest.json
 test -s /tmp/kfp-outputs/executor_output.json
 python3 -c "import json; print(json.load(open('/tmp/kfp-outputs/executor_output.json')))"
+step "second entry point: pcam export + pcam serve (KServe v1) answering one real request on loopback"
+have export
+have serve
+pcam export --model "$w/model" --out "$w/serving" --config "$cfg"
+pcam serve --model "$w/serving" --host 127.0.0.1 --port 8080 >"$w/serve.log" 2>&1 &
+server=$!
+python3 - "$w" <<'PY'
+import base64, io, json, sys, time, urllib.request
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+base = "http://127.0.0.1:8080"
+for _ in range(240):
+    try:
+        if urllib.request.urlopen(base + "/v2/health/ready", timeout=2).status == 200:
+            break
+    except OSError:
+        time.sleep(0.5)
+else:
+    print(Path(sys.argv[1], "serve.log").read_text()[-2000:])
+    raise SystemExit("pcam serve did not become ready")
+buf = io.BytesIO()
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(buf, "PNG")
+body = json.dumps({"instances": [{"b64": base64.b64encode(buf.getvalue()).decode()}]}).encode()
+request = urllib.request.Request(base + "/v1/models/pcam:predict", body, {"Content-Type": "application/json"})
+answer = json.load(urllib.request.urlopen(request, timeout=60))
+p = answer["predictions"][0]["probability"]
+assert 0.0 <= p <= 1.0, answer
+print("v1 predict:", answer)
+PY
+kill -TERM "$server"
+wait "$server"
 step "all checks passed"
 SH
 t0=$SECONDS

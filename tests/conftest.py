@@ -36,4 +36,4 @@ def kaggle_sample(shared_dir: Path) -> Path:
 
 # Session fixtures that build real tiny artifacts (dataset, split, shards, trained
 # models) live in their own plugin modules, one per owner.
-pytest_plugins = ["tests.fixtures_data", "tests.fixtures_shards", "tests.fixtures_predict"]
+pytest_plugins = ["tests.fixtures_data", "tests.fixtures_shards", "tests.fixtures_predict", "tests.fixtures_serving"]

@@ -23,6 +23,8 @@ MANIFESTS = ROOT / "manifests"
 KUSTOMIZATIONS = ["base", "overlays/kind", "overlays/gke", "overlays/gke-b200"]
 # Overlays that target another GPU pool (the pipeline is compiled for it: make compile GPU=...).
 OVERLAY_GPU = {"overlays/gke-b200": "nvidia-b200"}
+# Opt-in extras applied on top of base; each has its own test (serving: tests/unit/test_deploy.py).
+OPT_IN = ["serving"]
 # The oldest and the newest Kubernetes minor we check against: GKE's and kind's
 # supported versions sit in between.
 K8S_VERSIONS = ["1.31.0", "1.37.0"]
@@ -53,7 +55,7 @@ def by_kind(docs: list[dict], kind: str) -> dict:
 
 def test_every_kustomization_dir_is_rendered():
     found = sorted(str(p.parent.relative_to(MANIFESTS)) for p in MANIFESTS.rglob("kustomization.yaml"))
-    assert found == sorted(KUSTOMIZATIONS)
+    assert found == sorted(KUSTOMIZATIONS + OPT_IN)
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
