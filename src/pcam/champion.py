@@ -42,6 +42,7 @@ CHAMPION_FILE = "champion.json"
 MODEL_FILE = "model.keras"
 METRICS_FILE = "metrics.json"
 VERSIONS_DIR = "versions"
+SERVING_DIR = "serving"
 VERSION_MARKER = "version.json"
 KIND = "pcam-champion"
 KEEP_VERSIONS = 3
@@ -82,6 +83,11 @@ def version_uri(uri: str, version: str) -> str:
     return storage.join(uri, VERSIONS_DIR, version)
 
 
+def serving_uri(uri: str, version: str) -> str:
+    """The TF Serving folder of a champion version (what KServe's storageUri names)."""
+    return storage.join(version_uri(uri, version), SERVING_DIR)
+
+
 def champion_files(uri: str, pointer: dict[str, Any] | None) -> tuple[str, str]:
     """(model, metrics) URIs of the current champion (top-level files for the pre-versioning layout)."""
     base = version_uri(uri, pointer["version"]) if pointer and pointer.get("version") else uri
@@ -94,13 +100,23 @@ def legacy_champion(uri: str) -> bool:
     return MODEL_FILE in names or METRICS_FILE in names
 
 
-def upload_version(uri: str, model_file: Path, metrics_file: Path, info: dict[str, Any]) -> str:
-    """Upload a complete version folder (marker last); returns its id. Nothing points at it yet."""
+def upload_version(uri: str, model_file: Path, metrics_file: Path, info: dict[str, Any],
+                   serving_views: tuple[str, ...] | None = None) -> str:
+    """Upload a complete version folder (marker last); returns its id. Nothing points at it yet.
+
+    With ``serving_views`` the version also holds ``serving/1/``: the model as a TF Serving
+    SavedModel with those TTA views in its graph (:func:`pcam.export.export_serving`), the
+    folder a KServe InferenceService serves (``storageUri``).
+    """
     now = dt.datetime.now(dt.timezone.utc)
     version = f"{now:%Y%m%dT%H%M%S}-{str(info.get('model_sha256', ''))[:12]}-{uuid.uuid4().hex[:8]}"
     with tempfile.TemporaryDirectory(prefix="pcam-version-") as tmp:
         shutil.copyfile(model_file, Path(tmp) / MODEL_FILE)  # umask permissions, not the source's
         shutil.copyfile(metrics_file, Path(tmp) / METRICS_FILE)
+        if serving_views:
+            from pcam.export import export_serving
+
+            export_serving(model_file, Path(tmp) / SERVING_DIR, serving_views, version=1)
         write_json(Path(tmp) / VERSION_MARKER, {**info, "version": version})
         storage.upload_tree(tmp, version_uri(uri, version), marker=VERSION_MARKER)
     return version

@@ -29,7 +29,6 @@ import json
 import logging
 import re
 import time
-from pathlib import Path
 from typing import Any
 
 from pcam import cluster
@@ -209,7 +208,6 @@ def deploy(name: str, serving_uri: str, *, namespace: str = cluster.NAMESPACE, c
             "storage_uri": body["spec"]["predictor"]["model"]["storageUri"], "canary_percent": canary_percent}
 
 
-SERVING_DIR = "serving"
 """Sub-folder of the champion location that holds the SavedModel versions (``pcam export --out``)."""
 
 
@@ -222,38 +220,33 @@ def should_deploy(decision_json: str, serving_name: str) -> bool:
     return bool(serving_name) and isinstance(decision, dict) and decision.get("promoted") is True
 
 
-def _champion_revision(champion_uri: str) -> str:
-    """The champion's model sha256 (champion.json) when readable: a new champion, a new revision."""
-    from pcam.fsutil import is_remote
-
-    serving, marker = f"{champion_uri.rstrip('/')}/{SERVING_DIR}", f"{champion_uri.rstrip('/')}/champion.json"
-    if is_remote(champion_uri):
-        import tensorflow as tf
-
-        exists, read = tf.io.gfile.isdir, lambda uri: tf.io.gfile.GFile(uri).read()
-    else:
-        exists, read = (lambda uri: Path(uri).is_dir()), (lambda uri: Path(uri).read_text())
-    if not exists(serving):
-        raise DataError(f"{serving}: no SavedModel export in the champion (promotion writes it with "
-                        f"pcam.export.export_serving; or run `pcam export --model {champion_uri} --out {serving}`)")
-    try:
-        return str(json.loads(read(marker)).get("model_sha256") or "")
-    except (OSError, ValueError, AttributeError):
-        return ""
-
-
 def deploy_champion(decision_json: str, champion_uri: str, name: str, *, namespace: str = cluster.NAMESPACE,
                     canary_percent: int = 100, gpu: bool = False, timeout: float = DEFAULT_TIMEOUT,
                     api_client: Any = None) -> dict[str, Any]:
-    """Deploy ``<champion_uri>/serving`` after a promotion (what the pipeline's deploy step runs).
+    """Deploy the version a promotion just published (what the pipeline's deploy step runs).
 
-    Returns :func:`deploy`'s result, or ``{"deployed": False, "reason": ...}`` when the
-    decision did not promote (the pipeline already skips the step then).
+    Each champion version carries its own ``serving/`` SavedModel (written by promotion),
+    so a new champion is a new ``storageUri``: a new revision, which KServe's canary
+    rollout splits traffic with. Returns :func:`deploy`'s result, or ``{"deployed":
+    False, "reason": ...}`` when the decision did not promote (the pipeline already
+    skips the step then).
     """
     if not should_deploy(decision_json, name):
         return {"deployed": False, "reason": "nothing promoted or no InferenceService name"}
-    revision = _champion_revision(champion_uri)
-    result = deploy(name, f"{champion_uri.rstrip('/')}/{SERVING_DIR}", namespace=namespace,
+    from pcam import champion, storage
+
+    decision = json.loads(decision_json)
+    pointer, _ = champion.read_pointer(champion_uri)
+    if not pointer or not pointer.get("serving"):
+        raise DataError(f"{champion_uri}: the champion has no serving export (promoted by an older pcam?); "
+                        f"run `pcam export --model <model dir> --out <folder>` and `pcam deploy --serving <folder>`")
+    if pointer.get("version") != decision.get("version"):
+        log.warning("%s: the champion moved on since this run promoted (%s, now %s); deploying the current one",
+                    champion_uri, decision.get("version"), pointer.get("version"))
+    if not storage.exists(pointer["serving"]):
+        raise DataError(f"{pointer['serving']}: the champion's serving folder is missing")
+    revision = str(pointer.get("model_sha256") or "")
+    result = deploy(name, pointer["serving"], namespace=namespace,
                     canary_percent=canary_percent, gpu=gpu, revision=revision, timeout=timeout, api_client=api_client)
     return {"deployed": True, "revision": revision, **result}
 

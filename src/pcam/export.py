@@ -127,9 +127,9 @@ def graph_ops(saved_model_dir: str | os.PathLike[str]) -> list[str]:
 def next_version(dest: str) -> int:
     """One more than the highest numbered version folder in ``dest`` (1 when there is none)."""
     if is_remote(dest):
-        import tensorflow as tf
+        from pcam import storage
 
-        names = tf.io.gfile.listdir(dest) if tf.io.gfile.isdir(dest) else []
+        names = storage.list_dir(dest) if storage.exists(dest) else []
     else:
         names = os.listdir(dest) if os.path.isdir(dest) else []
     versions = [int(n.strip("/")) for n in names if n.strip("/").isdigit()]
@@ -167,14 +167,9 @@ def _write_version(model: Any, model_file: Path, views: tuple[str, ...], out: Pa
 
 def _copy_remote(local: Path, target: str) -> None:
     """Upload a version folder; ``saved_model.pb`` last, so a polling server never loads half of it."""
-    import tensorflow as tf
+    from pcam import storage
 
-    files = sorted(p for p in local.rglob("*") if p.is_file())
-    files.sort(key=lambda p: p.name == "saved_model.pb")
-    for path in files:
-        dest = target.rstrip("/") + "/" + path.relative_to(local).as_posix()
-        tf.io.gfile.makedirs(dest.rsplit("/", 1)[0])
-        tf.io.gfile.copy(str(path), dest, overwrite=True)
+    storage.upload_tree(local, target, marker="saved_model.pb")
 
 
 def export_serving(model_path: str | os.PathLike[str], dest: str | os.PathLike[str],
@@ -212,7 +207,7 @@ def export_serving(model_path: str | os.PathLike[str], dest: str | os.PathLike[s
             _copy_remote(local, target)
     else:
         target = str(Path(dest) / str(version))
-        with atomic_dir(target) as tmp:  # a killed export leaves no version folder behind
+        with atomic_dir(target, "savedmodel") as tmp:  # a killed export leaves no version folder behind
             meta = _write_version(model, model_file, views, tmp)
     log.info("exported %s as %s (%d views, %d op types)", model_file, target, len(views), len(meta["ops"]))
     return target

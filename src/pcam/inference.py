@@ -34,27 +34,24 @@ def list_source(uri: str) -> dict[str, Any]:
 
 def _list_gcs(uri: str) -> dict[str, Any]:
     """Top-level entries of a gs:// folder: slides by extension (.tif/.tiff by size), anything else patches."""
-    import tensorflow as tf
-
+    from pcam import storage
     from pcam.ingest import IMAGE_EXTENSIONS
     from pcam.slide import MAX_PATCH_BYTES, SLIDE_EXTENSIONS
 
-    gfile = tf.io.gfile
-    try:
-        if not gfile.isdir(uri):
-            if not gfile.exists(uri):
-                raise DataError(f"{uri}: does not exist")
-            names, base = [uri.rsplit("/", 1)[-1]], uri.rsplit("/", 1)[0]
-        else:
-            names, base = sorted(gfile.listdir(uri)), uri.rstrip("/")
-    except tf.errors.OpError as exc:
-        raise DataError(f"{uri}: cannot list ({str(exc).splitlines()[0]})") from None
-    slides, patches = [], False
-    for name in names:
-        path, suffix = f"{base}/{name.rstrip('/')}", Path(name.rstrip("/")).suffix.lower()
-        if suffix in SLIDE_EXTENSIONS and (suffix not in (".tif", ".tiff") or gfile.stat(path).length > MAX_PATCH_BYTES):
-            slides.append(path)
-        elif name.endswith("/") or suffix in IMAGE_EXTENSIONS or name.endswith((".h5", ".h5.gz", ".csv")):
+    if storage.is_file(uri):
+        base, name = uri.rsplit("/", 1)
+        files, folders = {name: storage.sizes(base).get(name, 0)}, []
+    else:
+        base, files = uri.rstrip("/"), storage.sizes(uri)
+        folders = [n for n in storage.list_dir(uri) if n not in files]
+        if not files and not folders:
+            raise DataError(f"{uri}: does not exist or is empty")
+    slides, patches = [], bool(folders)
+    for name, size in sorted(files.items()):
+        suffix = Path(name).suffix.lower()
+        if suffix in SLIDE_EXTENSIONS and (suffix not in (".tif", ".tiff") or size > MAX_PATCH_BYTES):
+            slides.append(f"{base}/{name}")
+        elif suffix in IMAGE_EXTENSIONS or name.endswith((".h5", ".h5.gz", ".csv")):
             patches = True
     if not slides and not patches:
         raise DataError(f"{uri}: empty folder, nothing to predict")

@@ -38,6 +38,7 @@ from typing import Any
 from pcam import champion as C
 from pcam import storage
 from pcam.champion import CHAMPION_FILE, METRICS_FILE, MODEL_FILE  # noqa: F401 - re-exported
+from pcam.config import EvaluateConfig
 from pcam.errors import ConfigError, DataError
 from pcam.fsutil import file_sha256, read_json, write_json
 from pcam.metrics import METRIC_NAMES
@@ -180,6 +181,7 @@ def promote(
     cfg: Any = None,
     out_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
+    serving: bool = True,
 ) -> dict[str, Any]:
     """Promote the candidate if it strictly beats the champion on ``metric``; returns the decision.
 
@@ -188,7 +190,10 @@ def promote(
     The candidate's metrics.json must name the candidate model's sha256. Concurrent
     promotions are safe: the pointer is swapped only if nobody replaced it since it was
     read; otherwise the new champion is re-read and compared again. ``force`` allows a
-    champion location that already holds other files.
+    champion location that already holds other files. ``serving`` also writes the new
+    version's TF Serving SavedModel (``versions/<id>/serving/1``, the evaluation's TTA
+    views in its graph) before the pointer moves, so whatever deploys the champion
+    finds it complete.
     """
     if not champion_uri:
         raise ConfigError("promote.champion_uri is empty: say where the champion model lives")
@@ -233,11 +238,13 @@ def promote(
                 "candidate_eval_dir": str(eval_dir), "candidate_model_dir": str(model_dir),
             }
             if version is None:
-                version = C.upload_version(champion_uri, model_file, eval_dir / METRICS_FILE, info)
+                views = tuple((cfg.evaluate if cfg is not None else EvaluateConfig()).tta_views) if serving else None
+                version = C.upload_version(champion_uri, model_file, eval_dir / METRICS_FILE, info,
+                                           serving_views=views)
             previous = pointer or {}
             history = [*([previous["version"]] if previous.get("version") else []), *previous.get("history", [])]
             new_pointer = {
-                **info, "version": version,
+                **info, "version": version, "serving": C.serving_uri(champion_uri, version) if serving else None,
                 "replaced": None if pointer is None else {k: previous.get(k) for k in
                                                           ("promoted_at", "score", "model", "policy", "model_sha256",
                                                            "version")},
@@ -269,6 +276,7 @@ def promote(
         "candidate_eval_dir": str(eval_dir),
         "candidate_model_dir": str(model_dir),
         "version": version if committed else None,
+        "serving": C.serving_uri(champion_uri, version) if committed and version and serving else None,
         "attempts": attempt,
         "decided_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -290,6 +298,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="where decision.json goes (default: beside the evaluate directory)")
     parser.add_argument("--force", action="store_true",
                         help="allow a --champion directory that holds other files (they are left alone)")
+    parser.add_argument("--no-serving-export", dest="serving", action="store_false",
+                        help="skip the SavedModel export of a new champion (it then cannot be deployed)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -308,6 +318,6 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError("--eval needs --model (the candidate's model directory)")
         eval_dir, model_dir = Path(args.eval), Path(args.model)
     decision = promote(eval_dir, model_dir, champion, metric, shards_dir=args.shards, cfg=cfg, out_dir=args.out,
-                       force=args.force)
+                       force=args.force, serving=args.serving)
     print(("promoted: " if decision["promoted"] else "not promoted: ") + decision["reason"])
     return 0

@@ -115,8 +115,16 @@ class Predictor:
 def resolve_model_file(model: str, stack: contextlib.ExitStack) -> tuple[Path, Path | None]:
     """(model.keras, its metrics.json or None) for a model dir, .keras file, run dir or champion location.
 
-    A ``gs://`` location is copied to a temporary directory that ``stack`` removes.
+    A ``gs://`` location is copied to a temporary directory that ``stack`` removes. A
+    champion location (``champion.json``) gives its current version, checked against the
+    pointer's sha256 (:func:`pcam.champion.fetch`).
     """
+    from pcam import champion, storage
+
+    if storage.is_file(storage.join(model.removeprefix("file://"), champion.CHAMPION_FILE)):
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pcam-champion-")))
+        champion.fetch(model.removeprefix("file://"), tmp)
+        return tmp / MODEL_FILE, (tmp / METRICS_FILE if (tmp / METRICS_FILE).is_file() else None)
     if model.startswith("gs://"):
         from pcam.ingest import _copy_gcs
 

@@ -76,18 +76,26 @@ class BadRequest(ValueError):
 def resolve_model(model: str, workdir: str | None = None) -> Path:
     """The SavedModel version folder to serve for ``model``.
 
-    ``model`` is a version folder (holds saved_model.pb), a serving folder (numbered
-    versions: the highest is served, as TF Serving does), or a champion folder holding
+    ``model`` is a champion location (its ``champion.json`` names the current version's
+    serving folder), a version folder (holds saved_model.pb), a serving folder (numbered
+    versions: the highest is served, as TF Serving does), or a folder holding
     ``serving/``; local or gs:// (a remote one is copied to ``workdir`` first).
     """
+    from pcam import champion, storage
     from pcam.export import latest_version
-    from pcam.fsutil import is_remote
 
-    if is_remote(model):
-        return _download(model, Path(workdir or tempfile.mkdtemp(prefix="pcam-serve-")))
-    path = Path(model.removeprefix("file://")).expanduser()
-    if (path / "serving").is_dir() and not (path / "saved_model.pb").is_file():
-        path = path / "serving"
+    uri = model.removeprefix("file://")
+    if storage.is_file(storage.join(uri, champion.CHAMPION_FILE)):
+        pointer, _ = champion.read_pointer(uri)
+        if not pointer or not pointer.get("serving"):
+            raise DataError(f"{uri}: the champion has no serving export (promoted with --no-serving-export or by "
+                            "an older pcam); run `pcam export` on its model and serve that folder")
+        uri = pointer["serving"]
+    elif not storage.is_file(storage.join(uri, "saved_model.pb")) and storage.exists(storage.join(uri, "serving")):
+        uri = storage.join(uri, "serving")
+    if storage.is_gcs(uri):
+        return _download(uri, Path(workdir or tempfile.mkdtemp(prefix="pcam-serve-")))
+    path = Path(uri).expanduser()
     if not path.exists():
         raise DataError(f"{path}: no such model folder")
     if (path / "model.keras").is_file() and not any(p.name.isdigit() for p in path.iterdir()):
@@ -97,21 +105,15 @@ def resolve_model(model: str, workdir: str | None = None) -> Path:
 
 
 def _download(uri: str, workdir: Path) -> Path:
-    import tensorflow as tf
+    """Copy the highest numbered version of a gs:// serving folder (or the version folder given) to ``workdir``."""
+    from pcam import storage
 
-    root = uri.rstrip("/")
-    if tf.io.gfile.isdir(root + "/serving"):
-        root += "/serving"
-    versions = sorted(int(n.strip("/")) for n in tf.io.gfile.listdir(root) if n.strip("/").isdigit())
+    if storage.is_file(storage.join(uri, "saved_model.pb")):
+        return storage.download_tree(uri, workdir / "1")
+    versions = sorted(int(n.strip("/")) for n in storage.list_dir(uri) if n.strip("/").isdigit())
     if not versions:
-        raise DataError(f"{root}: no numbered version folder")
-    src, dest = f"{root}/{versions[-1]}", workdir / str(versions[-1])
-    for folder, _, files in tf.io.gfile.walk(src):
-        rel = folder[len(src):].strip("/")
-        (dest / rel).mkdir(parents=True, exist_ok=True)
-        for name in files:
-            tf.io.gfile.copy(f"{folder.rstrip('/')}/{name}", str(dest / rel / name), overwrite=True)
-    return dest
+        raise DataError(f"{uri}: no numbered version folder")
+    return storage.download_tree(storage.join(uri, str(versions[-1])), workdir / str(versions[-1]))
 
 
 # ---------------------------------------------------------------- scoring

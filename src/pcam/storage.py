@@ -235,6 +235,16 @@ def list_dir(uri: str) -> list[str]:
     return sorted(n for n in names if n)
 
 
+def sizes(uri: str) -> dict[str, int]:
+    """{name: bytes} of the files directly under ``uri`` (sub-folders are left out)."""
+    if not is_gcs(uri):
+        path = local(uri)
+        return {p.name: p.stat().st_size for p in path.iterdir() if p.is_file()} if path.is_dir() else {}
+    key = split_gcs(uri)[1]
+    cut = len(key) + 1 if key else 0
+    return {b.name[cut:]: int(b.size or 0) for b in _list(uri, "/")[0] if b.name[cut:]}
+
+
 def walk(uri: str) -> list[str]:
     """Every file under ``uri``, as sorted ``/``-separated paths relative to it."""
     if not is_gcs(uri):

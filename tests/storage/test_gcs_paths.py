@@ -175,10 +175,10 @@ def test_server_stopped_mid_promotion_keeps_the_old_champion(faulty_gcs, tmp_pat
     uri = f"{bucket}/champion"
     old = _candidate(tmp_path, "old", 0.6)
     new = _candidate(tmp_path, "new", 0.9, size=3 << 20)
-    assert P.promote(old / "evaluate", old / "train", uri, out_dir=tmp_path / "d1")["promoted"]
+    assert P.promote(old / "evaluate", old / "train", uri, out_dir=tmp_path / "d1", serving=False)["promoted"]
     proxy.on_body_bytes = (1 << 20, server.stop)  # the server dies 1 MiB into the new model's upload
     with pytest.raises(DataError, match=rf"^{uri}/versions/.*/model.keras: upload failed after retrying for 3 s"):
-        P.promote(new / "evaluate", new / "train", uri, out_dir=tmp_path / "d2")
+        P.promote(new / "evaluate", new / "train", uri, out_dir=tmp_path / "d2", serving=False)
     server.start()
     pointer = C.fetch(uri, tmp_path / "reader")
     assert pointer["model"] == "old"  # one complete champion: the old one
@@ -187,7 +187,7 @@ def test_server_stopped_mid_promotion_keeps_the_old_champion(faulty_gcs, tmp_pat
     partial = [v for v in storage.list_dir(f"{uri}/versions") if v != pointer["version"]]
     assert len(partial) == 1 and "version.json" not in storage.list_dir(f"{uri}/versions/{partial[0]}")
     proxy.faults = [503, 503, 502, 429]  # a burst of transient errors is retried through
-    assert P.promote(new / "evaluate", new / "train", uri, out_dir=tmp_path / "d3")["promoted"]
+    assert P.promote(new / "evaluate", new / "train", uri, out_dir=tmp_path / "d3", serving=False)["promoted"]
     assert C.fetch(uri, tmp_path / "reader")["model"] == "new"
 
 
@@ -196,7 +196,8 @@ def test_promotion_to_a_missing_bucket_or_forbidden_is_one_line(faulty_gcs, tmp_
 
     _, proxy, bucket = faulty_gcs
     cand = _candidate(tmp_path, "c", 0.7)
-    args = ["promote", "--eval", str(cand / "evaluate"), "--model", str(cand / "train"), "--out", str(tmp_path / "d")]
+    args = ["promote", "--eval", str(cand / "evaluate"), "--model", str(cand / "train"), "--out", str(tmp_path / "d"),
+            "--no-serving-export"]
     assert main([*args, "--champion", "gs://pcam-no-such-bucket/champion"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "gs://pcam-no-such-bucket/champion: bucket gs://pcam-no-such-bucket " \

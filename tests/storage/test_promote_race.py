@@ -67,7 +67,7 @@ def _race(uri: str, tmp_path: Path, rounds: int, racers: int, promote_all) -> No
     scores = random.Random(7).sample(range(1, 1000), rounds * racers)  # all distinct: one right answer
     best: tuple[float, Path] | None = None
     first = _candidate(tmp_path / "c", "seed", 0.0)
-    assert P.promote(first / "evaluate", first / "train", uri, out_dir=tmp_path / "d0")["promoted"]
+    assert P.promote(first / "evaluate", first / "train", uri, out_dir=tmp_path / "d0", serving=False)["promoted"]
     reader = Reader(uri, tmp_path / "reader")
     reader.start()
     try:
@@ -96,7 +96,7 @@ def test_threads_racing(kind, request, tmp_path):
     def promote_all(runs):
         with ThreadPoolExecutor(len(runs)) as pool:
             list(pool.map(lambda run: P.promote(run / "evaluate", run / "train", uri,
-                                                out_dir=run / "decision"), runs))
+                                                out_dir=run / "decision", serving=False), runs))
 
     _race(uri, tmp_path, rounds=12, racers=3, promote_all=promote_all)
 
@@ -111,7 +111,7 @@ go = pathlib.Path(sys.argv[1])
 while not go.exists():
     time.sleep(0.001)
 sys.exit(main(["promote", "--eval", sys.argv[3], "--model", sys.argv[4], "--champion", sys.argv[2],
-               "--out", sys.argv[5]]))
+               "--out", sys.argv[5], "--no-serving-export"]))
 """
 
 
@@ -145,7 +145,7 @@ def test_a_promotion_that_loses_the_swap_compares_again(kind, other_wins, reques
     seed = _candidate(tmp_path / "c", "seed", 0.5)
     a = _candidate(tmp_path / "c", "a", 0.7)
     b = _candidate(tmp_path / "c", "b", 0.9 if other_wins else 0.6)
-    P.promote(seed / "evaluate", seed / "train", uri, out_dir=tmp_path / "d0")
+    P.promote(seed / "evaluate", seed / "train", uri, out_dir=tmp_path / "d0", serving=False)
     upload = C.upload_version
     interleaved = []
 
@@ -153,11 +153,11 @@ def test_a_promotion_that_loses_the_swap_compares_again(kind, other_wins, reques
         version = upload(*args, **kwargs)
         if not interleaved:
             interleaved.append(None)  # B's own upload goes straight through
-            interleaved[0] = P.promote(b / "evaluate", b / "train", uri, out_dir=tmp_path / "db")
+            interleaved[0] = P.promote(b / "evaluate", b / "train", uri, out_dir=tmp_path / "db", serving=False)
         return version
 
     monkeypatch.setattr(C, "upload_version", upload_then_b_publishes)
-    decision = P.promote(a / "evaluate", a / "train", uri, out_dir=tmp_path / "da")
+    decision = P.promote(a / "evaluate", a / "train", uri, out_dir=tmp_path / "da", serving=False)
     assert interleaved[0]["promoted"] is True  # B beat the seed, and published first
     assert decision["attempts"] == 2  # A's swap failed on the generation: it re-read and compared again
     pointer, _ = C.read_pointer(uri)

@@ -334,15 +334,18 @@ def test_deploy_champion_needs_the_export_and_reads_the_model_revision(kube, tmp
 
     champion = tmp_path / "champion"
     champion.mkdir()
-    (champion / "champion.json").write_text(json.dumps({"model_sha256": "c" * 64}))
-    promoted = json.dumps({"promoted": True})
-    with pytest.raises(DataError, match="no SavedModel export"):
+    (champion / "champion.json").write_text(json.dumps({"model_sha256": "c" * 64, "version": "v1"}))
+    promoted = json.dumps({"promoted": True, "version": "v1"})
+    with pytest.raises(DataError, match="no serving export"):
         deploy_champion(promoted, str(champion), "pcam-champion", api_client=api_client(kube))
-    assert not kube.requests
-    (champion / "serving" / "1").mkdir(parents=True)
+    serving = champion / "versions" / "v1" / "serving"
+    (champion / "champion.json").write_text(json.dumps({"model_sha256": "c" * 64, "version": "v1",
+                                                        "serving": str(serving)}))
+    with pytest.raises(DataError, match="serving folder is missing"):
+        deploy_champion(promoted, str(champion), "pcam-champion", api_client=api_client(kube))
+    (serving / "1").mkdir(parents=True)
+    (serving / "1" / "saved_model.pb").write_bytes(b"x")
     with pytest.raises(ConfigError, match="cannot fetch"):  # a local path off the shared volume
         deploy_champion(promoted, str(champion), "pcam-champion", api_client=api_client(kube))
+    assert not kube.requests
     assert deploy_champion(json.dumps({"promoted": False}), str(champion), "x")["deployed"] is False
-    from pcam.deploy import _champion_revision
-
-    assert _champion_revision(str(champion)) == "c" * 64

@@ -104,6 +104,30 @@ def test_v1_predict_equals_keras_tta_on_real_patches(server, reference):
     assert probs.mean(axis=0).std() > 1e-3  # the scores differ, so the equality above means something
 
 
+def test_server_answers_equal_pcam_predict(server, model_dirs, pcam_sample, tmp_path):
+    """The two ways to apply the champion agree: `pcam predict` on files and the server on their bytes."""
+    import csv
+
+    from pcam.cli import main
+
+    url, _ = server
+    jpegs, _ = real_jpegs(pcam_sample, per_class=8)
+    folder = tmp_path / "patches"
+    folder.mkdir()
+    for i, data in enumerate(jpegs):
+        (folder / f"p{i:02d}.jpg").write_bytes(data)
+    assert main(["predict", "--model", str(model_dirs[0]), "--input", str(folder), "--out", str(tmp_path / "pred"),
+                 "--views", str(len(VIEWS)), "--no-progress"]) == 0
+    with open(tmp_path / "pred" / "predictions.csv") as handle:
+        rows = {Path(r["id"]).stem: r for r in csv.DictReader(handle)}
+    answer = post(url, "/v1/models/pcam:predict", json=v1(jpegs))
+    assert answer.status_code == 200, answer.text
+    for i, served in enumerate(answer.json()["predictions"]):
+        row = rows[f"p{i:02d}"]
+        assert float(row["probability"]) == pytest.approx(served["probability"], abs=1e-5)
+        assert float(row["single_probability"]) == pytest.approx(served["single_probability"], abs=1e-5)
+
+
 def test_v2_infer_equals_keras_tta(server, reference):
     url, _ = server
     jpegs, _, probs = reference
