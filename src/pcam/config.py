@@ -24,7 +24,8 @@ MODEL_NAMES = ("logreg", "cnn", "mobilenetv2", "resnet50")
 TRANSFER_MODELS = ("mobilenetv2", "resnet50")
 POLICY_NAMES = ("constant", "onecycle", "plateau")
 FORMATS = ("auto", "hdf5", "kaggle", "folders", "synthetic")
-TTA_VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose")
+TTA_VIEW_NAMES = ("identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse")
+"""The 8 symmetries of a square (the dihedral group D4): ``transverse`` mirrors about the anti-diagonal."""
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,11 @@ class AugmentConfig:
     """Materialised augmented copies per training image written into the shards (0 = originals only)."""
     online: bool = True
     """Augment training batches on the fly in tf.data."""
+    # issue 16: stain augmentation in HED space (Tellez et al. 2018), off by default.
+    hed: float = 0.0
+    """Per-image factor in ``[1 - hed, 1 + hed]`` on each stain (haematoxylin, eosin, DAB) density (0 = off)."""
+    hed_shift: float = 0.0
+    """Per-image shift in ``±hed_shift`` added to each stain density (optical-density units, as skimage's rgb2hed)."""
 
 
 @dataclass(frozen=True)
@@ -111,6 +117,13 @@ class ModelConfig:
     """Input size the network sees after in-model resizing (0 = the model's default)."""
     finetune_epochs: int = 0
     finetune_learning_rate: float = 1e-5
+    # issue 16: the CNN's shape and the loss, for the real-data recipe (configs/sample.yaml).
+    cnn_filters: tuple[int, ...] = (16, 32, 64, 128, 256)
+    """Filters of the CNN's conv blocks (each: 3x3 conv, BatchNorm, ReLU, 2x2 max-pool)."""
+    cnn_head: str = "dense"
+    """``dense`` (the study's: flatten, 512, 128) or ``gap`` (global average pooling, then the sigmoid unit)."""
+    label_smoothing: float = 0.0
+    """Binary cross-entropy label smoothing: targets become ``y * (1 - s) + s / 2``."""
 
 
 @dataclass(frozen=True)
@@ -270,6 +283,11 @@ def _validate(obj: Any, prefix: str) -> None:
         _require(0 < obj.bn_momentum < 1, p + "bn_momentum", "must be in (0, 1)")
         _require(obj.optimizer in ("adam", "sgd"), p + "optimizer", f"must be adam or sgd, got {obj.optimizer!r}")
         _require(obj.image_size >= 0, p + "image_size", "must be >= 0")
+        _require(len(obj.cnn_filters) > 0 and all(f > 0 for f in obj.cnn_filters), p + "cnn_filters",
+                 "must be a non-empty list of positive integers")
+        _require(len(obj.cnn_filters) <= 6, p + "cnn_filters", "at most 6 blocks (each halves the 96-px input)")
+        _require(obj.cnn_head in ("dense", "gap"), p + "cnn_head", f"must be dense or gap, got {obj.cnn_head!r}")
+        _require(0 <= obj.label_smoothing < 1, p + "label_smoothing", "must be in [0, 1)")
     elif isinstance(obj, DataConfig):
         _require(obj.format in FORMATS, p + "format", f"must be one of {', '.join(FORMATS)}, got {obj.format!r}")
         _require(obj.limit_per_split >= 0, p + "limit_per_split", "must be >= 0")
@@ -280,6 +298,8 @@ def _validate(obj: Any, prefix: str) -> None:
     elif isinstance(obj, AugmentConfig):
         _require(0 <= obj.noise <= 1, p + "noise", "must be in [0, 1]")
         _require(obj.copies >= 0, p + "copies", "must be >= 0")
+        _require(0 <= obj.hed < 1, p + "hed", "must be in [0, 1)")
+        _require(0 <= obj.hed_shift <= 1, p + "hed_shift", "must be in [0, 1]")
     elif isinstance(obj, ShardConfig):
         _require(obj.records_per_shard > 0, p + "records_per_shard", "must be > 0")
         _require(obj.encoding in ("raw", "png"), p + "encoding", f"must be raw or png, got {obj.encoding!r}")
