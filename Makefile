@@ -80,8 +80,8 @@ kind-test: setup ## Run the demo pipeline on the kind cluster (needs Docker)
 bench: setup ## Run the benchmarks; prints `name value unit goal` lines
 	$(BIN)/python -m bench.run_all
 
-bench-real: setup ## Real-data check: the CNN on pcam-sample/train, AUC on pcam-sample/valid (~30 min)
-	$(BIN)/python -m bench.real_cnn --out bench/out/real-cnn --epochs 14
+bench-real: setup ## Real-data figure through the product path: configs/sample.yaml and the study recipe, AUC on pcam-sample/valid
+	$(BIN)/python -m bench.real_cnn --out bench/out/real-sample
 
 clean: ## Remove build outputs and local runs (keeps .venv)
 	rm -rf runs build dist bench/out pipelines/compiled/*.yaml
