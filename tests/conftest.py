@@ -40,11 +40,21 @@ def _count(root: Path) -> int:
         return sum(1 for _ in handle) - 1
 
 
-def pytest_report_header(config: pytest.Config) -> str:
+def data_source_line() -> str:
+    """Which real data this run reads: printed in the header and again after the results."""
     if shared_available():
         return f"real data: PCAM_SHARED={_shared()} (pcam-sample: {_count(_shared()):,} patches)"
-    return (f"real data: {FIXTURE_ZIP.relative_to(REPO)} (committed fixture); "
+    return (f"real data: {FIXTURE_ZIP.relative_to(REPO)} (committed fixture, 340 patches); "
             f"PCAM_SHARED={_shared()} has no pcam-sample/labels.csv")
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return data_source_line()
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    # `pytest -q` (make test) hides the header; this line is printed whatever the verbosity.
+    terminalreporter.write_line(data_source_line())
 
 
 @pytest.fixture(scope="session")
