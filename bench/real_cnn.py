@@ -2,6 +2,7 @@
 
     python -m bench.real_cnn                                  # configs/sample.yaml and the study's recipe
     python -m bench.real_cnn --variant sample                 # only configs/sample.yaml
+    python -m bench.real_cnn --set defaults.epochs=2           # a reduced budget (not the shipped recipe)
 
 Each variant is ``configs/sample.yaml`` run by :func:`pcam.study.run_study` (ingest,
 split, shard, train, evaluate, report: what ``pcam run --config configs/sample.yaml``
@@ -28,6 +29,8 @@ import resource
 import time
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from bench.common import OUT, REPO, Figure, loadavg, quiet_tf, sample_dir
 
@@ -81,11 +84,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", choices=sorted(VARIANTS), action="append",
                         help="sample and/or study (default: both)")
     parser.add_argument("--out", type=Path, default=OUT / "real-sample")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra dotted override for both variants, value in YAML (a reduced-budget check: "
+                             "--set defaults.epochs=2 --set data.limit_per_split=10000)")
     args = parser.parse_args(argv)
+    extra = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        extra[key] = yaml.safe_load(value)
     quiet_tf()
     figures = []
     for name in args.variant or ["sample", "study"]:
-        figures += run_variant(name, args.config, args.out)
+        figures += run_variant(name, args.config, args.out, extra)
     for figure in figures:
         print(figure.line())
     return 0
