@@ -101,8 +101,8 @@ kind-test: setup ## Run the demo pipeline on the kind cluster (needs Docker)
 bench: setup ## Run the benchmarks; prints `name value unit goal` lines
 	$(BIN)/python -m bench.run_all
 
-bench-real: setup ## Real-data check: the CNN on pcam-sample/train, AUC on pcam-sample/valid (~30 min)
-	$(BIN)/python -m bench.real_cnn --out bench/out/real-cnn --epochs 14
+bench-real: setup ## Real-data figure through the product path: configs/sample.yaml and the study recipe, AUC on pcam-sample/valid
+	$(BIN)/python -m bench.real_cnn --out bench/out/real-sample
 
 serve: setup ## Serve a champion locally (KServe v1 + v2): make serve MODEL=runs/demo/champion [PORT=8080]
 	$(PCAM) serve --model $(MODEL) --host 127.0.0.1 --port $(or $(PORT),8080)

@@ -2,10 +2,11 @@
 
 Session-scoped and fast (about a second in all); other steps' tests build on them:
 
-* ``tiny_dataset``: canonical dataset of 320 real patches from ``pcam-sample``
+* ``tiny_dataset``: canonical dataset of 320 real patches from ``pcam-sample`` (the
+  full sample under ``$PCAM_SHARED``, or the committed fixture: see tests/conftest.py)
   (160 from train + 160 from valid, half of each label).
-* ``tiny_split``: ``official`` split of it: train and valid from the source splits,
-  test carved out of source train (all three non-empty with both labels).
+* ``tiny_split``: ``official`` split of it: test is the source's valid split (other
+  slides), valid is carved out of source train (all three non-empty with both labels).
 * ``synthetic_h5_dir``: synthetic PCam in the official HDF5 layout (96/32/32 patches).
 * ``synthetic_dataset``: that directory ingested (slide ids known).
 * ``http_server``: a local HTTP server (127.0.0.1, a thread) serving bytes you give it,
@@ -39,7 +40,7 @@ def ingest_sample(pcam_sample: Path, factory: pytest.TempPathFactory, limit: int
 
 
 def official_split(dataset: Path, factory: pytest.TempPathFactory, name: str) -> Path:
-    """``official`` split of ``dataset`` (test carved out of source train)."""
+    """``official`` split of ``dataset`` (test = source valid; valid carved out of source train)."""
     out = factory.mktemp(name) / name
     split_dataset(dataset, out, mode="official", ratios=(0.7, 0.2, 0.1), seed=0)
     return out

@@ -3,7 +3,8 @@
 What: horizontal flip, vertical flip, rotation by a multiple of 90 degrees (never an
 arbitrary angle: that would interpolate pixels and cut the corners of a 96x96 patch
 whose label is about its centre), uniform noise of amplitude ``noise * 255``, and an
-optional colour jitter (brightness, contrast, saturation, hue), each switched by
+optional colour jitter (brightness, contrast, saturation, hue) and an optional stain
+jitter in HED space (:func:`hed_jitter`), each switched by
 :class:`pcam.config.AugmentConfig`.
 
 How: every function takes a batch ``(B, 96, 96, 3)`` of uint8 or float pixels in
@@ -148,6 +149,38 @@ def color_jitter(images: Any, cfg: AugmentConfig, seed: Any) -> Any:
     return x
 
 
+# Stain vectors of haematoxylin, eosin and DAB (Ruifrok & Johnston 2001; skimage's
+# rgb_from_hed): optical density (OD) of a pixel = stain densities @ _RGB_FROM_HED.
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
+                          [0.07, 0.99, 0.11],
+                          [0.27, 0.57, 0.78]], dtype=np.float32)
+_HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
+_LOG_ADJUST = float(np.log(1e-6))
+"""skimage's OD scale: ``od = log(rgb) / log(1e-6)``, so stain densities compare with ``rgb2hed``'s."""
+
+
+def hed_jitter(images: Any, scale: float, shift: float, seed: Any) -> Any:
+    """Per-image stain augmentation in HED space on float pixels in 0..255 (Tellez et al. 2018).
+
+    Each pixel's optical density is unmixed into haematoxylin, eosin and DAB
+    densities, each density is multiplied by a factor in ``[1 - scale, 1 + scale]``
+    and shifted by ``±shift`` (one draw per image and stain), and the result is mixed
+    back to RGB. This mimics what differs between PCam's two centres (stain uptake and
+    scanner colour) while keeping tissue structure. With ``scale = shift = 0`` it is
+    the identity up to float rounding: unmixing and remixing are exact inverses (no
+    clipping in between).
+    """
+    tf = _tf()
+    batch = tf.shape(images)[0]
+    s_a, s_b = _seeds(seed, 2)
+    od = tf.math.log(tf.maximum(images / 255.0, 1e-6)) / _LOG_ADJUST
+    stains = tf.einsum("bhwc,cd->bhwd", od, tf.constant(_HED_FROM_RGB))
+    alpha = _uniform([batch, 3], s_a, 1 - scale, 1 + scale)[:, None, None, :]
+    beta = _uniform([batch, 3], s_b, -shift, shift)[:, None, None, :] if shift > 0 else 0.0
+    od = tf.einsum("bhwd,dc->bhwc", stains * alpha + beta, tf.constant(_RGB_FROM_HED))
+    return tf.exp(od * _LOG_ADJUST) * 255.0
+
+
 NOISE_FIELDS = 1024
 """Size of the bank of uniform noise fields that :func:`add_noise` draws from."""
 NOISE_BANK_SEED = 20161123
@@ -192,8 +225,8 @@ def augment_batch(images: Any, cfg: AugmentConfig, seed: Any, dtype: Any = None)
     """Augment a batch ``(B, 96, 96, 3)``; same seed, same result.
 
     Order: geometry (exact pixel moves, done in the input dtype: moving uint8 is four
-    times cheaper than float32), then colour jitter, then noise, then one clip to
-    0..255. The result has ``dtype`` (default: the input's; uint8 results are
+    times cheaper than float32), then HED stain jitter, then colour jitter, then
+    noise, then one clip to 0..255. The result has ``dtype`` (default: the input's; uint8 results are
     rounded). With noise and jitter off the result is exactly one of the eight
     dihedral transforms of each input image.
 
@@ -217,11 +250,14 @@ def _compiled(cfg: AugmentConfig, dtype_name: str) -> Any:
     dtype = tf.as_dtype(dtype_name)
 
     def body(images: Any, seed: Any) -> Any:
-        s_geo, s_col, s_noise = _seeds(seed, 3)
+        s_geo, s_col, s_noise, s_hed = _seeds(seed, 4)
         out = random_dihedral(images, cfg, s_geo)
-        if not (cfg.color_jitter or cfg.noise > 0):
+        stain = cfg.hed > 0 or cfg.hed_shift > 0
+        if not (cfg.color_jitter or cfg.noise > 0 or stain):
             return tf.cast(out, dtype)
         x = tf.cast(out, tf.float32)
+        if stain:
+            x = hed_jitter(x, cfg.hed, cfg.hed_shift, s_hed)
         if cfg.color_jitter:
             x = color_jitter(x, cfg, s_col)
         if cfg.noise > 0:

@@ -24,7 +24,8 @@ from pcam.errors import ConfigError
 ModelName = Literal["logreg", "cnn", "mobilenetv2", "resnet50"]
 PolicyName = Literal["constant", "onecycle", "plateau"]
 Format = Literal["auto", "hdf5", "kaggle", "folders", "synthetic", "official"]
-TtaView = Literal["identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose"]
+TtaView = Literal["identity", "hflip", "vflip", "rot90", "rot180", "rot270", "transpose", "transverse"]
+"""The 8 symmetries of a square (the dihedral group D4): ``transverse`` mirrors about the anti-diagonal."""
 MetricName = Literal["f1", "auc", "recall", "precision", "accuracy", "specificity", "specificity_at_target"]
 SplitName = Literal["train", "valid", "test"]
 
@@ -98,6 +99,11 @@ class AugmentConfig:
     """Materialised augmented copies per training image written into the shards (0 = originals only)."""
     online: bool = True
     """Augment training batches on the fly in tf.data."""
+    # issue 16: stain augmentation in HED space (Tellez et al. 2018), off by default.
+    hed: float = bounded(0.0, ge=0, lt=1)
+    """Per-image factor in ``[1 - hed, 1 + hed]`` on each stain (haematoxylin, eosin, DAB) density (0 = off)."""
+    hed_shift: float = bounded(0.0, ge=0, le=1)
+    """Per-image shift in ``±hed_shift`` added to each stain density (optical-density units, as skimage's rgb2hed)."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +137,13 @@ class ModelConfig:
     """Input size the network sees after in-model resizing (0 = the model's default)."""
     finetune_epochs: int = bounded(0, ge=0)
     finetune_learning_rate: float = bounded(1e-5, gt=0, le=10)
+    # issue 16: the CNN's shape and the loss, for the real-data recipe (configs/sample.yaml).
+    cnn_filters: tuple[int, ...] = (16, 32, 64, 128, 256)
+    """Filters of the CNN's conv blocks (each: 3x3 conv, BatchNorm, ReLU, 2x2 max-pool); 1 to 6 blocks."""
+    cnn_head: Literal["dense", "gap"] = "dense"
+    """``dense`` (the study's: flatten, 512, 128) or ``gap`` (global average pooling, then the sigmoid unit)."""
+    label_smoothing: float = bounded(0.0, ge=0, lt=1)
+    """Binary cross-entropy label smoothing: targets become ``y * (1 - s) + s / 2``."""
 
 
 @dataclass(frozen=True)
@@ -303,7 +316,10 @@ def _require(ok: bool, key: str, message: str) -> None:
 def _validate(obj: Any, prefix: str) -> None:
     """Checks that involve more than one field (single-field ranges and choices are in the field types)."""
     p = f"{prefix}." if prefix else ""
-    if isinstance(obj, SplitConfig):
+    if isinstance(obj, ModelConfig):
+        _require(0 < len(obj.cnn_filters) <= 6 and all(f > 0 for f in obj.cnn_filters), p + "cnn_filters",
+                 "must be 1 to 6 positive integers (each block halves the 96-px input)")
+    elif isinstance(obj, SplitConfig):
         _require(abs(sum(obj.ratios) - 1) < 1e-6 and all(0 <= r <= 1 for r in obj.ratios),
                  p + "ratios", f"must be three numbers in [0, 1] summing to 1, got {list(obj.ratios)}")
     elif isinstance(obj, TrainConfig):

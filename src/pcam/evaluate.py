@@ -67,6 +67,8 @@ def _view(images: Any, name: str) -> Any:
         return tf.image.rot90(images, k=3)
     if name == "transpose":
         return tf.transpose(images, perm=[0, 2, 1, 3])
+    if name == "transverse":  # mirror about the anti-diagonal: transpose, then rotate by 180
+        return tf.reverse(tf.transpose(images, perm=[0, 2, 1, 3]), axis=[1, 2])
     raise ConfigError(f"unknown TTA view {name!r}; expected one of {', '.join(TTA_VIEW_NAMES)}")
 
 
@@ -84,7 +86,7 @@ def tta_views(images: Any, names: tuple[str, ...] | list[str]) -> Any:
     names = tuple(names)
     if not names:
         raise ConfigError("evaluate.tta_views needs at least one view")
-    if images.shape[1] != images.shape[2] and any(n in ("rot90", "rot270", "transpose") for n in names):
+    if images.shape[1] != images.shape[2] and any(n in ("rot90", "rot270", "transpose", "transverse") for n in names):
         raise DataError(f"rotated views need square images, got {tuple(images.shape)}")
     return tf.concat([_view(images, n) for n in names], axis=0)
 

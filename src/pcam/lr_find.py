@@ -83,7 +83,9 @@ def suggest(lrs: list[float], losses: list[float]) -> dict[str, float]:
     grad = np.gradient(loss_arr[skip:], np.log10(lr_arr[skip:]))
     steepest = float(lr_arr[skip:][int(np.argmin(grad))])
     at_min = float(lr_arr[int(np.argmin(loss_arr))])
-    low, high = sorted((steepest, at_min / 10))
+    # min-loss / 10 falls below the sweep when the loss was lowest at its first steps:
+    # never suggest an LR the sweep did not try.
+    low, high = sorted((steepest, max(at_min / 10, float(lr_arr[0]))))
     return {"steepest_lr": steepest, "min_loss_lr": at_min, "suggested_min_lr": low, "suggested_max_lr": high}
 
 

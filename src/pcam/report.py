@@ -12,9 +12,12 @@ train.json), optionally ``finetune/`` (same files; its history continues stage 1
   confusion matrices, ROC curves, step timings;
 - ``plots/*.png``: the same figures as files.
 
-The page states loudly when the data is synthetic and whether the split is random
-(patches of one slide can land in train and test, which flatters every model) or the
-official slide-disjoint one.
+The page states loudly when the data is synthetic, and states the split that
+happened, read from ``split.json``'s facts (carried in the shards' ``index.json``):
+where each split came from, and for each pair of splits whether they share no slide.
+When the evaluated split may share slides with train (carved at random, no slide
+ids), a warning sits beside the numbers and in the model card: such numbers are
+flattered. Without recorded facts the report says so rather than assume.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ COLUMNS = (
     "model", "policy", "split", "tta", "f1", "auc", "recall", "precision", "accuracy", "train_seconds",
     "specificity", "sensitivity_threshold", "specificity_at_target",
     "f1_single", "auc_single", "recall_single", "precision_single", "accuracy_single", "specificity_single",
-    "specificity_at_target_single", "params", "epochs", "n", "run",
+    "specificity_at_target_single", "params", "epochs", "n", "run", "slide_disjoint_from_train",
 )
 DEFAULT_REFERENCE = {
     "study": "random 70/20/10 split of the Kaggle variant",
@@ -58,11 +61,10 @@ DEFAULT_REFERENCE = {
                        "note": "published models on the official slide-disjoint test split"},
 }
 SPLIT_NOTES = {
-    "random": "patches of one slide can sit in both train and test, so the model has seen neighbouring "
-              "tissue of the very slides it is tested on and every number here is flattered",
-    "official": "the official slide-disjoint split: no slide is shared between train, valid and test "
-                "(the honest benchmark)",
+    "random": "random shares of all patches (grouped by slide only when slide ids are known)",
+    "official": "the source's own splits where it has them; the lines below say which splits share no slide",
 }
+PAIR_NAMES = (("train", "valid"), ("train", "test"), ("valid", "test"))
 
 
 # ---------------------------------------------------------------- loading runs
@@ -232,6 +234,43 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
 
 
+def split_statement(ctx: dict[str, Any], evaluated: Sequence[str]) -> tuple[list[str], list[str], dict[str, Any]]:
+    """What the split was, from the recorded facts: (fact lines, warnings, evaluated split -> disjoint from train).
+
+    The disjointness value is True, False, or None when nothing was recorded (an old
+    split.json): then a warning says the report cannot tell, never that it is disjoint.
+    """
+    facts = ctx.get("split_facts") or {}
+    origin, pairs = facts.get("origin") or {}, facts.get("pairs") or {}
+    lines = []
+    for name in ("train", "valid", "test"):
+        if name in origin:
+            text = origin[name]["text"] if isinstance(origin[name], dict) else str(origin[name])
+            lines.append(f"{name}: {text}")
+    for a, b in PAIR_NAMES:
+        fact = pairs.get(f"{a}|{b}")
+        if fact:
+            verdict = "slide-disjoint" if fact["slide_disjoint"] else "MAY SHARE SLIDES"
+            lines.append(f"{a} / {b}: {verdict} ({fact['basis']})")
+    warnings, disjoint = [], {}
+    for name in sorted(set(evaluated)):
+        fact = pairs.get(f"train|{name}") if name != "train" else {"slide_disjoint": False, "basis": "it is train"}
+        disjoint[name] = None if fact is None else bool(fact["slide_disjoint"])
+        if fact is None:
+            warnings.append(f"The split record does not say whether the evaluated split '{name}' shares slides with "
+                            "train (split.json written before split facts were recorded): the numbers may be "
+                            "flattered.")
+        elif not fact["slide_disjoint"]:
+            warnings.append(f"The evaluated split '{name}' is NOT slide-disjoint from train ({fact['basis']}). The "
+                            "model was scored on tissue from slides it trained on: these numbers overstate how it "
+                            "does on new slides.")
+    return lines, warnings, disjoint
+
+
+def _yes_no(value: bool | None) -> str:
+    return "unknown" if value is None else "yes" if value else "NO"
+
+
 def _context(context: dict[str, Any]) -> dict[str, Any]:
     """Fill the report context's gaps so every header line says something."""
     ctx = dict(context or {})
@@ -277,6 +316,7 @@ def _markdown(rows: list[dict[str, Any]], best: int | None, ctx: dict[str, Any])
     lines += [
         f"- data source: `{ctx['source']}`",
         f"- split: {ctx['split_mode']}" + (f" ({SPLIT_NOTES[ctx['split_mode']]})" if ctx["split_mode"] in SPLIT_NOTES else ""),
+        *[f"  - {line}" for line in ctx["split_lines"]],
         f"- seed: {ctx.get('seed', 'not recorded')}; config sha256: `{ctx.get('config_digest', 'not recorded')}`",
         f"- image: `{ctx.get('image', 'not recorded')}`",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in ctx["versions"].items()),
@@ -284,14 +324,16 @@ def _markdown(rows: list[dict[str, Any]], best: int | None, ctx: dict[str, Any])
         "TTA columns: majority vote of the views (ties positive) for the counts, mean view "
         "probability for AUC. `single`: the identity view alone.",
         "",
-        "| model | policy | split | TTA views | AUC | AUC single | accuracy | accuracy single | F1 | recall "
+        *[line for w in ctx["split_warnings"] for line in (f"> **WARNING: {w}**", "")],
+        "| model | policy | split | slide-disjoint from train | TTA views | AUC | AUC single | accuracy | accuracy single | F1 | recall "
         "| precision | specificity | spec. @ target sens. | train time |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows):
         mark = " **(best)**" if i == best else ""
         lines.append(
-            f"| {r['model']}{mark} | {r['policy']} | {r['split']} | {r['tta']} | {_fmt(r['auc'])} | "
+            f"| {r['model']}{mark} | {r['policy']} | {r['split']} | {r.get('slide_disjoint_from_train', 'unknown')} "
+            f"| {r['tta']} | {_fmt(r['auc'])} | "
             f"{_fmt(r['auc_single'])} | {_fmt(r['accuracy'])} | {_fmt(r['accuracy_single'])} | {_fmt(r['f1'])} | "
             f"{_fmt(r['recall'])} | {_fmt(r['precision'])} | {_fmt(r['specificity'])} | "
             f"{_fmt(r['specificity_at_target'])} | {_fmt_seconds(r['train_seconds'])} |"
@@ -369,9 +411,8 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
     else:
         out.append(f'<div class="banner real">Real data: {e(ctx["source"])}</div>')
     split = ctx["split_mode"]
-    if split == "random":
-        out.append(f'<div class="warn"><b>Random split:</b> {e(SPLIT_NOTES["random"])}. '
-                   "Compare with the slide-disjoint reference, not only with the study's own numbers.</div>")
+    for warning in ctx["split_warnings"]:
+        out.append(f'<div class="warn"><b>Split:</b> {e(warning)}</div>')
 
     # provenance
     kv = [
@@ -379,7 +420,9 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
         ("data source", ctx["source"] + (f" (format {ctx['format']})" if ctx.get("format") else "")),
         ("synthetic", "YES" if ctx["synthetic"] else "no"),
         ("split mode", f"{split} ({SPLIT_NOTES[split]})" if split in SPLIT_NOTES else split),
-        ("evaluated split", ", ".join(sorted({str(r["split"]) for r in rows}))),
+        ("split facts", "; ".join(ctx["split_lines"]) or "not recorded"),
+        ("evaluated split", ", ".join(f"{r} (slide-disjoint from train: {_yes_no(ctx['split_disjoint'].get(r))})"
+                                      for r in sorted({str(r["split"]) for r in rows}))),
         ("patch counts", ", ".join(f"{k} {v}" for k, v in (ctx.get("counts") or {}).items()) or None),
         ("seed", ctx.get("seed")),
         ("config sha256", ctx.get("config_digest")),
@@ -403,6 +446,8 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
 
     # comparison table
     out.append("<h2>Comparison</h2>")
+    for warning in ctx["split_warnings"]:  # beside the numbers, not only at the top
+        out.append(f'<div class="warn"><b>Not an unseen-slide score:</b> {e(warning)}</div>')
     views = sorted({r["tta"] for r in rows if r["tta"]})
     out.append(
         '<p class="muted">Metrics on the evaluated split. <b>TTA</b>: each patch seen in '
@@ -571,6 +616,10 @@ def build_report(run_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.P
         best = best_index(rows, "accuracy")
     check_shape(context or {}, CONTEXT_SCHEMA, "report context")
     ctx = _context(context or {})
+    ctx["split_lines"], ctx["split_warnings"], ctx["split_disjoint"] = split_statement(
+        ctx, [str(r["split"]) for r in rows])
+    for row in rows:
+        row["slide_disjoint_from_train"] = _yes_no(ctx["split_disjoint"].get(str(row["split"])))
     out = Path(out_dir)
     with atomic_dir(out, "report", inputs=run_dirs, force=force) as tmp:
         figs, plot_files = _figures(runs, rows, tmp / "plots", ctx)
@@ -590,6 +639,7 @@ def build_report(run_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.P
         "plots": sorted(plot_files),
         "synthetic": ctx["synthetic"],
         "split_mode": ctx["split_mode"],
+        "split_warnings": ctx["split_warnings"],
     }
 
 

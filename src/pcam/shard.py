@@ -172,6 +172,9 @@ def write_shards(dataset_dir: str | os.PathLike[str], split_dir: str | os.PathLi
         },
         "split_mode": split.get("mode"),
         "split_seed": split.get("seed"),
+        # What the split did (origin of each split, slide-disjointness of each pair), carried
+        # along so the report states it without needing split.json itself.
+        "split_facts": {k: split[k] for k in ("origin", "pairs", "notes") if k in split},
         "splits": {},
     }
     log.info("writing %d records (%s, compression %s) to %s", total, shard_cfg.encoding,

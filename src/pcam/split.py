@@ -10,12 +10,25 @@ Modes:
     per-label counts it brings closest to the targets ``ratios x label totals``. Label
     balance is then approximate; the counts in ``split.json`` say what came out.
 ``official``
-    Keep the source splits (train/valid/test from the source). A split the source
-    lacks (class folders with only train/valid, Kaggle with only train) is carved out
-    of source train with the same stratified (slide-grouped if known) procedure, in
-    the proportions of ``ratios`` among train and the missing splits: with
-    (0.7, 0.2, 0.1) and no test split, test gets 0.1 / (0.7 + 0.1) = 12.5 % of source
-    train. ``notes`` in ``split.json`` records what was carved.
+    Keep the source splits (train/valid/test from the source). When the source brings
+    one held-out split and no test (class folders with train/ and valid/ only, like
+    PCam's official train and valid), that held-out split is the one evaluated: it
+    becomes ``test``, and the model-selection ``valid`` split is carved out of source
+    train. Evaluating on a split carved from train instead would score the model on
+    slides it trained on. Any other missing split (Kaggle brings train only) is carved
+    out of source train with the same stratified (slide-grouped if known) procedure, in
+    the proportions of ``ratios`` among train and the carved splits: with
+    (0.7, 0.2, 0.1) and only valid missing, valid gets 0.2 / (0.7 + 0.2) = 22 % of
+    source train. ``notes`` in ``split.json`` records what was moved and carved.
+
+Every ``split.json`` also states what was done, so reports read it instead of
+guessing from the mode: ``origin`` (per split: which source split it holds, or what
+it was carved from) and ``pairs`` (per pair of splits: ``slide_disjoint`` and the
+``basis`` for saying so; :func:`split_facts`). A pair is slide-disjoint when slide ids
+show it (checked, not assumed), or when the two splits are different source splits
+of official PCam HDF5 files (disjoint by construction) or of another source's own
+split folders (taken as disjoint, and said so: PCam's official splits are). Splits
+carved at random out of one source split without slide ids may share slides.
 
 Every split must be non-empty and hold both labels, except one whose ratio is 0
 (which may legitimately be empty). Same data, mode, ratios and seed give the same
@@ -64,8 +77,9 @@ def split_dataset(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     notes: list[str] = []
     if mode == "random":
         assignment = _assign(np.arange(len(labels)), labels, slides, ratios, seed)
+        origin = {s: {"from": "all", "carved": True, "text": "a random share of all patches"} for s in SPLITS}
     else:
-        assignment, notes = _official(ds, ratios, seed)
+        assignment, notes, origin = _official(ds, ratios, seed)
     indices = {s: sorted(int(i) for i in assignment[s]) for s in SPLITS}
     result = {
         "mode": mode,
@@ -75,6 +89,8 @@ def split_dataset(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLik
         "counts": {s: label_counts(labels[indices[s]]) for s in SPLITS},
         "indices": indices,
         "notes": notes,
+        "origin": origin,
+        "pairs": split_facts(indices, origin, slides, ds.manifest.get("format", "")),
         "dataset": {"count": len(labels), "images_sha256": ds.manifest["files"][IMAGES_FILE]["sha256"]},
     }
     _validate(result, Path(out_dir) / SPLIT_FILE)
@@ -84,15 +100,26 @@ def split_dataset(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     return result
 
 
-def _official(ds: CanonicalDataset, ratios: tuple[float, float, float], seed: int) -> tuple[dict[str, np.ndarray], list[str]]:
+def _official(ds: CanonicalDataset, ratios: tuple[float, float, float], seed: int
+              ) -> tuple[dict[str, np.ndarray], list[str], dict[str, str]]:
+    """Source splits kept; (assignment, notes, origin of each split)."""
     source = ds.meta["source_split"].to_numpy(dtype=str)
     out = {s: np.flatnonzero(source == s) for s in SPLITS}
-    missing = [s for s in SPLITS if not len(out[s]) and s != "train"]
+    origin: dict[str, dict[str, Any]] = {s: {"from": s, "carved": False, "text": f"source {s}"} for s in SPLITS}
     if not len(out["train"]):
         raise DataError(f"{ds.root}: official mode needs a source 'train' split; this dataset has "
                         f"{', '.join(sorted(set(source)))} (use mode random)")
+    notes: list[str] = []
+    if not len(out["test"]) and len(out["valid"]):
+        # One held-out split and no test: evaluate on the held-out one (other slides than
+        # train), and pick epochs on a slice of train.
+        out["test"], out["valid"] = out["valid"], np.empty(0, dtype=np.int64)
+        origin["test"] = {"from": "valid", "carved": False, "text": "source valid"}
+        notes.append(f"source has no 'test' split: its 'valid' split ({len(out['test'])} patches) is evaluated "
+                     "as test; the model-selection 'valid' split is carved out of source train")
+    missing = [s for s in SPLITS if not len(out[s]) and s != "train"]
     if not missing:
-        return out, []
+        return out, notes, origin
     share = {s: ratios[SPLITS.index(s)] for s in ["train", *missing]}
     total = sum(share.values())
     sub_ratios = tuple(share.get(s, 0.0) / total if total else 0.0 for s in SPLITS)
@@ -102,9 +129,53 @@ def _official(ds: CanonicalDataset, ratios: tuple[float, float, float], seed: in
     for s in ["train", *missing]:
         out[s] = carved[s]
     how = "grouped by slide" if slides is not None else "stratified by label"
-    notes = [f"source has no {s!r} split: carved {sub_ratios[SPLITS.index(s)]:.4f} of source train "
-             f"({len(out[s])} patches, {how}, seed {seed})" for s in missing]
-    return out, notes
+    for s in missing:
+        origin[s] = {"from": "train", "carved": True,
+                     "text": f"carved from source train ({sub_ratios[SPLITS.index(s)]:.1%}, {how})"}
+    origin["train"] = {"from": "train", "carved": True,
+                       "text": "source train minus the carved " + " and ".join(missing)}
+    notes += [f"source has no {s!r} split: carved {sub_ratios[SPLITS.index(s)]:.4f} of source train "
+              f"({len(out[s])} patches, {how}, seed {seed})" for s in missing]
+    return out, notes, origin
+
+
+PAIRS = (("train", "valid"), ("train", "test"), ("valid", "test"))
+
+
+def split_facts(indices: dict[str, list[int]], origin: dict[str, dict[str, Any]], slides: np.ndarray | None,
+                fmt: str) -> dict[str, dict[str, Any]]:
+    """Per pair of splits (``"train|test"``): whether they share no slide, and why we can say so.
+
+    Args:
+        indices: Dataset positions of each split.
+        origin: Per split, ``{"from": <source split, or "all">, "carved": bool, "text": ...}``.
+        slides: Slide id of every patch, or None when the dataset has none.
+        fmt: The dataset's source format (``hdf5`` marks the official PCam files).
+
+    Returns:
+        ``{"train|valid": {"slide_disjoint": bool, "basis": str}, ...}``.
+    """
+    facts = {}
+    for a, b in PAIRS:
+        if not indices[a] or not indices[b]:
+            facts[f"{a}|{b}"] = {"slide_disjoint": True, "basis": f"split {b if indices[a] else a!r} is empty"}
+            continue
+        if slides is not None:
+            shared = set(slides[indices[a]]) & set(slides[indices[b]])
+            basis = (f"slide ids: {len(shared)} slide(s) in both" if shared else "slide ids: no slide in both (checked)")
+            facts[f"{a}|{b}"] = {"slide_disjoint": not shared, "basis": basis}
+            continue
+        apart = origin[a]["from"] != origin[b]["from"] and "all" not in (origin[a]["from"], origin[b]["from"])
+        if apart and fmt in ("hdf5", "synthetic"):
+            facts[f"{a}|{b}"] = {"slide_disjoint": True, "basis": "different official PCam split files "
+                                 "(slide-disjoint by construction)"}
+        elif apart:
+            facts[f"{a}|{b}"] = {"slide_disjoint": True, "basis": "different split folders of the source, taken as "
+                                 "slide-disjoint (PCam's official splits are; no slide ids to check)"}
+        else:
+            facts[f"{a}|{b}"] = {"slide_disjoint": False, "basis": "carved at random from the same patches without "
+                                 "slide ids: the two may share slides"}
+    return facts
 
 
 def _assign(index: np.ndarray, labels: np.ndarray, slides: np.ndarray | None,

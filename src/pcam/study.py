@@ -79,6 +79,7 @@ def run_context(cfg: ExperimentConfig, dataset_dir: Path | str, shards_dir: Path
         "format": manifest["format"],
         "synthetic": bool(manifest.get("synthetic")),
         "split_mode": index.get("split_mode", cfg.split.mode),
+        "split_facts": index.get("split_facts") or {},
         "seed": cfg.seed,
         "config_digest": cfg.digest(),
         "image": os.environ.get("PCAM_IMAGE", "local (no container)"),

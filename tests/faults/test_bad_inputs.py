@@ -215,9 +215,9 @@ def _empty_split(env: Env) -> Case:
 
 
 def _split_missing_class(env: Env) -> Case:
-    # the source's valid split holds label 0 only; official mode keeps it as it is
+    # the source's valid split holds label 0 only; official mode evaluates it as test, as it is
     dataset = _small_dataset(env, {"train": [0, 0, 0, 1, 1, 1], "valid": [0, 0]})
-    return _split_case(env, dataset, "--mode", "official", names=("split.json", "'valid'", "label 1"))
+    return _split_case(env, dataset, "--mode", "official", names=("split.json", "'test'", "label 1"))
 
 
 def _config_case(env: Env, yaml_text: str, key: str) -> Case:

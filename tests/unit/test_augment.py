@@ -117,3 +117,43 @@ def test_hue_rotation_keeps_luma(images):
     luma = np.array([0.299, 0.587, 0.114], np.float32)
     np.testing.assert_allclose(out @ luma, x @ luma, atol=1e-2)
     assert np.abs(out - x).mean() > 1
+
+
+def _stains(rgb: np.ndarray) -> np.ndarray:
+    """Haematoxylin/eosin/DAB densities by numpy (skimage's rgb2hed without its clip)."""
+    od = np.log(np.maximum(rgb / 255.0, 1e-6)) / np.log(1e-6)
+    return od @ np.linalg.inv(np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]]))
+
+
+def test_hed_jitter_scales_each_stain_by_one_factor_per_image(images):
+    x = images.astype(np.float32)
+    np.testing.assert_allclose(A.hed_jitter(x, 0.0, 0.0, [1, 2]).numpy(), x, atol=1e-2)  # exact round trip
+    out = A.hed_jitter(x, 0.1, 0.0, [1, 2]).numpy()
+    before, after = _stains(x), _stains(out)
+    factors = []
+    for i in range(len(x)):
+        for c in (0, 1):  # haematoxylin and eosin: every real H&E patch has plenty of both
+            # pixels with a channel near 0 sit on the 1e-6 floor of the log: not linear there
+            dense = (np.abs(before[i, ..., c]) > 0.02) & (x[i].min(-1) >= 2) & (out[i].min(-1) >= 2)
+            ratio = after[i, ..., c][dense] / before[i, ..., c][dense]
+            factor = np.median(ratio)
+            assert np.mean(np.abs(ratio - factor) < 2e-3) > 0.99  # one factor per image and stain
+            factors.append(factor)
+    factors = np.array(factors)
+    assert factors.min() >= 0.9 - 1e-3 and factors.max() <= 1.1 + 1e-3
+    assert factors.std() > 0.02  # drawn per image and stain, not one global factor
+    shifted = A.hed_jitter(x, 0.0, 0.01, [3, 4]).numpy()
+    delta = (_stains(shifted) - before).reshape(len(x), -1, 3)
+    shift = np.median(delta, axis=1, keepdims=True)  # one shift per image and stain
+    assert np.abs(shift).max() <= 0.01 + 1e-4 and np.abs(shift).max() > 0.005
+    assert np.mean(np.abs(delta - shift) < 1e-4) > 0.99  # pixels on the log's 1e-6 floor aside
+
+
+def test_hed_in_augment_batch_is_seeded_switchable_and_keeps_range(images):
+    cfg = dataclasses.replace(OFF, hed=0.1, hed_shift=0.01)
+    a = A.augment_batch(images, cfg, seed=5).numpy()
+    assert a.dtype == np.uint8 and np.array_equal(a, A.augment_batch(images, cfg, seed=5).numpy())
+    assert not np.array_equal(a, A.augment_batch(images, cfg, seed=6).numpy())
+    assert np.abs(a.astype(int) - images).mean() > 1  # colours moved
+    assert np.array_equal(A.augment_batch(images, OFF, seed=5).numpy(), images)  # off by default
+    assert AugmentConfig().hed == 0 and AugmentConfig().hed_shift == 0

@@ -36,3 +36,26 @@ def test_run_all_quick_memory_prints_figure_lines(shared_dir: Path, monkeypatch:
     # run_local's step table is what the demo bench parses.
     assert step_times("step times (kfp.local, one subprocess per step):\n  ingest      12.5 s\n"
                       "  train       40.0 s (4 runs)\n  total      99.0 s\n") == {"ingest": 12.5, "train": 40.0}
+
+
+@pytest.mark.slow
+def test_real_cnn_runs_sample_yaml_through_the_product_path(shared_dir: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """configs/sample.yaml end to end (shrunk: 40 patches per source split, 1 epoch) via bench.real_cnn."""
+    from bench import real_cnn
+    from pcam.fsutil import read_json
+
+    monkeypatch.setenv("PCAM_SHARED", str(shared_dir))
+    extra = {"data.limit_per_split": 40, "defaults.epochs": 1, "defaults.batch_size": 16,
+             "shard.records_per_shard": 64, "split.ratios": [0.75, 0.25, 0.0]}
+    figures = {f.name: f for f in real_cnn.run_variant("sample", real_cnn.CONFIG, tmp_path, extra)}
+    assert {"real_sample_auc_tta", "real_sample_train_minutes", "real_sample_process_cpu_minutes"} <= set(figures)
+    assert 0 <= figures["real_sample_auc_tta"].value <= 1 and figures["real_sample_process_cpu_minutes"].value > 0
+    assert LINE.match(figures["real_sample_auc_tta"].line())
+    # the sample's valid folder (other slides) is what was evaluated, with all 8 views
+    split = read_json(tmp_path / "sample" / "split" / "split.json")
+    assert split["origin"]["test"]["text"] == "source valid" and split["pairs"]["train|test"]["slide_disjoint"]
+    metrics = read_json(tmp_path / "sample" / "runs" / "cnn-onecycle" / "evaluate" / "metrics.json")
+    assert metrics["split"] == "test" and metrics["n"] == 40 and metrics["n_views"] == 8
+    page = (tmp_path / "sample" / "report" / "report.html").read_text()
+    assert "test (slide-disjoint from train: yes)" in page and "NOT slide-disjoint" not in page

@@ -8,7 +8,7 @@ from pcam.errors import ConfigError
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "paper.yaml", "sample.yaml"])
 def test_shipped_configs_load(name):
     cfg = load_config(REPO / "configs" / name)
     assert isinstance(cfg, ExperimentConfig)
@@ -52,6 +52,11 @@ def test_round_trip_through_yaml():
         ({"split": {"ratios": [0.5, 0.4, 0.2]}}, "split.ratios"),
         ({"data": {"format": "parquet"}}, "data.format"),
         ({"evaluate": {"tta_views": ["identity", "shear"]}}, "evaluate.tta_views[1]"),
+        ({"augment": {"hed": 1.5}}, "augment.hed"),
+        ({"augment": {"hed_shift": -0.1}}, "augment.hed_shift"),
+        ({"models": {"cnn": {"cnn_head": "avg"}}}, "models.cnn.cnn_head"),
+        ({"defaults": {"cnn_filters": [16, 0]}}, "defaults.cnn_filters"),
+        ({"defaults": {"label_smoothing": 1.0}}, "defaults.label_smoothing"),
     ],
 )
 def test_bad_config_names_the_key(data, key):

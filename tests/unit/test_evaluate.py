@@ -20,6 +20,7 @@ NUMPY_VIEWS = {
     "rot180": lambda x: np.rot90(x, 2, axes=(1, 2)),
     "rot270": lambda x: np.rot90(x, 3, axes=(1, 2)),
     "transpose": lambda x: x.transpose(0, 2, 1, 3),
+    "transverse": lambda x: np.rot90(x.transpose(0, 2, 1, 3), 2, axes=(1, 2)),
 }
 
 
@@ -69,6 +70,17 @@ def test_tta_views_match_numpy_and_are_view_major(real_patches):
     assert stacked.shape == (len(names) * 4, 96, 96, 3)
     for v, name in enumerate(names):
         np.testing.assert_array_equal(stacked[v * 4:(v + 1) * 4], NUMPY_VIEWS[name](images))
+
+
+def test_eight_views_are_the_eight_symmetries_of_the_square(real_patches):
+    from pcam.config import TTA_VIEW_NAMES
+
+    image = real_patches[0][:1].astype(np.float32)
+    dihedral = [np.rot90(v, k, axes=(1, 2)) for v in (image, image[:, :, ::-1]) for k in range(4)]
+    views = np.asarray(E.tta_views(image, TTA_VIEW_NAMES))
+    assert len(TTA_VIEW_NAMES) == 8
+    matches = [next(i for i, d in enumerate(dihedral) if np.array_equal(v[None], d)) for v in views]
+    assert sorted(matches) == list(range(8))  # each symmetry exactly once
 
 
 def test_batched_predictions_equal_per_view_predictions(real_patches):

@@ -57,6 +57,18 @@ def test_cnn_exact_parameter_count_and_trains(real_batch):
     _one_step(model, cfg, *real_batch)
 
 
+def test_cnn_gap_head_and_filters_are_configurable_and_train(real_batch):
+    cfg = ModelConfig(cnn_head="gap", cnn_filters=(8, 16, 32), dropout=0.2, label_smoothing=0.1)
+    model = build_model("cnn", cfg)
+    convs = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
+    assert [c.filters for c in convs] == [8, 16, 32]
+    assert model.get_layer("gap") is not None and not any(isinstance(la, keras.layers.Flatten) for la in model.layers)
+    # convs (no bias) + BatchNorm (4 per channel) + one sigmoid unit on 32 pooled features
+    assert model.count_params() == (27 * 8 + 72 * 16 + 144 * 32) + 4 * (8 + 16 + 32) + 33
+    _one_step(model, cfg, *real_batch)
+    assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
+
+
 def test_same_seed_same_weights():
     a = build_model("cnn", ModelConfig(), seed=3).get_weights()
     b = build_model("cnn", ModelConfig(), seed=3).get_weights()

@@ -119,7 +119,8 @@ def test_best_row_is_the_highest_auc(built):
 def test_html_is_self_contained_and_states_provenance(built):
     out, summary = built
     page = (out / "report.html").read_text()
-    assert "SYNTHETIC DATA" in page and "Random split" in page
+    # an old-style context without split facts: the page says it cannot tell, never that it is disjoint
+    assert "SYNTHETIC DATA" in page and "does not say whether the evaluated split &#x27;test&#x27;" in page
     for needle in ("ab" * 32, "localhost/pcam-gpu:abc123", "cd" * 32, "kfp 2.17.3", "keras ", "numpy ",
                    "scikit-learn ", "tensorflow ", "0.985", "0.944", "0.622", "slide-disjoint", "tiny test run",
                    'class="best"', "one class only"):
@@ -176,3 +177,52 @@ def test_cli_report(runs, tmp_path, capsys):
     assert main(["report", "--runs", str(runs[1]), "--out", str(tmp_path / "o"),
                  "--context", str(ctx)]) == 0
     assert str(tmp_path / "o" / "report.html") in capsys.readouterr().out
+
+
+CARVED_TEST = {  # split.json facts of a source with train only, test carved at random (no slide ids)
+    "origin": {"train": {"from": "train", "carved": True, "text": "source train minus the carved valid and test"},
+               "valid": {"from": "train", "carved": True, "text": "carved from source train (20.0%)"},
+               "test": {"from": "train", "carved": True, "text": "carved from source train (10.0%)"}},
+    "pairs": {f"{a}|{b}": {"slide_disjoint": False, "basis": "carved at random from the same patches without "
+                           "slide ids: the two may share slides"} for a, b in R.PAIR_NAMES},
+}
+HELD_OUT_TEST = {  # the sample's case: test = source valid, valid carved from train
+    "origin": {"train": {"from": "train", "carved": True, "text": "source train minus the carved valid"},
+               "valid": {"from": "train", "carved": True, "text": "carved from source train (10.0%)"},
+               "test": {"from": "valid", "carved": False, "text": "source valid"}},
+    "pairs": {"train|valid": {"slide_disjoint": False, "basis": "carved at random"},
+              "train|test": {"slide_disjoint": True, "basis": "different split folders of the source"},
+              "valid|test": {"slide_disjoint": True, "basis": "different split folders of the source"}},
+}
+
+
+def test_evaluated_split_sharing_slides_with_train_is_flagged_beside_the_numbers(runs, tmp_path):
+    summary = R.build_report(runs[1:2], tmp_path / "r", {"source": "/data/kaggle", "split_mode": "official",
+                                                         "split_facts": CARVED_TEST})
+    page = (tmp_path / "r" / "report.html").read_text()
+    comparison = page[page.index("<h2>Comparison</h2>"):]
+    # beside the numbers (before the table), at the top, and in the model card's Run table
+    assert comparison.index("NOT slide-disjoint from train") < comparison.index("<table")
+    assert page.count("NOT slide-disjoint from train") == 2
+    assert "test (slide-disjoint from train: NO)" in page and "MAY SHARE SLIDES" in page
+    assert "no slide is shared between train, valid and test" not in page  # the old, unconditional claim
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "> **WARNING: The evaluated split 'test' is NOT slide-disjoint from train" in md
+    assert md.index("WARNING") < md.index("| model | policy |")
+    assert "| cnn **(best)** | plateau | test | NO |" in md
+    with open(tmp_path / "r" / "summary.csv") as handle:
+        assert [r["slide_disjoint_from_train"] for r in csv.DictReader(handle)] == ["NO"]
+    assert summary["split_warnings"] and summary["rows"][0]["slide_disjoint_from_train"] == "NO"
+
+
+def test_slide_disjoint_evaluation_states_its_basis_without_warning(runs, tmp_path):
+    summary = R.build_report(runs[1:2], tmp_path / "r", {"source": "/data/sample", "split_mode": "official",
+                                                         "split_facts": HELD_OUT_TEST})
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "NOT slide-disjoint" not in page and "test (slide-disjoint from train: yes)" in page
+    assert "train / test: slide-disjoint (different split folders of the source)" in page
+    assert "train / valid: MAY SHARE SLIDES (carved at random)" in page  # said, but not about the evaluated split
+    md = (tmp_path / "r" / "summary.md").read_text()
+    assert "WARNING" not in md and "| cnn **(best)** | plateau | test | yes |" in md
+    assert "  - test: source valid" in md
+    assert summary["split_warnings"] == []

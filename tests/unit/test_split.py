@@ -71,17 +71,66 @@ def test_official_mode_keeps_source_splits(slide_dataset, tmp_path):
     assert result["notes"] == []
 
 
-def test_tiny_split_carves_test_from_train(tiny_split, tiny_dataset):
+def test_held_out_source_split_is_evaluated_and_valid_is_carved_from_train(tiny_split, tiny_dataset):
     data = json.loads((tiny_split / SPLIT_FILE).read_text())
     meta = open_dataset(tiny_dataset).meta
     source = meta["source_split"].to_numpy()
     assert data["mode"] == "official"
-    assert (source[data["indices"]["valid"]] == "valid").all() and len(data["indices"]["valid"]) == 160
-    assert (source[data["indices"]["test"]] == "train").all() and (source[data["indices"]["train"]] == "train").all()
-    # test = 0.1 / (0.7 + 0.1) of source train, stratified: 10 + 10 of 160.
-    assert data["counts"]["test"] == {"0": 10, "1": 10} and data["counts"]["train"] == {"0": 70, "1": 70}
-    assert "carved" in data["notes"][0]
+    # the source's slide-disjoint held-out split (valid) is what gets evaluated: test
+    assert (source[data["indices"]["test"]] == "valid").all() and len(data["indices"]["test"]) == 160
+    assert (source[data["indices"]["valid"]] == "train").all() and (source[data["indices"]["train"]] == "train").all()
+    # valid = 0.2 / (0.7 + 0.2) of source train, stratified: 18 + 18 of 80 + 80.
+    assert data["counts"]["valid"] == {"0": 18, "1": 18} and data["counts"]["train"] == {"0": 62, "1": 62}
+    assert "evaluated as test" in data["notes"][0] and "carved" in data["notes"][1]
+    assert data["origin"]["test"]["text"] == "source valid" and data["origin"]["valid"]["carved"] is True
+    pairs = data["pairs"]
+    assert pairs["train|test"]["slide_disjoint"] and pairs["valid|test"]["slide_disjoint"]
+    assert "no slide ids to check" in pairs["train|test"]["basis"]
+    assert not pairs["train|valid"]["slide_disjoint"] and "may share slides" in pairs["train|valid"]["basis"]
     assert all(len(v) for v in load_split(tiny_split).values())
+
+
+def test_random_split_without_slide_ids_says_every_pair_may_share_slides(tiny_dataset, tmp_path):
+    pairs = split_dataset(tiny_dataset, tmp_path / "s", mode="random", seed=3)["pairs"]
+    assert set(pairs) == {"train|valid", "train|test", "valid|test"}
+    assert not any(p["slide_disjoint"] for p in pairs.values())
+
+
+def test_slide_ids_are_checked_not_assumed(slide_dataset, tmp_path):
+    grouped = split_dataset(slide_dataset, tmp_path / "g", mode="random", seed=0)["pairs"]
+    assert all(p["slide_disjoint"] and "(checked)" in p["basis"] for p in grouped.values())
+    official = split_dataset(slide_dataset, tmp_path / "o", mode="official")["pairs"]
+    assert all(p["slide_disjoint"] for p in official.values())
+    # a split that mixes slides is caught by the ids, whatever its mode
+    from pcam.split import split_facts
+
+    ds = open_dataset(slide_dataset)
+    first = int(np.flatnonzero(ds.slides == ds.slides[0])[0])
+    shared = [i for i in range(len(ds)) if ds.slides[i] == ds.slides[first] and i != first][:1]
+    origin = {s: {"from": s, "carved": False, "text": s} for s in SPLITS}
+    facts = split_facts({"train": [first], "valid": [], "test": shared}, origin, ds.slides, "hdf5")
+    assert facts["train|test"]["slide_disjoint"] is False and "1 slide(s) in both" in facts["train|test"]["basis"]
+
+
+def test_official_files_without_meta_are_disjoint_by_construction(tmp_path):
+    write_synthetic(tmp_path / "h5", SyntheticConfig(train=40, valid=20, test=20, slides=8), seed=0)
+    for meta in (tmp_path / "h5").glob("*_meta.csv"):
+        meta.unlink()
+    ingest(str(tmp_path / "h5"), tmp_path / "ds", cache_dir=tmp_path / "c")
+    assert open_dataset(tmp_path / "ds").slides is None
+    pairs = split_dataset(tmp_path / "ds", tmp_path / "s", mode="official")["pairs"]
+    assert all(p["slide_disjoint"] and "by construction" in p["basis"] for p in pairs.values())
+
+
+def test_train_only_source_carves_both_and_says_they_may_share_slides(pcam_sample, tmp_path):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train").symlink_to(pcam_sample / "train")
+    ingest(str(tmp_path / "src"), tmp_path / "ds", fmt="folders", limit_per_split=100, seed=0,
+           cache_dir=tmp_path / "c")
+    data = split_dataset(tmp_path / "ds", tmp_path / "s", mode="official", seed=0)
+    assert data["origin"]["test"]["carved"] and data["origin"]["valid"]["carved"]
+    assert not any(p["slide_disjoint"] for p in data["pairs"].values())
+    assert len(data["notes"]) == 2
 
 
 def test_zero_ratio_may_be_empty(tiny_dataset, tmp_path):

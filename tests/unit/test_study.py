@@ -34,6 +34,9 @@ def test_pcam_run_writes_a_row_per_pair_and_a_report_with_plots(tmp_path, pcam_s
     html = (out / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
     assert "tiny-study" in html or str(pcam_sample) in html
+    # official mode on train/ + valid/ folders: the held-out valid folder is evaluated, and the report says so
+    assert "test (slide-disjoint from train: yes)" in html and "train / valid: MAY SHARE SLIDES" in html
+    assert {r["slide_disjoint_from_train"] for r in rows} == {"yes"}
     steps = yaml.safe_load((out / "steps.json").read_text())
     assert {"ingest", "split", "shard", "train", "evaluate", "report"} <= set(steps)
 
