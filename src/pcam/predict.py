@@ -198,10 +198,10 @@ def predict(model: str, inputs: list[str], out: str | Path, *, views: int | None
             raise DataError(f"{', '.join(inputs)}: no {' or '.join(kinds)} to predict")
         for slide in planned.slides:  # every slide opens, has a resolution and a readable thumbnail
             SlidePlan(slide, mpp, stride, min_tissue).close()
-        out.mkdir(parents=True, exist_ok=True)
-        mark_directory(out, KIND)  # holds the resumable state of slides scored so far
         predictor = load_predictor(model, patch_views if planned.patches else tile_views, stack,
                                    operating_point_override)
+        out.mkdir(parents=True, exist_ok=True)
+        mark_directory(out, KIND)  # holds the resumable state of slides scored so far
         summary: dict[str, Any] = {"model_file": str(predictor.model_file), "model_sha256": predictor.model_sha256,
                                    "inputs": list(inputs), "pcam_mpp": PCAM_MPP}
         if planned.patches:

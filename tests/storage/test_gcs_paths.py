@@ -19,6 +19,7 @@ from pcam import champion as C
 from pcam import models, storage
 from pcam import promote as P
 from pcam.errors import ConfigError, DataError
+from pcam.fsutil import file_sha256
 from pcam.ingest import ingest
 
 REPO = Path(__file__).resolve().parents[2]
@@ -207,3 +208,31 @@ def test_promotion_to_a_missing_bucket_or_forbidden_is_one_line(faulty_gcs, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "permission denied to read for anonymous" in err[0]
     assert not (tmp_path / "d").exists()
+
+
+def test_a_champion_on_gcs_is_served_and_predicted_from_its_promoted_version(gcs, tmp_path):
+    """Promotion to gs:// exports the version's SavedModel; `pcam serve` and `pcam predict` read that version."""
+    import contextlib
+
+    from pcam.config import ModelConfig
+    from pcam.models import build_model
+    from pcam.scoring import resolve_model_file
+    from pcam.serve import resolve_model
+
+    run = tmp_path / "run"
+    (run / "train").mkdir(parents=True)
+    (run / "evaluate").mkdir()
+    build_model("logreg", ModelConfig(), seed=1).save(run / "train" / "model.keras")
+    sha = file_sha256(run / "train" / "model.keras")
+    (run / "evaluate" / "metrics.json").write_text(json.dumps({"tta": {"auc": 0.7}, "single": {"auc": 0.7},
+                                                               "model": "logreg", "model_sha256": sha}))
+    uri = f"{gcs}/champion"
+    decision = P.promote(run / "evaluate", run / "train", uri, out_dir=tmp_path / "d")
+    assert decision["promoted"] and decision["serving"] == f"{uri}/versions/{decision['version']}/serving"
+    served = resolve_model(uri, str(tmp_path / "serve"))
+    assert (served / "saved_model.pb").is_file() and served.name == "1"
+    remote = sorted(storage.walk(f"{decision['serving']}/1"))
+    assert remote == sorted(p.relative_to(served).as_posix() for p in served.rglob("*") if p.is_file())
+    with contextlib.ExitStack() as stack:
+        model_file, metrics = resolve_model_file(uri, stack)
+        assert file_sha256(model_file) == sha and metrics is not None

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -85,7 +86,9 @@ def test_first_run_promotes_then_better_replaces_and_worse_or_equal_do_not(candi
     pointer, sha, metrics = _current(champion, tmp_path)
     assert sha == file_sha256(bad / "train" / "model.keras") == pointer["model_sha256"] == metrics["model_sha256"]
     assert sorted(p.name for p in (champion / "versions" / first["version"]).iterdir()) == \
-        ["metrics.json", "model.keras", "version.json"]
+        ["metrics.json", "model.keras", "serving", "version.json"]
+    assert pointer["serving"] == first["serving"] == str(champion / "versions" / first["version"] / "serving")
+    assert (Path(pointer["serving"]) / "1" / "saved_model.pb").is_file()  # what KServe / pcam serve load
 
     better = _promote(good, champion, tmp_path)
     assert better["promoted"] is True and better["champion_score"] == pytest.approx(first["candidate_score"])
@@ -94,7 +97,7 @@ def test_first_run_promotes_then_better_replaces_and_worse_or_equal_do_not(candi
     assert provenance["model"] == "good" and provenance["replaced"]["model"] == "bad"
     assert provenance["history"] == [first["version"]]  # the previous version is kept for readers
     # no staging directories left anywhere
-    assert [p for p in tmp_path.rglob(".*") if p.name != "champion.json.lock"] == []
+    assert [p for p in tmp_path.rglob(".*") if p.name not in ("champion.json.lock", ".pcam-kind")] == []
 
     worse = _promote(bad, champion, tmp_path)
     equal = _promote(good, champion, tmp_path)
