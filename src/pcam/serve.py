@@ -33,7 +33,7 @@ Bad requests get a JSON ``{"error": ...}`` (the body and content-type checks liv
 :mod:`pcam.serve_guard`) and the server keeps serving: 400 for a
 body that is not base64 of a PNG/JPEG, an image that is not 96x96 (unless
 ``--resize``), no instances, a wrong content type; 413 for a body over
-``--max-body-mb``; 404 (KServe's and TF Serving's answer) for an unknown model name.
+``--max-body-mb``; 400 naming the served model for an unknown model name.
 """
 
 from __future__ import annotations
@@ -310,7 +310,7 @@ def serve(model: str, *, host: str = "0.0.0.0", port: int = DEFAULT_PORT, name: 
 
         from pcam.serve_guard import RequestGuard
 
-        config = uvicorn.Config(RequestGuard(app, int(max_body_mb * 2**20)), host=host, port=port,
+        config = uvicorn.Config(RequestGuard(app, int(max_body_mb * 2**20), name), host=host, port=port,
                                 log_config=None, timeout_graceful_shutdown=grace_seconds, loop="asyncio")
         server = uvicorn.Server(config)
         stopped: list[int] = []

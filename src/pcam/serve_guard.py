@@ -1,4 +1,4 @@
-"""The ASGI guard in front of ``pcam serve``'s kserve app: content type and body size.
+"""The ASGI guard in front of ``pcam serve``'s kserve app: model name, content type and body size.
 
 Kept out of :mod:`pcam.serve` so that module stays about the model; plain ASGI, so it
 depends on nothing but the standard library.
@@ -8,25 +8,36 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 
-class RequestGuard:
-    """ASGI guard in front of kserve's app: content type and body size of POST requests.
+_MODEL_PATH = re.compile(r"^/v[12]/models/([^/:]+)")
 
-    A declared Content-Length over the limit is refused before the body is read; a
-    chunked body is counted as it arrives and refused when it crosses the limit.
+
+class RequestGuard:
+    """ASGI guard in front of kserve's app: model name, content type and body size of POST requests.
+
+    A request to a model this server does not serve is a 400 naming the one it does
+    (kserve alone answers 404 without saying which names exist). A declared
+    Content-Length over the limit is refused before the body is read; a chunked body is
+    counted as it arrives and refused when it crosses the limit.
     """
 
-    def __init__(self, app: Any, max_body: int) -> None:
+    def __init__(self, app: Any, max_body: int, model_name: str | None = None) -> None:
         self.app = app
         self.max_body = max_body
+        self.model_name = model_name
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
+        asked = _MODEL_PATH.match(scope.get("path", ""))
+        if self.model_name and asked and asked.group(1) != self.model_name:
+            return await _json_error(send, 400, f"unknown model {asked.group(1)!r}; this server serves "
+                                                f"{self.model_name!r}")
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
         allowed = {"application/json"}

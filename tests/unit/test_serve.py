@@ -162,7 +162,7 @@ def _bad_requests(pixels: np.ndarray) -> dict[str, tuple[str, dict, int, str]]:
             "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "8"}}, 400, "content type"),
         "v2 wrong datatype": ("/v2/models/pcam/infer", {"json": {"inputs": [
             {"name": "image_bytes", "shape": [1], "datatype": "FP32", "data": [1.0]}]}}, 400, "BYTES"),
-        "unknown model": ("/v1/models/nope:predict", {"json": v1([png(pixels[0])])}, 404, "nope"),
+        "unknown model": ("/v1/models/nope:predict", {"json": v1([png(pixels[0])])}, 400, "nope"),
     }
 
 
