@@ -29,7 +29,7 @@ from pipelines.run_container import (
 )
 
 GiB = 2**30
-FUNCTIONS = {"configure", "select_pairs", "ingest", "split", "shard", "train", "finetune", "evaluate",
+FUNCTIONS = {"configure", "select_pairs", "deploy_gate", "deploy", "ingest", "split", "shard", "train", "finetune", "evaluate",
              "report", "promote"}
 
 

@@ -242,7 +242,7 @@ def test_cli_promote_best_of_runs(candidates, tmp_path, capsys):
     good, bad = candidates
     code = main(["promote", "--runs", str(bad), str(good), "--champion", str(tmp_path / "champ"),
                  "--out", str(tmp_path / "d")])
-    assert code == 0 and capsys.readouterr().out.startswith("promoted: no champion yet")
+    assert code == 0 and capsys.readouterr().out.strip().startswith("promoted: no champion yet")
     assert json.loads((tmp_path / "champ" / "champion.json").read_text())["model"] == "good"
     assert C.fetch(str(tmp_path / "champ"), tmp_path / "reader")["model"] == "good"
 
