@@ -65,8 +65,10 @@ test-fast: setup ## Run the unit tests only
 test-gcs-pipeline: setup ## The whole kfp.local pipeline with source, checkpoints and champion on gs:// (fake-gcs-server; 400 s at load 15, outside make test)
 	$(BIN)/python -m pytest -q tests/storage/gcs_pipeline_run.py
 
-lint: setup ## ruff + shellcheck
-	$(BIN)/ruff check src tests components pipelines bench
+LINT_PATHS = src tests components pipelines bench scripts
+lint: setup ## ruff format check, ruff, shellcheck
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/ruff check $(LINT_PATHS)
 	$(BIN)/shellcheck scripts/*.sh .ci/run bench/*.sh
 
 GPU_FLAGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPU_LABEL),--gpu-label $(GPU_LABEL)) $(if $(GPU_TAINT),--gpu-taint $(GPU_TAINT))

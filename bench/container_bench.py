@@ -25,8 +25,12 @@ from bench.common import OUT, REPO, Figure, loadavg, main
 
 def _image() -> str:
     wanted = os.environ.get("PCAM_CPU_IMAGE", "")
-    found = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/pcam/pcam-cpu"],
-                           capture_output=True, text=True, check=True).stdout.split()
+    found = subprocess.run(
+        ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/pcam/pcam-cpu"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     if wanted and wanted not in found:
         raise SystemExit(f"{wanted}: not in podman's images; run make image-check")
     if not (wanted or found):
@@ -64,12 +68,17 @@ def run(quick: bool = False) -> list[Figure]:
     for path in (local_out, container_out):
         subprocess.run(["rm", "-rf", str(path)], check=True)
     base.mkdir(parents=True, exist_ok=True)
-    local = _timed([sys.executable, "-m", "pipelines.run_local", "--config", config, "--out", str(local_out)],
-                   env, base / "local.log")
+    local = _timed(
+        [sys.executable, "-m", "pipelines.run_local", "--config", config, "--out", str(local_out)],
+        env,
+        base / "local.log",
+    )
     figures.append(Figure("demo_local_seconds", local, "s", load=loadavg()))
-    container = _timed(["scripts/demo-container.sh"],
-                       {**env, "CONFIG": config, "OUT": str(container_out), "PYTHON": sys.executable,
-                        "PCAM_CPU_IMAGE": image}, base / "container.log")
+    container = _timed(
+        ["scripts/demo-container.sh"],
+        {**env, "CONFIG": config, "OUT": str(container_out), "PYTHON": sys.executable, "PCAM_CPU_IMAGE": image},
+        base / "container.log",
+    )
     figures.append(Figure("demo_container_seconds", container, "s", load=loadavg()))
     ratio = container / local
     figures.append(Figure("demo_container_ratio", ratio, "x", "<=1.5", met=ratio <= 1.5, load=loadavg()))

@@ -32,8 +32,7 @@ def _run(cmd: list[str], log_name: str) -> tuple[float, str]:
     seconds = time.perf_counter() - start
     (OUT / log_name).write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log: {OUT / log_name}\n"
-                           f"{proc.stderr[-3000:]}")
+        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}); log: {OUT / log_name}\n{proc.stderr[-3000:]}")
     return seconds, proc.stdout
 
 
@@ -52,11 +51,13 @@ def run(quick: bool = False) -> list[Figure]:
     kfp_out, run_out = OUT / "demo-kfp", OUT / "demo-run"
     shutil.rmtree(kfp_out, ignore_errors=True)
     shutil.rmtree(run_out, ignore_errors=True)
-    in_process, _ = _run([sys.executable, "-m", "pcam.cli", "run", "--config", CONFIG, "--out", str(run_out)],
-                         "demo-pcam-run.log")
+    in_process, _ = _run(
+        [sys.executable, "-m", "pcam.cli", "run", "--config", CONFIG, "--out", str(run_out)], "demo-pcam-run.log"
+    )
     load_run = loadavg()
-    kfp, stdout = _run([sys.executable, "-m", "pipelines.run_local", "--config", CONFIG, "--out", str(kfp_out)],
-                       "demo-run-local.log")
+    kfp, stdout = _run(
+        [sys.executable, "-m", "pipelines.run_local", "--config", CONFIG, "--out", str(kfp_out)], "demo-run-local.log"
+    )
     load = loadavg()
     figures = [
         Figure("demo_make_demo_seconds", kfp, "s", f"<{GOAL_S}", kfp < GOAL_S, load),

@@ -31,8 +31,15 @@ def run(quick: bool = False) -> list[Figure]:
         name = f"{encoding}+{compression}"
         out = OUT / f"shards-encoding-{name}-{n_train}"
         shutil.rmtree(out, ignore_errors=True)
-        write_shards(dataset, split, out, AugmentConfig(copies=0), ShardConfig(encoding=encoding, compression=compression),
-                     0, progress=False)
+        write_shards(
+            dataset,
+            split,
+            out,
+            AugmentConfig(copies=0),
+            ShardConfig(encoding=encoding, compression=compression),
+            0,
+            progress=False,
+        )
         index = load_index(out, verify=False)
         records = dataset_size(out, "train")
         sizes[name] = sum(s["bytes"] for s in index["splits"]["train"]["shards"]) / records
@@ -45,8 +52,10 @@ def run(quick: bool = False) -> list[Figure]:
     load = loadavg()
     figures = []
     for name in rates:
-        figures += [Figure(f"shard_{name}_bytes_per_image", sizes[name], "bytes", load=load),
-                    Figure(f"shard_{name}_read_images_per_s", rates[name], "img/s", load=load)]
+        figures += [
+            Figure(f"shard_{name}_bytes_per_image", sizes[name], "bytes", load=load),
+            Figure(f"shard_{name}_read_images_per_s", rates[name], "img/s", load=load),
+        ]
         if name != "raw+none":
             figures.append(Figure(f"shard_{name}_read_vs_raw", rates[name] / rates["raw+none"], "ratio", load=load))
     return figures

@@ -48,11 +48,20 @@ def make_shards(root: Path, n_train: int, seed: int = 0) -> Path:
     from pcam.synth import write_synthetic
 
     small = max(16, n_train // 8)
-    source = write_synthetic(root / "synthetic", SyntheticConfig(train=n_train, valid=small, test=small, slides=12), seed)
+    source = write_synthetic(
+        root / "synthetic", SyntheticConfig(train=n_train, valid=small, test=small, slides=12), seed
+    )
     ingest(source, root / "dataset", fmt="synthetic", seed=seed)
     split_dataset(root / "dataset", root / "split", "official", (0.7, 0.2, 0.1), seed)
-    write_shards(root / "dataset", root / "split", root / "shards", AugmentConfig(copies=0),
-                 ShardConfig(records_per_shard=1024), seed, progress=False)
+    write_shards(
+        root / "dataset",
+        root / "split",
+        root / "shards",
+        AugmentConfig(copies=0),
+        ShardConfig(records_per_shard=1024),
+        seed,
+        progress=False,
+    )
     return root / "shards"
 
 
@@ -126,23 +135,40 @@ def main(argv: list[str] | None = None) -> int:
                     if source == "memory":
                         ds = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(tf.data.AUTOTUNE)
                     else:
-                        ds = make_dataset(shards, "train", batch, training=True, augment_cfg=AugmentConfig(),
-                                          drop_remainder=True, repeat=True)
+                        ds = make_dataset(
+                            shards,
+                            "train",
+                            batch,
+                            training=True,
+                            augment_cfg=AugmentConfig(),
+                            drop_remainder=True,
+                            repeat=True,
+                        )
                     model = build(name, size, mixed, xla)
                     r = measure(model, ds, batch, warmup, steps)
                     r.update(model=name, image_size=size, batch=batch, mode=mode, source=source)
                     results.append(r)
-                    print(f"{name}@{size} {mode:8s} {source:8s} batch {batch}: {r['images_per_second']:9.1f} img/s "
-                          f"(warm-up {r['warmup_seconds']:.0f} s)", flush=True)
+                    print(
+                        f"{name}@{size} {mode:8s} {source:8s} batch {batch}: {r['images_per_second']:9.1f} img/s "
+                        f"(warm-up {r['warmup_seconds']:.0f} s)",
+                        flush=True,
+                    )
                     del model
                     keras.backend.clear_session()
     keras.mixed_precision.set_global_policy("float32")
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    record = {"date": time.strftime("%Y-%m-%d %H:%M"), "host": platform.node(), "device": device,
-              "gpus": len(gpus), "tensorflow": tf.__version__, "tiny": args.tiny, "results": results,
-              "reference": {"nvidia_a100_resnet50_amp_xla_images_per_s": NVIDIA_A100_RESNET50_AMP_XLA}}
+    record = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "host": platform.node(),
+        "device": device,
+        "gpus": len(gpus),
+        "tensorflow": tf.__version__,
+        "tiny": args.tiny,
+        "results": results,
+        "reference": {"nvidia_a100_resnet50_amp_xla_images_per_s": NVIDIA_A100_RESNET50_AMP_XLA},
+    }
     out.write_text(json.dumps(record, indent=1))
     print()
     by_key = {(r["model"], r["mode"], r["source"]): r["images_per_second"] for r in results}
@@ -154,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
                 ratio = by_key[(name, mode, "tfrecord")] / by_key[(name, mode, "memory")]
                 print(f"gpu_{name}_{mode}_tfrecord_vs_memory {ratio:.3g} ratio >=0.9")
         if (name, "fp32", "memory") in by_key and (name, "amp_xla", "memory") in by_key:
-            print(f"gpu_{name}_amp_xla_speedup {by_key[(name, 'amp_xla', 'memory')] / by_key[(name, 'fp32', 'memory')]:.3g}"
-                  " x -")
+            print(
+                f"gpu_{name}_amp_xla_speedup "
+                f"{by_key[(name, 'amp_xla', 'memory')] / by_key[(name, 'fp32', 'memory')]:.3g}"
+                " x -"
+            )
     if ("resnet50", "amp_xla", "memory") in by_key and not args.tiny:
         ratio = by_key[("resnet50", "amp_xla", "memory")] / NVIDIA_A100_RESNET50_AMP_XLA
         print(f"gpu_resnet50_amp_xla_vs_nvidia_a100 {ratio:.3g} x >1")

@@ -104,7 +104,7 @@ def _h5_floor(root: Path, out: Path | None = None) -> None:
     with h5py.File(root / f"{H5_PREFIX}_train_x.h5", "r") as f, open(out or os.devnull, "wb") as sink:
         x = f["x"]
         for start in range(0, x.shape[0], BLOCK):
-            block = np.ascontiguousarray(x[start:start + BLOCK])
+            block = np.ascontiguousarray(x[start : start + BLOCK])
             if out is not None:
                 sink.write(block)
                 digest.update(block)
@@ -147,6 +147,7 @@ def run(quick: bool = False) -> list[Figure]:
     sources = {"folders": folders, "kaggle": kaggle, "hdf5": hdf5}
     dataset = OUT / f"ingest-out-{n}"
     for fmt, src in sources.items():
+
         def measured(src=src, fmt=fmt):
             ingest(src, dataset, fmt=fmt)
 
@@ -157,8 +158,11 @@ def run(quick: bool = False) -> list[Figure]:
             Figure(f"ingest_{fmt}_floor_images_per_s", n / t_floor, "img/s", load=load),
         ]
         if fmt != "hdf5":
-            figures.append(Figure(f"ingest_{fmt}_vs_floor", t_floor / t, "ratio", f">={GOAL_RATIO}",
-                                  t_floor / t >= GOAL_RATIO, load))
+            figures.append(
+                Figure(
+                    f"ingest_{fmt}_vs_floor", t_floor / t, "ratio", f">={GOAL_RATIO}", t_floor / t >= GOAL_RATIO, load
+                )
+            )
             continue
         t_checked, t_checked_floor = _best_pair(measured, lambda: _h5_floor(hdf5, OUT / "floor.bin"), repeats)
         t = min(t, t_checked)

@@ -28,8 +28,9 @@ def pipeline_rate(shards, training: bool, repeats: int) -> float:
     n = dataset_size(shards, "train")
     best = float("inf")
     for r in range(repeats + 1):
-        ds = make_dataset(shards, "train", BATCH, training=training,
-                          augment_cfg=AugmentConfig() if training else None, seed=r)
+        ds = make_dataset(
+            shards, "train", BATCH, training=training, augment_cfg=AugmentConfig() if training else None, seed=r
+        )
         start = time.perf_counter()
         seen = 0
         for images, _ in ds:

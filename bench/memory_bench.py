@@ -91,8 +91,21 @@ def measure_ingest(source: Path, out: Path) -> dict[str, float]:
     """Peak RSS (MiB) of `pcam ingest` in a child process, and its wall time."""
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    cmd = [sys.executable, "-c", LAUNCHER, sys.executable, "-m", "pcam.cli", "ingest", "--source", str(source),
-           "--format", "hdf5", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-c",
+        LAUNCHER,
+        sys.executable,
+        "-m",
+        "pcam.cli",
+        "ingest",
+        "--source",
+        str(source),
+        "--format",
+        "hdf5",
+        "--out",
+        str(out),
+    ]
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = {"anon": 0.0, "hwm": 0.0}
@@ -121,8 +134,12 @@ def measure_ingest(source: Path, out: Path) -> dict[str, float]:
     if status != 0:
         raise RuntimeError(f"pcam ingest failed ({status}):\n{err[-2000:]}")
     maxrss_kib = int(err.strip().splitlines()[-1])
-    return {"maxrss_mib": maxrss_kib / 1024, "anon_mib": peak["anon"], "hwm_polled_mib": peak["hwm"],
-            "seconds": time.perf_counter() - start}
+    return {
+        "maxrss_mib": maxrss_kib / 1024,
+        "anon_mib": peak["anon"],
+        "hwm_polled_mib": peak["hwm"],
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def run(quick: bool = False, sizes: tuple[int, ...] | None = None, keep: bool = False) -> list[Figure]:
@@ -160,8 +177,12 @@ if __name__ == "__main__":
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--sizes", type=lambda s: tuple(int(x) for x in s.split(",")), default=None,
-                        help="comma-separated patch counts (default 65536,262144; --quick 4096,16384)")
+    parser.add_argument(
+        "--sizes",
+        type=lambda s: tuple(int(x) for x in s.split(",")),
+        default=None,
+        help="comma-separated patch counts (default 65536,262144; --quick 4096,16384)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the generated files and datasets")
     args = parser.parse_args()
     for fig in run(args.quick, args.sizes, args.keep):

@@ -42,8 +42,11 @@ HDF5_FULL = 262_144
 def _real_patches(n: int, split: str = "train", label: str | None = None) -> np.ndarray:
     from PIL import Image
 
-    rows = [r for r in csv.DictReader(open(sample_dir() / "labels.csv"))
-            if r["split"] == split and (label is None or r["label"] == label)][:n]
+    rows = [
+        r
+        for r in csv.DictReader(open(sample_dir() / "labels.csv"))
+        if r["split"] == split and (label is None or r["label"] == label)
+    ][:n]
     return np.stack([np.asarray(Image.open(sample_dir() / r["path"]).convert("RGB")) for r in rows])
 
 
@@ -62,8 +65,15 @@ def _slide(path: Path, cells: int, patches: np.ndarray, upscale: int, levels: in
     from pcam.slide_synth import write_slide
 
     if not path.exists():
-        write_slide(path, lambda r, c: patches[(r * cells + c) % len(patches)], cells, cells, upscale=upscale,
-                    levels=levels, compression=None)
+        write_slide(
+            path,
+            lambda r, c: patches[(r * cells + c) % len(patches)],
+            cells,
+            cells,
+            upscale=upscale,
+            levels=levels,
+            compression=None,
+        )
     return path
 
 
@@ -89,14 +99,20 @@ def throughput(quick: bool) -> list[Figure]:
         predictor.score(images[:512])
         bare = _best(lambda: model.predict(images, batch_size=256, verbose=0))
         ours = _best(lambda: predict_patches([(h5, None)], predictor, WORK / "out-patches", stack, progress=False))
-        figures += [Figure("predict_patches_images_per_s", n / ours, "img/s", load=loadavg()),
-                    Figure("bare_model_predict_images_per_s", n / bare, "img/s", load=loadavg()),
-                    Figure("predict_patches_vs_bare", bare / ours, "ratio", ">=0.8", bare / ours >= 0.8, loadavg())]
+        figures += [
+            Figure("predict_patches_images_per_s", n / ours, "img/s", load=loadavg()),
+            Figure("bare_model_predict_images_per_s", n / bare, "img/s", load=loadavg()),
+            Figure("predict_patches_vs_bare", bare / ours, "ratio", ">=0.8", bare / ours >= 0.8, loadavg()),
+        ]
         cells = 12 if quick else 32
         slide = _slide(WORK / f"slide-{cells}.tif", cells, patches, upscale=2, levels=5)
         plan = SlidePlan(slide, None, 96, 0.25)
-        tiles = np.concatenate([read_tiles(plan.slide, slide, plan.grid, block)
-                                for block in np.array_split(plan.cells, max(1, len(plan.cells) // 64))])
+        tiles = np.concatenate(
+            [
+                read_tiles(plan.slide, slide, plan.grid, block)
+                for block in np.array_split(plan.cells, max(1, len(plan.cells) // 64))
+            ]
+        )
         plan.close()
         bare = _best(lambda: model.predict(tiles, batch_size=256, verbose=0))
 
@@ -105,9 +121,11 @@ def throughput(quick: bool) -> list[Figure]:
             predict_slide(slide, predictor, WORK / "out-slide", progress=False)
 
         ours = _best(whole_slide)
-        figures += [Figure("predict_slide_tiles_per_s", len(tiles) / ours, "tile/s", load=loadavg()),
-                    Figure("bare_model_predict_tiles_per_s", len(tiles) / bare, "tile/s", load=loadavg()),
-                    Figure("predict_slide_vs_bare", bare / ours, "ratio", ">=0.8", bare / ours >= 0.8, loadavg())]
+        figures += [
+            Figure("predict_slide_tiles_per_s", len(tiles) / ours, "tile/s", load=loadavg()),
+            Figure("bare_model_predict_tiles_per_s", len(tiles) / bare, "tile/s", load=loadavg()),
+            Figure("predict_slide_vs_bare", bare / ours, "ratio", ">=0.8", bare / ours >= 0.8, loadavg()),
+        ]
     return figures
 
 
@@ -158,8 +176,11 @@ def measure_predict(args: list[str]) -> dict[str, float]:
     watcher.join()
     if status != 0:
         raise RuntimeError(f"pcam predict failed ({status}):\n{err[-2000:]}")
-    return {"maxrss_mib": int(err.strip().splitlines()[-1]) / 1024, "anon_mib": peak["anon"],
-            "seconds": time.perf_counter() - start}
+    return {
+        "maxrss_mib": int(err.strip().splitlines()[-1]) / 1024,
+        "anon_mib": peak["anon"],
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def rss(quick: bool) -> list[Figure]:
@@ -173,21 +194,42 @@ def rss(quick: bool) -> list[Figure]:
     r = measure_predict(["--model", str(model), "--input", str(slide), "--out", str(out)])
     with open(out / "slides.csv") as handle:
         tiles = int(next(csv.DictReader(handle))["tiles_scored"])
-    figures = [Figure(f"predict_slide_tissue_tiles_{cells}x{cells}", tiles, "tiles", ">=50000" if not quick else "-",
-                      tiles >= 50_000 if not quick else None),
-               Figure("predict_slide_peak_rss", r["maxrss_mib"], "MiB", f"<={RSS_GOAL_MIB}",
-                      r["maxrss_mib"] <= RSS_GOAL_MIB, loadavg()),
-               Figure("predict_slide_peak_anon_rss", r["anon_mib"], "MiB", load=loadavg()),
-               Figure("predict_slide_big_tiles_per_s", tiles / r["seconds"], "tile/s", load=loadavg())]
+    figures = [
+        Figure(
+            f"predict_slide_tissue_tiles_{cells}x{cells}",
+            tiles,
+            "tiles",
+            ">=50000" if not quick else "-",
+            tiles >= 50_000 if not quick else None,
+        ),
+        Figure(
+            "predict_slide_peak_rss",
+            r["maxrss_mib"],
+            "MiB",
+            f"<={RSS_GOAL_MIB}",
+            r["maxrss_mib"] <= RSS_GOAL_MIB,
+            loadavg(),
+        ),
+        Figure("predict_slide_peak_anon_rss", r["anon_mib"], "MiB", load=loadavg()),
+        Figure("predict_slide_big_tiles_per_s", tiles / r["seconds"], "tile/s", load=loadavg()),
+    ]
     n = 4096 if quick else HDF5_FULL
     source = write_official(OUT / f"official-{n}", n)
     out = WORK / "out-hdf5"
     shutil.rmtree(out, ignore_errors=True)
     r = measure_predict(["--model", str(model), "--input", str(source / f"{PREFIX}_x.h5"), "--out", str(out)])
-    figures += [Figure(f"predict_hdf5_{n}_peak_rss", r["maxrss_mib"], "MiB", f"<={RSS_GOAL_MIB}",
-                       r["maxrss_mib"] <= RSS_GOAL_MIB, loadavg()),
-                Figure(f"predict_hdf5_{n}_peak_anon_rss", r["anon_mib"], "MiB", load=loadavg()),
-                Figure(f"predict_hdf5_{n}_images_per_s", n / r["seconds"], "img/s", load=loadavg())]
+    figures += [
+        Figure(
+            f"predict_hdf5_{n}_peak_rss",
+            r["maxrss_mib"],
+            "MiB",
+            f"<={RSS_GOAL_MIB}",
+            r["maxrss_mib"] <= RSS_GOAL_MIB,
+            loadavg(),
+        ),
+        Figure(f"predict_hdf5_{n}_peak_anon_rss", r["anon_mib"], "MiB", load=loadavg()),
+        Figure(f"predict_hdf5_{n}_images_per_s", n / r["seconds"], "img/s", load=loadavg()),
+    ]
     return figures
 
 
@@ -209,12 +251,12 @@ def _train_cnn(n: int, epochs: int) -> Path:
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, 64):
-            batch = x[order[start:start + 64]]
+            batch = x[order[start : start + 64]]
             k = int(rng.integers(4))
             batch = np.rot90(batch, k, axes=(1, 2))
             if rng.random() < 0.5:
                 batch = batch[:, :, ::-1]
-            model.train_on_batch(np.ascontiguousarray(batch).astype(np.float32), y[order[start:start + 64]])
+            model.train_on_batch(np.ascontiguousarray(batch).astype(np.float32), y[order[start : start + 64]])
     out.mkdir(parents=True, exist_ok=True)
     model.save(out / "model.keras")
     return out
@@ -251,13 +293,16 @@ def real_check(quick: bool, model_dir: str | None) -> list[Figure]:
     probs = np.array([float(t["probability"]) for t in tiles])
     predicted = probs >= 0.5
     dice = 2 * (predicted & truth).sum() / max(1, predicted.sum() + truth.sum())
-    return [Figure("predict_real_slide_tile_auc", roc_auc_score(truth, probs), "auc", load=loadavg()),
-            Figure("predict_real_slide_tumour_dice_at_0.5", dice, "dice", load=loadavg()),
-            Figure("predict_real_slide_tiles", len(tiles), "tiles")]
+    return [
+        Figure("predict_real_slide_tile_auc", roc_auc_score(truth, probs), "auc", load=loadavg()),
+        Figure("predict_real_slide_tumour_dice_at_0.5", dice, "dice", load=loadavg()),
+        Figure("predict_real_slide_tiles", len(tiles), "tiles"),
+    ]
 
 
-def run(quick: bool = False, only: tuple[str, ...] = ("throughput", "rss", "real"),
-        model_dir: str | None = None) -> list[Figure]:
+def run(
+    quick: bool = False, only: tuple[str, ...] = ("throughput", "rss", "real"), model_dir: str | None = None
+) -> list[Figure]:
     quiet_tf()
     WORK.mkdir(parents=True, exist_ok=True)
     figures = []

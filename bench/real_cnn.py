@@ -36,7 +36,9 @@ from bench.common import OUT, REPO, Figure, loadavg, quiet_tf, sample_dir
 
 CONFIG = REPO / "configs" / "sample.yaml"
 STUDY_OVERRIDES: dict[str, Any] = {
-    "augment.hed": 0.0, "augment.hed_shift": 0.0, "defaults.label_smoothing": 0.0,
+    "augment.hed": 0.0,
+    "augment.hed_shift": 0.0,
+    "defaults.label_smoothing": 0.0,
     "evaluate.tta_views": ["identity", "hflip", "vflip", "rot90", "rot270"],
 }
 VARIANTS = {"sample": {}, "study": STUDY_OVERRIDES}
@@ -71,8 +73,14 @@ def run_variant(name: str, config: Path, out: Path, extra: dict[str, Any] | None
         Figure(f"real_{name}_auc_tta", row["auc"], "auc", f">={GOAL_AUC}", row["auc"] >= GOAL_AUC, load),
         Figure(f"real_{name}_auc_single", row["auc_single"], "auc", "-", None, load),
         Figure(f"real_{name}_accuracy_tta", row["accuracy"], "fraction", "-", None, load),
-        Figure(f"real_{name}_train_minutes", steps.get("train", 0.0) / 60, "min", "<=20",
-               steps.get("train", 0.0) <= 1200, load),
+        Figure(
+            f"real_{name}_train_minutes",
+            steps.get("train", 0.0) / 60,
+            "min",
+            "<=20",
+            steps.get("train", 0.0) <= 1200,
+            load,
+        ),
         Figure(f"real_{name}_wall_minutes", wall / 60, "min", "-", None, load),
         Figure(f"real_{name}_process_cpu_minutes", cpu / 60, "min", "-", None, load),
     ]
@@ -81,12 +89,18 @@ def run_variant(name: str, config: Path, out: Path, extra: dict[str, Any] | None
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=CONFIG, help="the recipe (default configs/sample.yaml)")
-    parser.add_argument("--variant", choices=sorted(VARIANTS), action="append",
-                        help="sample and/or study (default: both)")
+    parser.add_argument(
+        "--variant", choices=sorted(VARIANTS), action="append", help="sample and/or study (default: both)"
+    )
     parser.add_argument("--out", type=Path, default=OUT / "real-sample")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra dotted override for both variants, value in YAML (a reduced-budget check: "
-                             "--set defaults.epochs=2 --set data.limit_per_split=10000)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dotted override for both variants, value in YAML (a reduced-budget check: "
+        "--set defaults.epochs=2 --set data.limit_per_split=10000)",
+    )
     args = parser.parse_args(argv)
     extra = {}
     for item in args.set:

@@ -70,9 +70,13 @@ def main(argv: list[str] | None = None) -> int:
         for fig in got:  # as they come, in case a later bench is interrupted
             print(f"   {fig.line()}", file=sys.stderr, flush=True)
     OUT.mkdir(parents=True, exist_ok=True)
-    record = {"started": started, "machine": f"{platform.node()} {platform.machine()} "
-              f"{__import__('os').cpu_count()} cpus", "quick": args.quick,
-              "figures": [f.to_dict() for f in figures], "failed": failed}
+    record = {
+        "started": started,
+        "machine": f"{platform.node()} {platform.machine()} {__import__('os').cpu_count()} cpus",
+        "quick": args.quick,
+        "figures": [f.to_dict() for f in figures],
+        "failed": failed,
+    }
     (OUT / f"results-{started.replace(':', '')}.json").write_text(json.dumps(record, indent=1))
     print()
     for fig in figures:

@@ -68,9 +68,25 @@ def _start_server(serving: Path, log_path: Path) -> tuple[subprocess.Popen, str]
 
     port = _free_port()
     log = open(log_path, "w")  # noqa: SIM115 - the child owns it
-    proc = subprocess.Popen([sys.executable, "-m", "pcam.cli", "serve", "--model", str(serving), "--host",
-                             "127.0.0.1", "--port", str(port), "--max-body-mb", "64"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pcam.cli",
+            "serve",
+            "--model",
+            str(serving),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-body-mb",
+            "64",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -138,8 +154,14 @@ def run(quick: bool = False, steady_seconds: float = 300.0, serving: Path | None
         goal_p50 = 2 * _percentile(in1, 50) + 5
         figures += [
             Figure("serve_b1_inprocess_p50", _percentile(in1, 50), "ms", load=load),
-            Figure("serve_b1_http_p50", _percentile(http1, 50), "ms", f"<={goal_p50:.1f}",
-                   _percentile(http1, 50) <= goal_p50, load),
+            Figure(
+                "serve_b1_http_p50",
+                _percentile(http1, 50),
+                "ms",
+                f"<={goal_p50:.1f}",
+                _percentile(http1, 50) <= goal_p50,
+                load,
+            ),
             Figure("serve_b1_http_p99", _percentile(http1, 99), "ms", load=load),
             Figure("serve_b1_inprocess_p99", _percentile(in1, 99), "ms", load=load),
             Figure("serve_b1_http_rps", len(http1) / sum(http1), "req/s", load=load),

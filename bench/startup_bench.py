@@ -40,13 +40,17 @@ print(time.time(), flush=True)
 
 
 def _import_seconds() -> float:
-    return best_of(lambda: subprocess.run([sys.executable, "-c", "import tensorflow"], check=True,
-                                          capture_output=True))
+    return best_of(lambda: subprocess.run([sys.executable, "-c", "import tensorflow"], check=True, capture_output=True))
 
 
 def _teardown_seconds(mode: str) -> float:
-    proc = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, mode], check=True, capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
+    proc = subprocess.run(
+        [sys.executable, "-c", EXIT_SCRIPT, mode],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
     ended = time.time()
     return ended - float(proc.stdout.strip().splitlines()[-1])
 
@@ -86,8 +90,10 @@ def run(quick: bool = False) -> list[Figure]:
     cases = [("mobilenetv2", 32)] if quick else [("mobilenetv2", 96), ("resnet50", 32), ("resnet50", 64)]
     for name, size in cases:
         trace, epoch = _trace_seconds(name, size)
-        figures += [Figure(f"trace_{name}_{size}px_seconds", trace, "s", load=loadavg()),
-                    Figure(f"epoch_{name}_{size}px_seconds", epoch, "s", load=loadavg())]
+        figures += [
+            Figure(f"trace_{name}_{size}px_seconds", trace, "s", load=loadavg()),
+            Figure(f"epoch_{name}_{size}px_seconds", epoch, "s", load=loadavg()),
+        ]
     return figures
 
 

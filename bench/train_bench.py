@@ -40,10 +40,12 @@ def _pcam_rate(shards, name: str, steps: int) -> tuple[float, float]:
 def _config(name: str, steps: int):
     from pcam.config import config_from_dict
 
-    return config_from_dict({
-        "train": {"models": [name], "policies": ["constant"], "steps_per_epoch": steps},
-        "models": {name: {"epochs": 2, "batch_size": BATCH}},
-    })
+    return config_from_dict(
+        {
+            "train": {"models": [name], "policies": ["constant"], "steps_per_epoch": steps},
+            "models": {name: {"epochs": 2, "batch_size": BATCH}},
+        }
+    )
 
 
 def _bare_rate(shards, name: str, steps: int) -> tuple[float, float]:

@@ -24,7 +24,7 @@ def run(quick: bool = False) -> list[Figure]:
 
     shards = real_shards(1000 if quick else 20000)
     images, _, _ = load_arrays(shards, "test")
-    images = images[:256 if quick else 1024]
+    images = images[: 256 if quick else 1024]
     models = ("cnn",) if quick else ("cnn", "mobilenetv2")
     figures = []
     for name in models:
@@ -36,8 +36,9 @@ def run(quick: bool = False) -> list[Figure]:
         # Interleaved so both see the same machine load.
         single = tta = float("inf")
         for _ in range(repeats):
-            single = min(single, best_of(lambda m=model: predict_views(m, images, ("identity",), 128,
-                                                                        progress=False), 1))
+            single = min(
+                single, best_of(lambda m=model: predict_views(m, images, ("identity",), 128, progress=False), 1)
+            )
             tta = min(tta, best_of(lambda m=model: predict_views(m, images, VIEWS, 128, progress=False), 1))
         load = loadavg()
         ratio = tta / single

@@ -73,9 +73,13 @@ def configure(
     set_dotted(data, "seed", seed)
     set_dotted(data, "evaluate.tta_views", list(tta_views))
     set_dotted(data, "evaluate.target_sensitivity", target_sensitivity)
-    for key, value in (("epochs", epochs), ("finetune_epochs", finetune_epochs),
-                       ("batch_size", batch_size), ("learning_rate", learning_rate),
-                       ("finetune_learning_rate", finetune_learning_rate)):
+    for key, value in (
+        ("epochs", epochs),
+        ("finetune_epochs", finetune_epochs),
+        ("batch_size", batch_size),
+        ("learning_rate", learning_rate),
+        ("finetune_learning_rate", finetune_learning_rate),
+    ):
         if value:
             for_every_model(key, value)
     if weights_uri:

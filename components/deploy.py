@@ -23,8 +23,15 @@ def deploy_gate(decision: str, serving_name: str) -> bool:
     return should_deploy(decision, serving_name)
 
 
-def deploy(decision: str, config_yaml: str, serving_name: str, serving_namespace: str,
-           canary_traffic_percent: int, gpu: bool, timeout_seconds: int) -> str:
+def deploy(
+    decision: str,
+    config_yaml: str,
+    serving_name: str,
+    serving_namespace: str,
+    canary_traffic_percent: int,
+    gpu: bool,
+    timeout_seconds: int,
+) -> str:
     """Server-side apply the InferenceService for ``<promote.champion_uri>/serving`` and wait for Ready.
 
     Args:
@@ -48,8 +55,15 @@ def deploy(decision: str, config_yaml: str, serving_name: str, serving_namespace
 
     logging.basicConfig(level=logging.INFO)
     cfg = config_from_dict(yaml.safe_load(config_yaml))
-    result = deploy_champion(decision, cfg.promote.champion_uri, serving_name, namespace=serving_namespace,
-                             canary_percent=canary_traffic_percent, gpu=gpu, timeout=timeout_seconds)
+    result = deploy_champion(
+        decision,
+        cfg.promote.champion_uri,
+        serving_name,
+        namespace=serving_namespace,
+        canary_percent=canary_traffic_percent,
+        gpu=gpu,
+        timeout=timeout_seconds,
+    )
     return result.get("url", "")
 
 

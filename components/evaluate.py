@@ -6,9 +6,18 @@ from kfp.dsl import ClassificationMetrics, Dataset, Input, Metrics, Model, Outpu
 from components._common import make_component
 
 
-def evaluate(model: Input[Model], shards: Input[Dataset], config_yaml: str, model_name: str,
-             policy: str, stage: str, run: Output[Dataset], metrics: Output[Metrics],
-             classification: Output[ClassificationMetrics], run_id: str = ""):
+def evaluate(
+    model: Input[Model],
+    shards: Input[Dataset],
+    config_yaml: str,
+    model_name: str,
+    policy: str,
+    stage: str,
+    run: Output[Dataset],
+    metrics: Output[Metrics],
+    classification: Output[ClassificationMetrics],
+    run_id: str = "",
+):
     """Evaluate the model on evaluate.split with TTA and publish the pair's run directory.
 
     ``run`` is what the report and promote steps read (docs/architecture.md):
@@ -49,8 +58,9 @@ def evaluate(model: Input[Model], shards: Input[Dataset], config_yaml: str, mode
     out = Path(run.path)
     out.mkdir(parents=True, exist_ok=True)
     result = evaluate_model(model.path, shards.path, out / "evaluate", cfg)
-    shutil.copytree(model.path, out / stage, dirs_exist_ok=True,
-                    ignore=shutil.ignore_patterns("checkpoint", "tensorboard"))
+    shutil.copytree(
+        model.path, out / stage, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoint", "tensorboard")
+    )
     write_json(out / "pair.json", {"model": model_name, "policy": policy})
 
     for mode in ("tta", "single"):
@@ -65,8 +75,9 @@ def evaluate(model: Input[Model], shards: Input[Dataset], config_yaml: str, mode
     if roc["fpr"]:
         # The UI draws every point it is given; 200 keep the curve's shape.
         keep = np.unique(np.linspace(0, len(roc["fpr"]) - 1, 200).round().astype(int))
-        classification.log_roc_curve([roc["fpr"][i] for i in keep], [roc["tpr"][i] for i in keep],
-                                     [roc["thresholds"][i] for i in keep])
+        classification.log_roc_curve(
+            [roc["fpr"][i] for i in keep], [roc["tpr"][i] for i in keep], [roc["thresholds"][i] for i in keep]
+        )
     run.metadata.update({"model": model_name, "policy": policy, "stage": stage})
     # Last: only a pair whose results are safely written gives up its checkpoints.
     removed = remove_pair_checkpoints(for_run(cfg, run_id), model_name, policy)

@@ -6,9 +6,18 @@ from kfp.dsl import Dataset, Input, Model, Output
 from components._common import make_component
 
 
-def finetune(trained: Input[Model], shards: Input[Dataset], config_yaml: str, model_name: str,
-             policy: str, model: Output[Model], run_id: str = ""):
-    """Fine-tune a stage-1 transfer model (MobileNetV2: all but the first 100 base layers; ResNet50: the last 124, BatchNorm frozen).
+def finetune(
+    trained: Input[Model],
+    shards: Input[Dataset],
+    config_yaml: str,
+    model_name: str,
+    policy: str,
+    model: Output[Model],
+    run_id: str = "",
+):
+    """Fine-tune a stage-1 transfer model.
+
+    MobileNetV2 trains all but its first 100 base layers; ResNet50 its last 124, BatchNorm frozen.
 
     Args:
         trained: The stage-1 model directory from train.
@@ -30,8 +39,7 @@ def finetune(trained: Input[Model], shards: Input[Dataset], config_yaml: str, mo
     logging.basicConfig(level=logging.INFO)
     cfg = for_run(config_from_dict(yaml.safe_load(config_yaml)), run_id)
     finetune_model(trained.path, shards.path, model.path, cfg, model_name, policy)
-    model.metadata.update({"model": model_name, "policy": policy, "stage": "finetune",
-                           "framework": "keras"})
+    model.metadata.update({"model": model_name, "policy": policy, "stage": "finetune", "framework": "keras"})
     import gc
 
     gc.freeze()  # the process ends next: spare its final GC pass over TensorFlow's objects (1-2 s a step)

@@ -25,11 +25,24 @@ def ingest(config_yaml: str, dataset: Output[Dataset]):
 
     logging.basicConfig(level=logging.INFO)
     cfg = config_from_dict(yaml.safe_load(config_yaml))
-    manifest = ingest_dataset(cfg.data.source, dataset.path, fmt=cfg.data.format, convert=cfg.data.convert,
-                              limit_per_split=cfg.data.limit_per_split, seed=cfg.seed,
-                              cache_dir=cfg.data.cache_dir or None, synthetic=cfg.data.synthetic)
-    dataset.metadata.update({"source": cfg.data.source, "format": manifest["format"],
-                             "count": manifest["count"], "counts": manifest["counts"]})
+    manifest = ingest_dataset(
+        cfg.data.source,
+        dataset.path,
+        fmt=cfg.data.format,
+        convert=cfg.data.convert,
+        limit_per_split=cfg.data.limit_per_split,
+        seed=cfg.seed,
+        cache_dir=cfg.data.cache_dir or None,
+        synthetic=cfg.data.synthetic,
+    )
+    dataset.metadata.update(
+        {
+            "source": cfg.data.source,
+            "format": manifest["format"],
+            "count": manifest["count"],
+            "counts": manifest["counts"],
+        }
+    )
 
 
 ingest_op = make_component(ingest)

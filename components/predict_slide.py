@@ -6,8 +6,16 @@ from kfp.dsl import Dataset, Output
 from components._common import make_component
 
 
-def predict_slide(model_uri: str, slide_uri: str, mpp: float, stride: int, views: int, min_tissue: float,
-                  top_k: int, result: Output[Dataset]):
+def predict_slide(
+    model_uri: str,
+    slide_uri: str,
+    mpp: float,
+    stride: int,
+    views: int,
+    min_tissue: float,
+    top_k: int,
+    result: Output[Dataset],
+):
     """Run ``pcam predict`` on one slide.
 
     Args:
@@ -25,8 +33,18 @@ def predict_slide(model_uri: str, slide_uri: str, mpp: float, stride: int, views
     from pcam.predict import predict
 
     logging.basicConfig(level=logging.INFO)
-    predict(model_uri, [slide_uri], result.path, slide_views=views, mpp=mpp or None, stride=stride,
-            min_tissue=min_tissue, top_k=top_k, progress=False, kinds=("slides",))
+    predict(
+        model_uri,
+        [slide_uri],
+        result.path,
+        slide_views=views,
+        mpp=mpp or None,
+        stride=stride,
+        min_tissue=min_tissue,
+        top_k=top_k,
+        progress=False,
+        kinds=("slides",),
+    )
 
 
 predict_slide_op = make_component(predict_slide)

@@ -7,8 +7,13 @@ from kfp.dsl import Dataset, Input, Markdown, Output
 from components._common import make_component
 
 
-def promote(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Dataset]],
-            shards: Input[Dataset], config_yaml: str, decision: Output[Markdown]) -> str:
+def promote(
+    scratch_runs: Input[list[Dataset]],
+    transfer_runs: Input[list[Dataset]],
+    shards: Input[Dataset],
+    config_yaml: str,
+    decision: Output[Markdown],
+) -> str:
     """Compare the run's best model (promote.metric) with the champion at promote.champion_uri.
 
     The first run promotes (there is no champion yet). Without a champion location
@@ -45,8 +50,15 @@ def promote(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Datase
         best = champion.best_run(run_dirs, cfg.promote.metric)
         model_dir = best / "finetune" if (best / "finetune").exists() else best / "train"
         with tempfile.TemporaryDirectory() as tmp:  # decision.json: returned, not written into an input
-            result = champion.promote(best / "evaluate", model_dir, cfg.promote.champion_uri,
-                                      cfg.promote.metric, shards_dir=shards.path, cfg=cfg, out_dir=tmp)
+            result = champion.promote(
+                best / "evaluate",
+                model_dir,
+                cfg.promote.champion_uri,
+                cfg.promote.metric,
+                shards_dir=shards.path,
+                cfg=cfg,
+                out_dir=tmp,
+            )
         result = {**result, "candidate": json.loads((best / "pair.json").read_text())}
     lines = ["# Champion decision", ""]
     lines += [f"- **{key}**: {value}" for key, value in result.items()]

@@ -7,9 +7,16 @@ from kfp.dsl import HTML, Dataset, Input, Markdown, Output
 from components._common import make_component
 
 
-def report(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Dataset]],
-           dataset: Input[Dataset], shards: Input[Dataset], config_yaml: str,
-           report_dir: Output[Dataset], html: Output[HTML], summary: Output[Markdown]):
+def report(
+    scratch_runs: Input[list[Dataset]],
+    transfer_runs: Input[list[Dataset]],
+    dataset: Input[Dataset],
+    shards: Input[Dataset],
+    config_yaml: str,
+    report_dir: Output[Dataset],
+    html: Output[HTML],
+    summary: Output[Markdown],
+):
     """Build the comparison report (table, curves, confusion matrices, ROC) and publish it to the UI.
 
     Args:
@@ -36,8 +43,10 @@ def report(scratch_runs: Input[list[Dataset]], transfer_runs: Input[list[Dataset
     logging.basicConfig(level=logging.INFO)
     cfg = config_from_dict(yaml.safe_load(config_yaml))
     run_dirs = [Path(r.path) for r in [*scratch_runs, *transfer_runs]]
-    context = {**run_context(cfg, dataset.path, shards.path, step_seconds_from_runs(run_dirs)),
-               "orchestrator": "kubeflow pipelines"}
+    context = {
+        **run_context(cfg, dataset.path, shards.path, step_seconds_from_runs(run_dirs)),
+        "orchestrator": "kubeflow pipelines",
+    }
     build_report(run_dirs, report_dir.path, context)
     out = Path(report_dir.path)
 

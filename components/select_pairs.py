@@ -40,8 +40,9 @@ def select_pairs(grid: list, config_yaml: str, transfer: bool) -> list:
             raise ConfigError(f"grid[{i}]: expected a mapping with keys model and policy, got {pair!r}")
         model_cfg = cfg.model(pair["model"])  # ConfigError naming the model when unknown
         if pair["policy"] not in POLICY_NAMES:
-            raise ConfigError(f"grid[{i}].policy: unknown policy {pair['policy']!r}; "
-                              f"expected one of {', '.join(POLICY_NAMES)}")
+            raise ConfigError(
+                f"grid[{i}].policy: unknown policy {pair['policy']!r}; expected one of {', '.join(POLICY_NAMES)}"
+            )
         finetuned = pair["model"] in TRANSFER_MODELS and model_cfg.finetune_epochs > 0
         if finetuned == transfer:
             chosen.append({"model": pair["model"], "policy": pair["policy"], "config_yaml": config_yaml})

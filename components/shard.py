@@ -6,8 +6,7 @@ from kfp.dsl import Dataset, Input, Output
 from components._common import make_component
 
 
-def shard(dataset: Input[Dataset], split_index: Input[Dataset], config_yaml: str,
-          shards: Output[Dataset]):
+def shard(dataset: Input[Dataset], split_index: Input[Dataset], config_yaml: str, shards: Output[Dataset]):
     """Write TFRecord shards per split (augment.*, shard.*), materialising augmented copies if asked.
 
     Args:

@@ -6,8 +6,9 @@ from kfp.dsl import Dataset, Input, Model, Output
 from components._common import make_component
 
 
-def train(shards: Input[Dataset], config_yaml: str, model_name: str, policy: str,
-          model: Output[Model], run_id: str = ""):
+def train(
+    shards: Input[Dataset], config_yaml: str, model_name: str, policy: str, model: Output[Model], run_id: str = ""
+):
     """Train ``model_name`` under ``policy`` on the training shards; transfer models keep their base frozen.
 
     Per-epoch checkpoints go to ``<train.checkpoint_uri>/<run_id>/<model>-<policy>-train`` when
@@ -33,8 +34,7 @@ def train(shards: Input[Dataset], config_yaml: str, model_name: str, policy: str
     logging.basicConfig(level=logging.INFO)
     cfg = for_run(config_from_dict(yaml.safe_load(config_yaml)), run_id)
     train_model(shards.path, model.path, cfg, model_name, policy)
-    model.metadata.update({"model": model_name, "policy": policy, "stage": "train",
-                           "framework": "keras"})
+    model.metadata.update({"model": model_name, "policy": policy, "stage": "train", "framework": "keras"})
     import gc
 
     gc.freeze()  # the process ends next: spare its final GC pass over TensorFlow's objects (1-2 s a step)

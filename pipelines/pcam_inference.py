@@ -5,7 +5,8 @@
 
 Compile it with::
 
-    python -m pipelines.pcam_inference --image REGISTRY/pcam-gpu:TAG --output pipelines/compiled/pcam_inference.yaml [--gpu-steps | --gpu ACCELERATOR]
+    python -m pipelines.pcam_inference --image REGISTRY/pcam-gpu:TAG --output pipelines/compiled/pcam_inference.yaml \
+        [--gpu-steps | --gpu ACCELERATOR]
 
 ``--gpu`` gives each slide step one GPU on the GPU node pool (node selector and
 toleration as in training); without it the steps run on CPU nodes. The same
@@ -43,8 +44,12 @@ def _on_volume(task: dsl.PipelineTask) -> dsl.PipelineTask:
     return task
 
 
-def build_pipeline(image: str | None = None, gpu: cluster.GpuPool | None = None, parallelism: int = DEFAULT_PARALLELISM,
-                   pipeline_root: str | None = None):
+def build_pipeline(
+    image: str | None = None,
+    gpu: cluster.GpuPool | None = None,
+    parallelism: int = DEFAULT_PARALLELISM,
+    pipeline_root: str | None = None,
+):
     """Build the inference pipeline with every step running in ``image``.
 
     Args:
@@ -85,14 +90,24 @@ def build_pipeline(image: str | None = None, gpu: cluster.GpuPool | None = None,
         slides = _on_volume(list_op(source_uri=source_uri, kind="slides")).set_display_name("list-slides")
         slides.set_cpu_request("500m").set_memory_request("1G").set_caching_options(False)
         with dsl.ParallelFor(slides.output, parallelism=parallelism) as slide_uri:
-            slide = _on_volume(slide_op(model_uri=model_uri, slide_uri=slide_uri, mpp=mpp, stride=stride,
-                                        views=slide_views, min_tissue=min_tissue, top_k=top_k))
+            slide = _on_volume(
+                slide_op(
+                    model_uri=model_uri,
+                    slide_uri=slide_uri,
+                    mpp=mpp,
+                    stride=stride,
+                    views=slide_views,
+                    min_tissue=min_tissue,
+                    top_k=top_k,
+                )
+            )
             slide.set_cpu_request("2").set_cpu_limit("4").set_memory_request("4G").set_memory_limit("8G")
             if gpu:
                 slide.set_accelerator_type(gpu.resource).set_accelerator_limit(1)
                 kubernetes.add_node_selector(slide, gpu.label_key, gpu.label_value)
-                kubernetes.add_toleration(slide, key=gpu.taint_key, operator="Equal",
-                                          value=gpu.taint_value, effect=gpu.taint_effect)
+                kubernetes.add_toleration(
+                    slide, key=gpu.taint_key, operator="Equal", value=gpu.taint_value, effect=gpu.taint_effect
+                )
                 slide.set_env_variable("CUDA_CACHE_PATH", gpu.cuda_cache_path)
             slide.set_retry(num_retries=2, backoff_duration="60s")
             # glibc's per-thread malloc arenas (reader threads + TensorFlow's) held ~150 MiB
@@ -112,8 +127,13 @@ def build_pipeline(image: str | None = None, gpu: cluster.GpuPool | None = None,
     return pcam_inference
 
 
-def compile_pipeline(output: str | Path, image: str | None = None, gpu: cluster.GpuPool | None = None,
-                     parallelism: int = DEFAULT_PARALLELISM, pipeline_root: str | None = None) -> Path:
+def compile_pipeline(
+    output: str | Path,
+    image: str | None = None,
+    gpu: cluster.GpuPool | None = None,
+    parallelism: int = DEFAULT_PARALLELISM,
+    pipeline_root: str | None = None,
+) -> Path:
     """Compile the inference pipeline to ``output`` (YAML) and return its path."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -122,15 +142,18 @@ def compile_pipeline(output: str | Path, image: str | None = None, gpu: cluster.
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.pcam_inference",
-                                     description="Compile the pcam inference pipeline to YAML.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.pcam_inference", description="Compile the pcam inference pipeline to YAML."
+    )
     parser.add_argument("--image", default=PCAM_IMAGE, help=f"image of every step (default: {PCAM_IMAGE})")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="YAML to write")
-    parser.add_argument("--gpu-steps", action="store_true",
-                        help="one GPU per slide step, on the pool of --gpu/--gpu-label/--gpu-taint")
+    parser.add_argument(
+        "--gpu-steps", action="store_true", help="one GPU per slide step, on the pool of --gpu/--gpu-label/--gpu-taint"
+    )
     add_gpu_arguments(parser)
-    parser.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM,
-                        help="most slides predicted at once; 0 = unlimited")
+    parser.add_argument(
+        "--parallelism", type=int, default=DEFAULT_PARALLELISM, help="most slides predicted at once; 0 = unlimited"
+    )
     parser.add_argument("--pipeline-root", default=None, help="artifact root (gs://..., minio://...)")
     args = parser.parse_args(argv)
     gpu = gpu_pool_from_args(parser, args) if args.gpu_steps or args.gpu or args.gpu_label else None

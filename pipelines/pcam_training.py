@@ -48,8 +48,7 @@ REPO = Path(__file__).resolve().parents[1]
 PAPER_CONFIG = REPO / "configs" / "paper.yaml"
 PIPELINE_NAME = "pcam-training"
 DEFAULT_PARALLELISM = 4
-RETRIES = {"num_retries": 3, "backoff_duration": "60s", "backoff_factor": 2.0,
-           "backoff_max_duration": "3600s"}
+RETRIES = {"num_retries": 3, "backoff_duration": "60s", "backoff_factor": 2.0, "backoff_max_duration": "3600s"}
 SHM_VOLUME = "dshm"
 DEPLOY_TIMEOUT = 900
 """Seconds the deploy step waits for the InferenceService to be Ready (image pulls, model load)."""
@@ -100,11 +99,9 @@ def _gpu_step(task: dsl.PipelineTask, retry: bool | dict, gpu: cluster.GpuPool) 
     task.set_accelerator_type(gpu.resource).set_accelerator_limit(1)
     task.set_cpu_request("4").set_cpu_limit("8").set_memory_request("16G").set_memory_limit("32G")
     kubernetes.add_node_selector(task, gpu.label_key, gpu.label_value)
-    kubernetes.add_toleration(task, key=gpu.taint_key, operator="Equal",
-                              value=gpu.taint_value, effect=gpu.taint_effect)
+    kubernetes.add_toleration(task, key=gpu.taint_key, operator="Equal", value=gpu.taint_value, effect=gpu.taint_effect)
     # Docker's default /dev/shm is 64 MB; TensorFlow input pipelines need more.
-    kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm",
-                               medium="Memory", size_limit="8Gi")
+    kubernetes.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory", size_limit="8Gi")
     kubernetes.mount_pvc(task, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
     # GPUs without native code in the TF wheel (Blackwell) JIT-compile every kernel on
     # first use; the cache on the volume makes that a once-per-pool cost, not per pod.
@@ -115,9 +112,13 @@ def _gpu_step(task: dsl.PipelineTask, retry: bool | dict, gpu: cluster.GpuPool) 
     return task.set_caching_options(True)
 
 
-def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLELISM,
-                   pipeline_root: str | None = None, retries: bool | dict = True,
-                   gpu: cluster.GpuPool | None = None):
+def build_pipeline(
+    image: str | None = None,
+    parallelism: int = DEFAULT_PARALLELISM,
+    pipeline_root: str | None = None,
+    retries: bool | dict = True,
+    gpu: cluster.GpuPool | None = None,
+):
     """Build the pipeline with every component running in ``image``.
 
     Args:
@@ -133,10 +134,23 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
     """
     image = image or PCAM_IMAGE
     gpu = gpu or cluster.GpuPool()
-    ops = {name: make_component(getattr(module, name), image) for name, module in (
-        ("configure", configure), ("select_pairs", select_pairs), ("ingest", ingest), ("split", split),
-        ("shard", shard), ("train", train), ("finetune", finetune), ("evaluate", evaluate),
-        ("report", report), ("promote", promote), ("deploy_gate", deploy), ("deploy", deploy))}
+    ops = {
+        name: make_component(getattr(module, name), image)
+        for name, module in (
+            ("configure", configure),
+            ("select_pairs", select_pairs),
+            ("ingest", ingest),
+            ("split", split),
+            ("shard", shard),
+            ("train", train),
+            ("finetune", finetune),
+            ("evaluate", evaluate),
+            ("report", report),
+            ("promote", promote),
+            ("deploy_gate", deploy),
+            ("deploy", deploy),
+        )
+    }
     config_yaml_default, d = _paper_defaults()
 
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=pipeline_root)
@@ -193,77 +207,163 @@ def build_pipeline(image: str | None = None, parallelism: int = DEFAULT_PARALLEL
             serving_gpu: Serve on one GPU of the GPU node pool.
         """
         cfg = ops["configure"](
-            config_yaml=config_yaml, source=source, data_format=data_format, split_mode=split_mode,
-            split_ratios=split_ratios, seed=seed, epochs=epochs, finetune_epochs=finetune_epochs,
-            batch_size=batch_size, learning_rate=learning_rate,
-            finetune_learning_rate=finetune_learning_rate, weights_uri=weights_uri,
-            tta_views=tta_views, target_sensitivity=target_sensitivity, champion_uri=champion_uri,
-            checkpoint_root=checkpoint_root)
+            config_yaml=config_yaml,
+            source=source,
+            data_format=data_format,
+            split_mode=split_mode,
+            split_ratios=split_ratios,
+            seed=seed,
+            epochs=epochs,
+            finetune_epochs=finetune_epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            finetune_learning_rate=finetune_learning_rate,
+            weights_uri=weights_uri,
+            tta_views=tta_views,
+            target_sensitivity=target_sensitivity,
+            champion_uri=champion_uri,
+            checkpoint_root=checkpoint_root,
+        )
         _cpu_step(cfg, "500m", "512M", cache=True)
         resolved = cfg.output
 
         data = _cpu_step(ops["ingest"](config_yaml=resolved), "2", "8G", cache=True)
-        parts = _cpu_step(ops["split"](dataset=data.outputs["dataset"], config_yaml=resolved),
-                          "1", "4G", cache=True)
-        shards = _cpu_step(ops["shard"](dataset=data.outputs["dataset"],
-                                        split_index=parts.outputs["split_index"], config_yaml=resolved),
-                           "4", "16G", cache=True)
+        parts = _cpu_step(ops["split"](dataset=data.outputs["dataset"], config_yaml=resolved), "1", "4G", cache=True)
+        shards = _cpu_step(
+            ops["shard"](
+                dataset=data.outputs["dataset"], split_index=parts.outputs["split_index"], config_yaml=resolved
+            ),
+            "4",
+            "16G",
+            cache=True,
+        )
         shards_dir = shards.outputs["shards"]
 
-        scratch = _cpu_step(ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=False),
-                            "500m", "512M", cache=True).set_display_name("select-train-only-pairs")
+        scratch = _cpu_step(
+            ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=False), "500m", "512M", cache=True
+        ).set_display_name("select-train-only-pairs")
         # Every retry of a task keeps the run id, so it finds its own checkpoints there.
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         with dsl.ParallelFor(scratch.output, parallelism=parallelism) as pair:
-            trained = _gpu_step(ops["train"](shards=shards_dir, config_yaml=pair.config_yaml,
-                                             model_name=pair.model, policy=pair.policy, run_id=run_id),
-                                retry=retries, gpu=gpu)
-            scored = _gpu_step(ops["evaluate"](
-                model=trained.outputs["model"], shards=shards_dir, config_yaml=pair.config_yaml,
-                model_name=pair.model, policy=pair.policy, stage="train", run_id=run_id), retry=False, gpu=gpu)
+            trained = _gpu_step(
+                ops["train"](
+                    shards=shards_dir,
+                    config_yaml=pair.config_yaml,
+                    model_name=pair.model,
+                    policy=pair.policy,
+                    run_id=run_id,
+                ),
+                retry=retries,
+                gpu=gpu,
+            )
+            scored = _gpu_step(
+                ops["evaluate"](
+                    model=trained.outputs["model"],
+                    shards=shards_dir,
+                    config_yaml=pair.config_yaml,
+                    model_name=pair.model,
+                    policy=pair.policy,
+                    stage="train",
+                    run_id=run_id,
+                ),
+                retry=False,
+                gpu=gpu,
+            )
 
-        transfer = _cpu_step(ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=True),
-                             "500m", "512M", cache=True).set_display_name("select-fine-tuned-pairs")
+        transfer = _cpu_step(
+            ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=True), "500m", "512M", cache=True
+        ).set_display_name("select-fine-tuned-pairs")
         with dsl.ParallelFor(transfer.output, parallelism=parallelism) as tpair:
-            stage1 = _gpu_step(ops["train"](shards=shards_dir, config_yaml=tpair.config_yaml,
-                                            model_name=tpair.model, policy=tpair.policy, run_id=run_id),
-                               retry=retries, gpu=gpu)
-            stage2 = _gpu_step(ops["finetune"](
-                trained=stage1.outputs["model"], shards=shards_dir, config_yaml=tpair.config_yaml,
-                model_name=tpair.model, policy=tpair.policy, run_id=run_id), retry=retries, gpu=gpu)
-            tscored = _gpu_step(ops["evaluate"](
-                model=stage2.outputs["model"], shards=shards_dir, config_yaml=tpair.config_yaml,
-                model_name=tpair.model, policy=tpair.policy, stage="finetune", run_id=run_id),
-                retry=False, gpu=gpu)
+            stage1 = _gpu_step(
+                ops["train"](
+                    shards=shards_dir,
+                    config_yaml=tpair.config_yaml,
+                    model_name=tpair.model,
+                    policy=tpair.policy,
+                    run_id=run_id,
+                ),
+                retry=retries,
+                gpu=gpu,
+            )
+            stage2 = _gpu_step(
+                ops["finetune"](
+                    trained=stage1.outputs["model"],
+                    shards=shards_dir,
+                    config_yaml=tpair.config_yaml,
+                    model_name=tpair.model,
+                    policy=tpair.policy,
+                    run_id=run_id,
+                ),
+                retry=retries,
+                gpu=gpu,
+            )
+            tscored = _gpu_step(
+                ops["evaluate"](
+                    model=stage2.outputs["model"],
+                    shards=shards_dir,
+                    config_yaml=tpair.config_yaml,
+                    model_name=tpair.model,
+                    policy=tpair.policy,
+                    stage="finetune",
+                    run_id=run_id,
+                ),
+                retry=False,
+                gpu=gpu,
+            )
 
         # One dsl.Collected per consumer: the compiler rewrites each instance in place.
-        summary = ops["report"](scratch_runs=dsl.Collected(scored.outputs["run"]),
-                                transfer_runs=dsl.Collected(tscored.outputs["run"]),
-                                dataset=data.outputs["dataset"], shards=shards_dir, config_yaml=resolved)
+        summary = ops["report"](
+            scratch_runs=dsl.Collected(scored.outputs["run"]),
+            transfer_runs=dsl.Collected(tscored.outputs["run"]),
+            dataset=data.outputs["dataset"],
+            shards=shards_dir,
+            config_yaml=resolved,
+        )
         _cpu_step(summary, "1", "4G", cache=False).set_env_variable("PCAM_IMAGE", image)
-        decision = ops["promote"](scratch_runs=dsl.Collected(scored.outputs["run"]),
-                                  transfer_runs=dsl.Collected(tscored.outputs["run"]),
-                                  shards=shards_dir, config_yaml=resolved).after(summary)
+        decision = ops["promote"](
+            scratch_runs=dsl.Collected(scored.outputs["run"]),
+            transfer_runs=dsl.Collected(tscored.outputs["run"]),
+            shards=shards_dir,
+            config_yaml=resolved,
+        ).after(summary)
         _cpu_step(decision, "2", "8G", cache=False)
         # A local champion_uri lives on the shared volume; a gs:// one ignores the mount.
         kubernetes.mount_pvc(decision, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
 
         # Serve the new champion: only when promote promoted (and a name is set).
-        gate = _cpu_step(ops["deploy_gate"](decision=decision.outputs["Output"], serving_name=serving_name),
-                         "200m", "256M", cache=False)
+        gate = _cpu_step(
+            ops["deploy_gate"](decision=decision.outputs["Output"], serving_name=serving_name),
+            "200m",
+            "256M",
+            cache=False,
+        )
         with dsl.If(gate.output == True, name="promoted"):  # noqa: E712 - a kfp condition, not Python
-            served = _cpu_step(ops["deploy"](
-                decision=decision.outputs["Output"], config_yaml=resolved, serving_name=serving_name,
-                serving_namespace=serving_namespace, canary_traffic_percent=canary_traffic_percent,
-                gpu=serving_gpu, timeout_seconds=DEPLOY_TIMEOUT), "500m", "512M", cache=False)
+            served = _cpu_step(
+                ops["deploy"](
+                    decision=decision.outputs["Output"],
+                    config_yaml=resolved,
+                    serving_name=serving_name,
+                    serving_namespace=serving_namespace,
+                    canary_traffic_percent=canary_traffic_percent,
+                    gpu=serving_gpu,
+                    timeout_seconds=DEPLOY_TIMEOUT,
+                ),
+                "500m",
+                "512M",
+                cache=False,
+            )
             kubernetes.mount_pvc(served, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
 
     return pcam_training
 
 
-def compile_pipeline(output: str | Path, image: str | None = None,
-                     parallelism: int = DEFAULT_PARALLELISM, pipeline_root: str | None = None,
-                     gpu: cluster.GpuPool | None = None) -> Path:
+def compile_pipeline(
+    output: str | Path,
+    image: str | None = None,
+    parallelism: int = DEFAULT_PARALLELISM,
+    pipeline_root: str | None = None,
+    gpu: cluster.GpuPool | None = None,
+) -> Path:
     """Compile the pipeline to ``output`` (YAML) for GPU pool ``gpu`` and return its path."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -273,14 +373,26 @@ def compile_pipeline(output: str | Path, image: str | None = None,
 
 def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
     """The GPU node pool as compile options (both pipelines use them)."""
-    parser.add_argument("--gpu", default="", metavar="ACCELERATOR",
-                        help=f"GPU node pool by accelerator: the value of {cluster.GPU_NODE_LABEL_KEY} "
-                             f"(default {cluster.GPU_NODE_LABEL_VALUE}; e.g. nvidia-tesla-a100, nvidia-h100-80gb)")
-    parser.add_argument("--gpu-label", default="", metavar="KEY=VALUE",
-                        help="GPU node pool by any node label instead (e.g. nvidia.com/gpu.product=NVIDIA-L4)")
-    parser.add_argument("--gpu-taint", default="", metavar="KEY=VALUE:EFFECT",
-                        help=f"taint the GPU nodes carry (default {cluster.GPU_TAINT_KEY}="
-                             f"{cluster.GPU_TAINT_VALUE}:{cluster.GPU_TAINT_EFFECT})")
+    parser.add_argument(
+        "--gpu",
+        default="",
+        metavar="ACCELERATOR",
+        help=f"GPU node pool by accelerator: the value of {cluster.GPU_NODE_LABEL_KEY} "
+        f"(default {cluster.GPU_NODE_LABEL_VALUE}; e.g. nvidia-tesla-a100, nvidia-h100-80gb)",
+    )
+    parser.add_argument(
+        "--gpu-label",
+        default="",
+        metavar="KEY=VALUE",
+        help="GPU node pool by any node label instead (e.g. nvidia.com/gpu.product=NVIDIA-L4)",
+    )
+    parser.add_argument(
+        "--gpu-taint",
+        default="",
+        metavar="KEY=VALUE:EFFECT",
+        help=f"taint the GPU nodes carry (default {cluster.GPU_TAINT_KEY}="
+        f"{cluster.GPU_TAINT_VALUE}:{cluster.GPU_TAINT_EFFECT})",
+    )
 
 
 def gpu_pool_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> cluster.GpuPool:
@@ -291,12 +403,17 @@ def gpu_pool_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.pcam_training",
-                                     description="Compile the pcam training pipeline to YAML.")
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.pcam_training", description="Compile the pcam training pipeline to YAML."
+    )
     parser.add_argument("--image", default=PCAM_IMAGE, help=f"image of every step (default: {PCAM_IMAGE})")
     parser.add_argument("--output", default="pipelines/compiled/pcam_training.yaml", help="YAML to write")
-    parser.add_argument("--parallelism", type=int, default=DEFAULT_PARALLELISM,
-                        help="most pairs trained at once per loop; 0 = unlimited")
+    parser.add_argument(
+        "--parallelism",
+        type=int,
+        default=DEFAULT_PARALLELISM,
+        help="most pairs trained at once per loop; 0 = unlimited",
+    )
     parser.add_argument("--pipeline-root", default=None, help="artifact root (gs://..., minio://...)")
     add_gpu_arguments(parser)
     args = parser.parse_args(argv)

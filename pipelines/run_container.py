@@ -51,11 +51,25 @@ from pcam.errors import ConfigError, PcamError
 log = logging.getLogger("pcam.run_container")
 
 QUANTITY = re.compile(r"^([0-9.]+)(m|k|M|G|T|P|Ki|Mi|Gi|Ti|Pi)?$")
-FACTORS = {None: 1, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50}
+FACTORS = {
+    None: 1,
+    "m": 1e-3,
+    "k": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+}
 ULIMITS = {"nofile": 4096, "nproc": 4096}
-PODMAN_HINT = ("start one: podman system service --time=0 unix:///tmp/pcam-podman.sock & "
-               "export DOCKER_HOST=unix:///tmp/pcam-podman.sock (make demo-container does)")
+PODMAN_HINT = (
+    "start one: podman system service --time=0 unix:///tmp/pcam-podman.sock & "
+    "export DOCKER_HOST=unix:///tmp/pcam-podman.sock (make demo-container does)"
+)
 
 
 def quantity(value: str, key: str) -> float:
@@ -97,8 +111,7 @@ def step_limits(spec: dict[str, Any], platform: dict[str, Any] | None = None) ->
     Raises:
         ConfigError: a step has no CPU/memory limit, or two tasks of one function differ.
     """
-    k8s = ((platform or {}).get("platforms", {}).get("kubernetes", {})
-           .get("deploymentSpec", {}).get("executors", {}))
+    k8s = (platform or {}).get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
     found: dict[str, StepLimits] = {}
     for label, executor in spec["deploymentSpec"]["executors"].items():
         container = executor.get("container")
@@ -113,13 +126,17 @@ def step_limits(spec: dict[str, Any], platform: dict[str, Any] | None = None) ->
         limits = StepLimits(
             cpu_limit=quantity(res["resourceCpuLimit"], f"{key}.resourceCpuLimit"),
             memory_limit=int(quantity(res["resourceMemoryLimit"], f"{key}.resourceMemoryLimit")),
-            memory_request=int(quantity(res.get("resourceMemoryRequest", res["resourceMemoryLimit"]),
-                                        f"{key}.resourceMemoryRequest")),
+            memory_request=int(
+                quantity(res.get("resourceMemoryRequest", res["resourceMemoryLimit"]), f"{key}.resourceMemoryRequest")
+            ),
             shm_size=int(quantity(shm[0]["sizeLimit"], f"{label}.emptyDirMounts")) if shm else 0,
-            gpus=int(res.get("accelerator", {}).get("resourceCount", 0)))
+            gpus=int(res.get("accelerator", {}).get("resourceCount", 0)),
+        )
         if found.setdefault(name, limits) != limits:
-            raise ConfigError(f"{key}: tasks of {name!r} request {found[name]} and {limits}; "
-                              "per-step container limits are keyed by function")
+            raise ConfigError(
+                f"{key}: tasks of {name!r} request {found[name]} and {limits}; "
+                "per-step container limits are keyed by function"
+            )
     return found
 
 
@@ -146,8 +163,11 @@ def container_run_args(limits: StepLimits, cpus: float, memory: int) -> dict[str
     return args
 
 
-def run_args_per_function(pipeline: Any, cpus: float | None = None, memory: int | None = None,
-                          ) -> dict[str, dict[str, Any]]:
+def run_args_per_function(
+    pipeline: Any,
+    cpus: float | None = None,
+    memory: int | None = None,
+) -> dict[str, dict[str, Any]]:
     """Compile ``pipeline`` and derive every step's container arguments from its requests."""
     import yaml
     from kfp import compiler
@@ -188,8 +208,11 @@ def _handler_class(args_by_function: dict[str, dict[str, Any]]) -> type:
 
 def describe(args: dict[str, Any]) -> str:
     """One line for the log: network, CPUs, memory, shm."""
-    parts = [f"network={args.get('network_mode')}", f"cpus={args['nano_cpus'] / 1e9:g}",
-             f"memory={args['mem_limit'] / 2**30:.2f}GiB"]
+    parts = [
+        f"network={args.get('network_mode')}",
+        f"cpus={args['nano_cpus'] / 1e9:g}",
+        f"memory={args['mem_limit'] / 2**30:.2f}GiB",
+    ]
     if "shm_size" in args:
         parts.append(f"shm={args['shm_size'] / 2**30:.2f}GiB")
     if "user" in args:
@@ -238,13 +261,16 @@ def docker_client() -> Any:
         client = docker.from_env()
         client.ping()
     except docker.errors.DockerException as exc:
-        raise PcamError(f"DOCKER_HOST={os.environ.get('DOCKER_HOST', '(default socket)')}: no container engine "
-                        f"answers ({exc.__class__.__name__}); {PODMAN_HINT}") from None
+        raise PcamError(
+            f"DOCKER_HOST={os.environ.get('DOCKER_HOST', '(default socket)')}: no container engine "
+            f"answers ({exc.__class__.__name__}); {PODMAN_HINT}"
+        ) from None
     return client
 
 
-def run_container(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], image: str,
-                  champion_uri: str | None = None) -> tuple[Path, dict[str, list[float]]]:
+def run_container(
+    cfg: ExperimentConfig, out_dir: str | os.PathLike[str], image: str, champion_uri: str | None = None
+) -> tuple[Path, dict[str, list[float]]]:
     """Run the pipeline with every step in ``image``; returns (report.html path, seconds per step)."""
     from kfp import local
 
@@ -275,11 +301,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run_container", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="experiment YAML (configs/demo.yaml)")
     parser.add_argument("--out", required=True, help="output directory (its pipeline_root is mounted into every step)")
-    parser.add_argument("--image", default=os.environ.get("PCAM_CPU_IMAGE"),
-                        help="image of every step (default: env PCAM_CPU_IMAGE; make image-check builds it)")
-    parser.add_argument("--source", default=os.environ.get("PCAM_SOURCE"),
-                        help="data source overriding data.source; must be under OUT/pipeline_root to be "
-                             "visible in the containers (default: the config's)")
+    parser.add_argument(
+        "--image",
+        default=os.environ.get("PCAM_CPU_IMAGE"),
+        help="image of every step (default: env PCAM_CPU_IMAGE; make image-check builds it)",
+    )
+    parser.add_argument(
+        "--source",
+        default=os.environ.get("PCAM_SOURCE"),
+        help="data source overriding data.source; must be under OUT/pipeline_root to be "
+        "visible in the containers (default: the config's)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     start = time.perf_counter()

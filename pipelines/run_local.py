@@ -66,8 +66,12 @@ def pipeline_arguments(cfg: ExperimentConfig, champion_uri: str, checkpoint_root
     """The pipeline parameters that reproduce ``cfg`` exactly (checkpoints under ``checkpoint_root``)."""
     from pipelines.pcam_training import config_arguments, config_param
 
-    return {"config_yaml": config_param(cfg), **config_arguments(cfg), "champion_uri": champion_uri,
-            "checkpoint_root": checkpoint_root or cfg.train.checkpoint_uri}
+    return {
+        "config_yaml": config_param(cfg),
+        **config_arguments(cfg),
+        "champion_uri": champion_uri,
+        "checkpoint_root": checkpoint_root or cfg.train.checkpoint_uri,
+    }
 
 
 def check_local_grid(cfg: ExperimentConfig) -> None:
@@ -77,11 +81,17 @@ def check_local_grid(cfg: ExperimentConfig) -> None:
     if not finetuned or not trained_only:
         raise ConfigError(
             "train.models: a kfp.local run needs at least one fine-tuned transfer model (mobilenetv2/resnet50 "
-            "with finetune_epochs > 0) and one other model; run `pcam run` for other grids")
+            "with finetune_epochs > 0) and one other model; run `pcam run` for other grids"
+        )
 
 
-def run_local(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], champion_uri: str | None = None,
-              runner: Any = None, image: str = LOCAL_IMAGE) -> tuple[Path, dict[str, list[float]]]:
+def run_local(
+    cfg: ExperimentConfig,
+    out_dir: str | os.PathLike[str],
+    champion_uri: str | None = None,
+    runner: Any = None,
+    image: str = LOCAL_IMAGE,
+) -> tuple[Path, dict[str, list[float]]]:
     """Run the pipeline through kfp.local; returns (report.html path, seconds per step).
 
     ``runner`` defaults to ``SubprocessRunner(use_venv=False)`` (this virtualenv, image
@@ -128,8 +138,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="experiment YAML (configs/demo.yaml)")
     parser.add_argument("--out", required=True, help="output directory (pipeline_root and champion go here)")
-    parser.add_argument("--source", default=os.environ.get("PCAM_SOURCE"),
-                        help="data source overriding data.source (default: env PCAM_SOURCE, else the config's)")
+    parser.add_argument(
+        "--source",
+        default=os.environ.get("PCAM_SOURCE"),
+        help="data source overriding data.source (default: env PCAM_SOURCE, else the config's)",
+    )
     parser.add_argument("--format", default=None, help="data format for --source (default: auto)")
     parser.add_argument("--champion", default=None, help="champion location (default: the config's, else OUT/champion)")
     args = parser.parse_args(argv)

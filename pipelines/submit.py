@@ -105,9 +105,14 @@ def submit_run(args: argparse.Namespace) -> str:
     """Create one run (``kfp run create``); returns the run id."""
     arguments = _arguments(args)
     result = _client(args).create_run_from_pipeline_package(
-        str(args.package), arguments=arguments, run_name=args.run_name,
-        experiment_name=args.experiment, namespace=args.namespace, pipeline_root=args.pipeline_root,
-        service_account=args.service_account)
+        str(args.package),
+        arguments=arguments,
+        run_name=args.run_name,
+        experiment_name=args.experiment,
+        namespace=args.namespace,
+        pipeline_root=args.pipeline_root,
+        service_account=args.service_account,
+    )
     return result.run_id
 
 
@@ -123,26 +128,43 @@ def schedule_run(args: argparse.Namespace) -> str:
     client = _client(args)
     experiment = client.create_experiment(args.experiment, namespace=args.namespace)
     recurring = client.create_recurring_run(
-        experiment_id=experiment.experiment_id, job_name=args.job_name,
-        description="pcam scheduled retraining", cron_expression=args.cron, max_concurrency=1,
-        no_catchup=True, params=arguments, pipeline_package_path=str(args.package),
-        pipeline_root=args.pipeline_root, enable_caching=True if args.cache else False,
-        service_account=args.service_account)
+        experiment_id=experiment.experiment_id,
+        job_name=args.job_name,
+        description="pcam scheduled retraining",
+        cron_expression=args.cron,
+        max_concurrency=1,
+        no_catchup=True,
+        params=arguments,
+        pipeline_package_path=str(args.package),
+        pipeline_root=args.pipeline_root,
+        enable_caching=True if args.cache else False,
+        service_account=args.service_account,
+    )
     return recurring.recurring_run_id
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m pipelines.submit", description=__doc__.split("\n")[0],
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.submit",
+        description=__doc__.split("\n")[0],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("run", "create one run"), ("schedule", "create a recurring retraining run")):
-        p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOG,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
         p.add_argument("--experiment", default="pcam", help="experiment name (created if missing)")
         p.add_argument("--package", required=True, help="compiled pipeline YAML (make compile)")
-        p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                       help="pipeline parameter (repeatable)")
+        p.add_argument(
+            "--param", action="append", default=[], metavar="NAME=VALUE", help="pipeline parameter (repeatable)"
+        )
         p.add_argument("--config", help="experiment YAML sent as the config_yaml parameter")
         p.add_argument("--namespace", default=None, help="Kubeflow profile namespace (multi-user only)")
         p.add_argument("--service-account", default=cluster.SERVICE_ACCOUNT)
@@ -150,8 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             p.add_argument("--run-name", default=None)
         else:
-            p.add_argument("--cron", required=True,
-                           help="six-field cron (seconds first), e.g. '0 0 3 * * 0' = Sundays 03:00")
+            p.add_argument(
+                "--cron", required=True, help="six-field cron (seconds first), e.g. '0 0 3 * * 0' = Sundays 03:00"
+            )
             p.add_argument("--job-name", default="pcam-retraining")
             p.add_argument("--cache", action="store_true", help="allow cached steps in scheduled runs")
     return parser

@@ -44,8 +44,10 @@ def data_source_line() -> str:
     """Which real data this run reads: printed in the header and again after the results."""
     if shared_available():
         return f"real data: PCAM_SHARED={_shared()} (pcam-sample: {_count(_shared()):,} patches)"
-    return (f"real data: {FIXTURE_ZIP.relative_to(REPO)} (committed fixture, 340 patches); "
-            f"PCAM_SHARED={_shared()} has no pcam-sample/labels.csv")
+    return (
+        f"real data: {FIXTURE_ZIP.relative_to(REPO)} (committed fixture, 340 patches); "
+        f"PCAM_SHARED={_shared()} has no pcam-sample/labels.csv"
+    )
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -86,6 +88,7 @@ def pcam_sample(shared_dir: Path) -> Path:
 def kaggle_sample(shared_dir: Path) -> Path:
     """Real Kaggle-layout patches: train/<id>.tif, train_labels.csv, test/<id>.tif."""
     return shared_dir / "kaggle-sample"
+
 
 # Session fixtures that build real tiny artifacts (dataset, split, shards, trained
 # models) live in their own plugin modules, one per owner.

@@ -58,8 +58,9 @@ def tiny_split(tiny_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 @pytest.fixture(scope="session")
 def synthetic_h5_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic(tmp_path_factory.mktemp("synth") / "synthetic",
-                           SyntheticConfig(train=96, valid=32, test=32, slides=12), seed=0)
+    return write_synthetic(
+        tmp_path_factory.mktemp("synth") / "synthetic", SyntheticConfig(train=96, valid=32, test=32, slides=12), seed=0
+    )
 
 
 @pytest.fixture(scope="session")

@@ -72,8 +72,9 @@ def mean_model():
 
     inputs = keras.Input((96, 96, 3))
     x = keras.layers.GlobalAveragePooling2D()(inputs)
-    out = keras.layers.Dense(1, kernel_initializer=keras.initializers.Constant(1 / (3 * 255)),
-                             bias_initializer="zeros", name="prediction")(x)
+    out = keras.layers.Dense(
+        1, kernel_initializer=keras.initializers.Constant(1 / (3 * 255)), bias_initializer="zeros", name="prediction"
+    )(x)
     return keras.Model(inputs, out)
 
 

@@ -31,15 +31,22 @@ def sample_patches(pcam_sample: Path, split: str, per_class: int) -> tuple[np.nd
 
 def write_split_json(split_dir: Path, indices: dict[str, list[int]], labels: np.ndarray) -> Path:
     """A hand-written split.json in the documented format (counts from ``labels``; out-of-range rows count as 0)."""
+
     def counts(rows: list[int]) -> dict[str, int]:
         ones = sum(int(labels[i]) for i in rows if 0 <= i < len(labels))
         return {"0": len(rows) - ones, "1": ones}
 
-    write_json(split_dir / "split.json", {
-        "mode": "official", "seed": 0, "ratios": [0.7, 0.2, 0.1], "grouped_by_slide": False,
-        "counts": {k: counts(v) for k, v in indices.items()},
-        "indices": {k: sorted(int(i) for i in v) for k, v in indices.items()},
-    })
+    write_json(
+        split_dir / "split.json",
+        {
+            "mode": "official",
+            "seed": 0,
+            "ratios": [0.7, 0.2, 0.1],
+            "grouped_by_slide": False,
+            "counts": {k: counts(v) for k, v in indices.items()},
+            "indices": {k: sorted(int(i) for i in v) for k, v in indices.items()},
+        },
+    )
     return split_dir
 
 
@@ -50,6 +57,13 @@ def tiny_shards(tiny_dataset: Path, tiny_split: Path, tmp_path_factory: pytest.T
     from pcam.shard import write_shards
 
     out = tmp_path_factory.mktemp("tiny-shards") / "shards"
-    write_shards(tiny_dataset, tiny_split, out, AugmentConfig(copies=0),
-                 ShardConfig(records_per_shard=TINY_RECORDS_PER_SHARD), seed=0, progress=False)
+    write_shards(
+        tiny_dataset,
+        tiny_split,
+        out,
+        AugmentConfig(copies=0),
+        ShardConfig(records_per_shard=TINY_RECORDS_PER_SHARD),
+        seed=0,
+        progress=False,
+    )
     return out

@@ -121,9 +121,7 @@ def random_dihedral(images: Any, cfg: AugmentConfig, seed: Any) -> Any:
 # RGB <-> YIQ: Y is luma, (I, Q) the chroma plane. Saturation scales the chroma plane
 # and hue rotates it, so both are one 3x3 matrix per image (cheap) instead of a
 # round trip through HSV (four times slower on CPU).
-_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114],
-                        [0.596, -0.274, -0.322],
-                        [0.211, -0.523, 0.312]], dtype=np.float32)
+_RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=np.float32)
 _YIQ_TO_RGB = np.linalg.inv(_RGB_TO_YIQ).astype(np.float32)
 
 
@@ -151,9 +149,7 @@ def color_jitter(images: Any, cfg: AugmentConfig, seed: Any) -> Any:
 
 # Stain vectors of haematoxylin, eosin and DAB (Ruifrok & Johnston 2001; skimage's
 # rgb_from_hed): optical density (OD) of a pixel = stain densities @ _RGB_FROM_HED.
-_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29],
-                          [0.07, 0.99, 0.11],
-                          [0.27, 0.57, 0.78]], dtype=np.float32)
+_RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32)
 _HED_FROM_RGB = np.linalg.inv(_RGB_FROM_HED).astype(np.float32)
 _LOG_ADJUST = float(np.log(1e-6))
 """skimage's OD scale: ``od = log(rgb) / log(1e-6)``, so stain densities compare with ``rgb2hed``'s."""

@@ -75,8 +75,10 @@ def check_location(uri: str, pointer: dict[str, Any] | None, force: bool = False
         return
     foreign = [n for n in storage.list_dir(uri) if n not in (VERSIONS_DIR, CHAMPION_FILE + ".lock")]
     if foreign:
-        raise DataError(f"{uri}: not empty and not a pcam champion (no {CHAMPION_FILE}; holds {foreign[0]!r}); "
-                        "choose another --champion, or pass --force to write one beside those files")
+        raise DataError(
+            f"{uri}: not empty and not a pcam champion (no {CHAMPION_FILE}; holds {foreign[0]!r}); "
+            "choose another --champion, or pass --force to write one beside those files"
+        )
 
 
 def version_uri(uri: str, version: str) -> str:
@@ -100,8 +102,9 @@ def legacy_champion(uri: str) -> bool:
     return MODEL_FILE in names or METRICS_FILE in names
 
 
-def upload_version(uri: str, model_file: Path, metrics_file: Path, info: dict[str, Any],
-                   serving_views: tuple[str, ...] | None = None) -> str:
+def upload_version(
+    uri: str, model_file: Path, metrics_file: Path, info: dict[str, Any], serving_views: tuple[str, ...] | None = None
+) -> str:
     """Upload a complete version folder (marker last); returns its id. Nothing points at it yet.
 
     With ``serving_views`` the version also holds ``serving/1/``: the model as a TF Serving

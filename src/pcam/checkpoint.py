@@ -46,7 +46,7 @@ def complete_checkpoints(root: str) -> list[tuple[int, str]]:
         if not name.startswith(CHECKPOINT_PREFIX):
             continue  # ".epoch-00003.*.tmp" and other leftovers
         try:
-            epoch = int(name[len(CHECKPOINT_PREFIX):])
+            epoch = int(name[len(CHECKPOINT_PREFIX) :])
         except ValueError:
             continue
         if f"{name}/{STATE_FILE}" in files and f"{name}/{VARIABLES_FILE}" in files:
@@ -112,10 +112,13 @@ def load_checkpoint(root: str, model: Any) -> dict[str, Any] | None:
     _ensure_optimizer_built(model)
     variables = _variables(model)
     shapes_ok = len(values) == len(variables) and all(
-        tuple(v.shape) == a.shape for v, a in zip(variables, values, strict=False))
+        tuple(v.shape) == a.shape for v, a in zip(variables, values, strict=False)
+    )
     if not shapes_ok:
-        raise DataError(f"{path}: checkpoint does not match this model ({len(values)} saved variables, "
-                        f"{len(variables)} in the model); delete it or pass --no-resume")
+        raise DataError(
+            f"{path}: checkpoint does not match this model ({len(values)} saved variables, "
+            f"{len(variables)} in the model); delete it or pass --no-resume"
+        )
     for variable, value in zip(variables, values, strict=True):
         variable.assign(value)
     log.info("resuming from checkpoint %s (epoch %d done)", path, epoch)

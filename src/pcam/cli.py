@@ -99,8 +99,11 @@ def environment_error(exc: BaseException, args: argparse.Namespace | None) -> st
         where = exc.filename
     else:
         # Graph-mode errors wrap the message in a node traceback; keep the message line.
-        lines = [line.strip() for line in str(getattr(exc, "message", exc)).splitlines() if line.strip()
-                 and not line.strip().startswith(TF_NOISE)]
+        lines = [
+            line.strip()
+            for line in str(getattr(exc, "message", exc)).splitlines()
+            if line.strip() and not line.strip().startswith(TF_NOISE)
+        ]
         text = lines[-1] if lines else type(exc).__name__
         where = None
         if type(exc).__name__ == "DataLossError" and getattr(args, "shards", None):
@@ -159,8 +162,11 @@ def main(argv: list[str] | None = None) -> int:
         # Every input error is a PcamError with its own message; reaching here is a bug.
         # Still one line for the user, and the way to the traceback.
         text = " ".join(str(exc).split())[:300]
-        print(f"pcam {name}: internal error: {type(exc).__name__}: {text} (a bug in pcam; "
-              f"rerun as `pcam -v {name} ...` for the traceback)", file=sys.stderr)
+        print(
+            f"pcam {name}: internal error: {type(exc).__name__}: {text} (a bug in pcam; "
+            f"rerun as `pcam -v {name} ...` for the traceback)",
+            file=sys.stderr,
+        )
         return 1
     return int(result or 0)
 

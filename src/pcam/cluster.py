@@ -117,8 +117,7 @@ class GpuPool:
 
     def toleration(self) -> dict[str, str]:
         """The toleration of every GPU task, in Kubernetes' field names."""
-        return {"key": self.taint_key, "operator": "Equal", "value": self.taint_value,
-                "effect": self.taint_effect}
+        return {"key": self.taint_key, "operator": "Equal", "value": self.taint_value, "effect": self.taint_effect}
 
     @property
     def cuda_cache_path(self) -> str:
@@ -151,8 +150,10 @@ def gpu_pool(accelerator: str = "", label: str = "", taint: str = "") -> GpuPool
     """
     pool = GpuPool()
     if accelerator and label:
-        raise ConfigError("--gpu and --gpu-label: give one (--gpu sets the value of "
-                          f"{GPU_NODE_LABEL_KEY}, --gpu-label a whole key=value)")
+        raise ConfigError(
+            "--gpu and --gpu-label: give one (--gpu sets the value of "
+            f"{GPU_NODE_LABEL_KEY}, --gpu-label a whole key=value)"
+        )
     if accelerator:
         _check_label("--gpu", GPU_NODE_LABEL_KEY, accelerator)
         pool = dataclasses.replace(pool, label_value=accelerator)
@@ -176,6 +177,11 @@ def gpu_pool(accelerator: str = "", label: str = "", taint: str = "") -> GpuPool
 
 def gpu_pool_from_configmap(data: dict[str, str]) -> GpuPool:
     """The pool a ``pcam-cluster`` ConfigMap publishes (manifests/ overlays patch it per cluster)."""
-    return GpuPool(label_key=data["gpu-node-label-key"], label_value=data["gpu-node-label-value"],
-                   taint_key=data["gpu-taint-key"], taint_value=data["gpu-taint-value"],
-                   taint_effect=data["gpu-taint-effect"], resource=data["gpu-resource"])
+    return GpuPool(
+        label_key=data["gpu-node-label-key"],
+        label_value=data["gpu-node-label-value"],
+        taint_key=data["gpu-taint-key"],
+        taint_value=data["gpu-taint-value"],
+        taint_effect=data["gpu-taint-effect"],
+        resource=data["gpu-resource"],
+    )

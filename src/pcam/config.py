@@ -42,8 +42,9 @@ MIN_TRANSFER_IMAGE_SIZE = 32
 """Keras' MobileNetV2 and ResNet50 refuse inputs smaller than 32x32."""
 
 
-def bounded(default: Any, *, ge: float | None = None, gt: float | None = None,
-            le: float | None = None, lt: float | None = None) -> Any:
+def bounded(
+    default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None, lt: float | None = None
+) -> Any:
     """A dataclass field whose number must lie in a range; checked at load, naming the key."""
     return field(default=default, metadata={"ge": ge, "gt": gt, "le": le, "lt": lt})
 
@@ -282,9 +283,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
     for key in data:
         if key not in known:
             dotted = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(
-                f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"unknown config key {dotted!r}; known keys here: {', '.join(sorted(known))}")
     kwargs = {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     for name in data:
@@ -317,11 +316,17 @@ def _validate(obj: Any, prefix: str) -> None:
     """Checks that involve more than one field (single-field ranges and choices are in the field types)."""
     p = f"{prefix}." if prefix else ""
     if isinstance(obj, ModelConfig):
-        _require(0 < len(obj.cnn_filters) <= 6 and all(f > 0 for f in obj.cnn_filters), p + "cnn_filters",
-                 "must be 1 to 6 positive integers (each block halves the 96-px input)")
+        _require(
+            0 < len(obj.cnn_filters) <= 6 and all(f > 0 for f in obj.cnn_filters),
+            p + "cnn_filters",
+            "must be 1 to 6 positive integers (each block halves the 96-px input)",
+        )
     elif isinstance(obj, SplitConfig):
-        _require(abs(sum(obj.ratios) - 1) < 1e-6 and all(0 <= r <= 1 for r in obj.ratios),
-                 p + "ratios", f"must be three numbers in [0, 1] summing to 1, got {list(obj.ratios)}")
+        _require(
+            abs(sum(obj.ratios) - 1) < 1e-6 and all(0 <= r <= 1 for r in obj.ratios),
+            p + "ratios",
+            f"must be three numbers in [0, 1] summing to 1, got {list(obj.ratios)}",
+        )
     elif isinstance(obj, TrainConfig):
         _require(len(obj.models) > 0, p + "models", "needs at least one model")
         _require(len(obj.policies) > 0, p + "policies", "needs at least one policy")
@@ -329,8 +334,11 @@ def _validate(obj: Any, prefix: str) -> None:
         _require(len(obj.tta_views) > 0, p + "tta_views", "needs at least one view")
     elif isinstance(obj, PromoteConfig):
         mode, _, name = obj.metric.rpartition(".")
-        _require(mode in ("", "tta", "single") and name in METRIC_NAMES, p + "metric",
-                 f"{obj.metric!r} is not one of {', '.join(METRIC_NAMES)} (optionally prefixed 'single.')")
+        _require(
+            mode in ("", "tta", "single") and name in METRIC_NAMES,
+            p + "metric",
+            f"{obj.metric!r} is not one of {', '.join(METRIC_NAMES)} (optionally prefixed 'single.')",
+        )
     elif isinstance(obj, ExperimentConfig):
         for name, overrides in obj.models.items():
             _require(name in MODEL_NAMES, f"models.{name}", f"unknown model; expected one of {', '.join(MODEL_NAMES)}")
@@ -339,8 +347,10 @@ def _validate(obj: Any, prefix: str) -> None:
             model_cfg = obj.model(name)  # type- and range-checks the overrides, naming the key on error
             if name in TRANSFER_MODELS and 0 < model_cfg.image_size < MIN_TRANSFER_IMAGE_SIZE:
                 key = f"models.{name}.image_size" if "image_size" in obj.models.get(name, {}) else "defaults.image_size"
-                raise ConfigError(f"config key {key!r}: {name} needs image_size 0 (its default) or >= "
-                                  f"{MIN_TRANSFER_IMAGE_SIZE}, got {model_cfg.image_size}")
+                raise ConfigError(
+                    f"config key {key!r}: {name} needs image_size 0 (its default) or >= "
+                    f"{MIN_TRANSFER_IMAGE_SIZE}, got {model_cfg.image_size}"
+                )
 
 
 def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
@@ -357,7 +367,8 @@ class _StrictLoader(yaml.SafeLoader):
             if key in seen:
                 mark = key_node.start_mark
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1})", mark)
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].line + 1})", mark
+                )
             seen[key] = key_node.start_mark
         return super().construct_mapping(node, deep=deep)
 
@@ -388,8 +399,9 @@ def read_yaml_file(path: str | Path) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
-                          "save the file as UTF-8") from None
+        raise ConfigError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); save the file as UTF-8"
+        ) from None
     return parse_yaml(text, str(path))
 
 

@@ -49,8 +49,14 @@ MANIFEST_FILE = "manifest.json"
 META_COLUMNS = ("index", "id", "source_split", "label", "slide")
 SPLITS = ("train", "valid", "test")
 KIND = "dataset"
-MANIFEST_SCHEMA = {"format_version": int, "source": str, "format": str, "count": int,
-                   "counts": {str: {str: int}}, "files": {str: {"sha256": str, "bytes": int}}}
+MANIFEST_SCHEMA = {
+    "format_version": int,
+    "source": str,
+    "format": str,
+    "count": int,
+    "counts": {str: {str: int}},
+    "files": {str: {"sha256": str, "bytes": int}},
+}
 """What readers of manifest.json rely on (checked by :func:`pcam.fsutil.check_shape`)."""
 
 
@@ -76,8 +82,9 @@ class DatasetWriter:
             # 65,536 patches; bench/memory_bench.py); written through a file it stays flat.
             self._file = open(self._tmp / IMAGES_FILE, "w+b")  # closed in finish()/abort(); read back for duplicates
             header = io.BytesIO()
-            np.lib.format.write_array_header_1_0(header, {"descr": np.dtype(np.uint8).str, "fortran_order": False,
-                                                          "shape": (capacity, *IMAGE_SHAPE)})
+            np.lib.format.write_array_header_1_0(
+                header, {"descr": np.dtype(np.uint8).str, "fortran_order": False, "shape": (capacity, *IMAGE_SHAPE)}
+            )
             self._header_bytes = len(header.getvalue())
             self._write(header.getvalue())
         except BaseException:
@@ -92,12 +99,15 @@ class DatasetWriter:
         self._duplicates: list[tuple[str, str]] = []
         self._count = 0
 
-    def add(self, images: np.ndarray, labels: np.ndarray, ids: list[str], source_split: str,
-            slides: list[str] | None = None) -> None:
+    def add(
+        self, images: np.ndarray, labels: np.ndarray, ids: list[str], source_split: str, slides: list[str] | None = None
+    ) -> None:
         """Append a batch. Callers validate pixels and labels first (naming the source file)."""
         n = len(images)
         if images.shape[1:] != IMAGE_SHAPE or images.dtype != np.uint8:
-            raise DataError(f"batch from {source_split!r}: expected uint8 {IMAGE_SHAPE}, got {images.dtype} {images.shape[1:]}")
+            raise DataError(
+                f"batch from {source_split!r}: expected uint8 {IMAGE_SHAPE}, got {images.dtype} {images.shape[1:]}"
+            )
         if len(labels) != n or len(ids) != n or (slides is not None and len(slides) != n):
             raise DataError(f"batch from {source_split!r}: images, labels, ids and slides differ in length")
         if source_split not in SPLITS:
@@ -107,7 +117,7 @@ class DatasetWriter:
         start = self._count
         images = np.ascontiguousarray(images)
         self._write(memoryview(images).cast("B"))  # batches arrive in order
-        self._labels[start:start + n] = labels
+        self._labels[start : start + n] = labels
         for i in range(n):
             self._note_duplicate(start + i, images[i], ids[i])
             self._meta.append((start + i, ids[i], source_split, int(labels[i]), slides[i] if slides else ""))
@@ -142,8 +152,9 @@ class DatasetWriter:
         self._file.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
-    def finish(self, source: str, fmt: str, *, synthetic: bool = False,
-               extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    def finish(
+        self, source: str, fmt: str, *, synthetic: bool = False, extra: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Flush, checksum, write manifest.json last, and rename the directory into place."""
         if self._count != self.capacity:
             self.abort()
@@ -188,9 +199,13 @@ class DatasetWriter:
             "slides_known": bool(slides) and len(slides) > 1,
             "num_slides": len(slides),
             "duplicates": {"count": len(self._duplicates), "examples": self._duplicates[:20]},
-            "files": {name: {"sha256": self._sha256.hexdigest() if name == IMAGES_FILE else file_sha256(self._tmp / name),
-                             "bytes": (self._tmp / name).stat().st_size}
-                      for name in (IMAGES_FILE, LABELS_FILE, META_FILE)},
+            "files": {
+                name: {
+                    "sha256": self._sha256.hexdigest() if name == IMAGES_FILE else file_sha256(self._tmp / name),
+                    "bytes": (self._tmp / name).stat().st_size,
+                }
+                for name in (IMAGES_FILE, LABELS_FILE, META_FILE)
+            },
             **extra,
         }
 
@@ -226,7 +241,9 @@ def open_dataset(path: str | os.PathLike[str], verify: bool = True) -> Canonical
         raise DataError(f"{root}: no dataset here (run `pcam ingest` first)")
     manifest = read_json(root / MANIFEST_FILE, MANIFEST_SCHEMA)
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise DataError(f"{root / MANIFEST_FILE}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
+        raise DataError(
+            f"{root / MANIFEST_FILE}: format_version {manifest.get('format_version')} is not {FORMAT_VERSION}"
+        )
     for name, info in manifest["files"].items():
         file = root / name
         if not file.exists():

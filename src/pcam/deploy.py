@@ -53,16 +53,25 @@ def storage_uri_for(serving_uri: str) -> str:
     """The storageUri KServe can fetch: a path on the shared volume becomes ``pvc://<claim>/<path>``."""
     mount = cluster.DATA_MOUNT_PATH.rstrip("/") + "/"
     if serving_uri.startswith(mount):
-        return f"pvc://{cluster.PVC_NAME}/{serving_uri[len(mount):].strip('/')}"
+        return f"pvc://{cluster.PVC_NAME}/{serving_uri[len(mount) :].strip('/')}"
     if re.match(r"^(gs|s3|pvc|https?|hdfs|webhdfs)://", serving_uri):
         return serving_uri.rstrip("/")
-    raise ConfigError(f"serving folder {serving_uri!r}: KServe cannot fetch it; use gs://, s3://, pvc:// "
-                      f"or a path under {cluster.DATA_MOUNT_PATH} (the {cluster.PVC_NAME} volume)")
+    raise ConfigError(
+        f"serving folder {serving_uri!r}: KServe cannot fetch it; use gs://, s3://, pvc:// "
+        f"or a path under {cluster.DATA_MOUNT_PATH} (the {cluster.PVC_NAME} volume)"
+    )
 
 
-def render_inference_service(name: str, storage_uri: str, *, namespace: str = cluster.NAMESPACE,
-                             canary_percent: int = 100, gpu: bool = False,
-                             runtime_version: str = TF_SERVING_VERSION, revision: str = "") -> dict[str, Any]:
+def render_inference_service(
+    name: str,
+    storage_uri: str,
+    *,
+    namespace: str = cluster.NAMESPACE,
+    canary_percent: int = 100,
+    gpu: bool = False,
+    runtime_version: str = TF_SERVING_VERSION,
+    revision: str = "",
+) -> dict[str, Any]:
     """The InferenceService object (a plain dict, ready to apply or to dump as YAML).
 
     Args:
@@ -78,12 +87,13 @@ def render_inference_service(name: str, storage_uri: str, *, namespace: str = cl
     """
     if not NAME.match(name) or len(name) > 45:
         # KServe derives <name>-predictor-... service names from it: DNS-1035, and short.
-        raise ConfigError(f"InferenceService name {name!r}: use lower-case letters, digits and '-', "
-                          "starting with a letter, at most 45 characters")
+        raise ConfigError(
+            f"InferenceService name {name!r}: use lower-case letters, digits and '-', "
+            "starting with a letter, at most 45 characters"
+        )
     if isinstance(canary_percent, bool) or not isinstance(canary_percent, int) or not 1 <= canary_percent <= 100:
         raise ConfigError(f"canary traffic percent must be an integer in 1..100, got {canary_percent!r}")
-    resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "2Gi"},
-                                 "limits": {"cpu": "2", "memory": "4Gi"}}
+    resources: dict[str, Any] = {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}}
     predictor: dict[str, Any] = {
         "minReplicas": 1,
         "model": {
@@ -107,8 +117,11 @@ def render_inference_service(name: str, storage_uri: str, *, namespace: str = cl
     return {
         "apiVersion": API_VERSION,
         "kind": "InferenceService",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": {"app.kubernetes.io/part-of": "pcam", "app.kubernetes.io/managed-by": FIELD_MANAGER}},
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {"app.kubernetes.io/part-of": "pcam", "app.kubernetes.io/managed-by": FIELD_MANAGER},
+        },
         "spec": {"predictor": predictor},
     }
 
@@ -122,11 +135,15 @@ def _api_error(exc: Any, name: str, namespace: str) -> DeployError:
     message = message or (exc.reason or "")
     where = f"inferenceservices/{name} in namespace {namespace}"
     if exc.status == 403:
-        return DeployError(f"forbidden to apply {where} ({message}); apply manifests/serving "
-                           f"(Role pcam-deployer) for service account {cluster.SERVICE_ACCOUNT}")
+        return DeployError(
+            f"forbidden to apply {where} ({message}); apply manifests/serving "
+            f"(Role pcam-deployer) for service account {cluster.SERVICE_ACCOUNT}"
+        )
     if exc.status == 409:
-        return DeployError(f"conflict applying {where}: another field manager owns fields we set ({message}); "
-                           "re-run with force=True to take them over")
+        return DeployError(
+            f"conflict applying {where}: another field manager owns fields we set ({message}); "
+            "re-run with force=True to take them over"
+        )
     if exc.status == 404:
         return DeployError(f"{where}: not found ({message}); is KServe (the {API_VERSION} CRD) installed?")
     return DeployError(f"{where}: API server answered {exc.status} ({message})")
@@ -144,14 +161,27 @@ def ready_url(obj: dict[str, Any]) -> str | None:
 
 def _not_ready_reason(obj: dict[str, Any]) -> str:
     conditions = (obj.get("status") or {}).get("conditions") or []
-    pending = [f"{c.get('type')}={c.get('status')}" + (f" ({c['message']})" if c.get("message") else "")
-               for c in conditions if c.get("status") != "True"]
+    pending = [
+        f"{c.get('type')}={c.get('status')}" + (f" ({c['message']})" if c.get("message") else "")
+        for c in conditions
+        if c.get("status") != "True"
+    ]
     return "; ".join(pending) or "no status yet"
 
 
-def deploy(name: str, serving_uri: str, *, namespace: str = cluster.NAMESPACE, canary_percent: int = 100,
-           gpu: bool = False, revision: str = "", timeout: float = DEFAULT_TIMEOUT, poll: float = 5.0,
-           force: bool = False, api_client: Any = None) -> dict[str, Any]:
+def deploy(
+    name: str,
+    serving_uri: str,
+    *,
+    namespace: str = cluster.NAMESPACE,
+    canary_percent: int = 100,
+    gpu: bool = False,
+    revision: str = "",
+    timeout: float = DEFAULT_TIMEOUT,
+    poll: float = 5.0,
+    force: bool = False,
+    api_client: Any = None,
+) -> dict[str, Any]:
     """Server-side apply the InferenceService, wait for Ready, return {name, namespace, url, generation}.
 
     Args:
@@ -166,8 +196,9 @@ def deploy(name: str, serving_uri: str, *, namespace: str = cluster.NAMESPACE, c
         force: Take over fields another field manager owns instead of failing with a conflict.
         api_client: A kubernetes ``ApiClient`` (default: in-cluster config, else ~/.kube/config).
     """
-    body = render_inference_service(name, serving_uri, namespace=namespace, canary_percent=canary_percent,
-                                    gpu=gpu, revision=revision)
+    body = render_inference_service(
+        name, serving_uri, namespace=namespace, canary_percent=canary_percent, gpu=gpu, revision=revision
+    )
     from kubernetes import client, config
     from kubernetes.client.rest import ApiException
 
@@ -182,10 +213,17 @@ def deploy(name: str, serving_uri: str, *, namespace: str = cluster.NAMESPACE, c
         # The generated CustomObjectsApi.patch_* only sends merge-patch in client 30.1.0;
         # server-side apply needs this content type, so call the API client directly.
         applied = api_client.call_api(
-            path, "PATCH", query_params=[("fieldManager", FIELD_MANAGER), ("force", force)],
+            path,
+            "PATCH",
+            query_params=[("fieldManager", FIELD_MANAGER), ("force", force)],
             header_params={"Content-Type": "application/apply-patch+yaml", "Accept": "application/json"},
-            body=body, response_type="object", auth_settings=["BearerToken"],
-            _return_http_data_only=True, _preload_content=True, _request_timeout=60)
+            body=body,
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _return_http_data_only=True,
+            _preload_content=True,
+            _request_timeout=60,
+        )
     except ApiException as exc:
         raise _api_error(exc, name, namespace) from None
     generation = (applied.get("metadata") or {}).get("generation")
@@ -195,17 +233,24 @@ def deploy(name: str, serving_uri: str, *, namespace: str = cluster.NAMESPACE, c
     current = applied
     while (url := ready_url(current)) is None:
         if time.monotonic() >= deadline:
-            raise DeployError(f"inferenceservices/{name} in namespace {namespace} not Ready after {timeout:g} s: "
-                              f"{_not_ready_reason(current)}")
+            raise DeployError(
+                f"inferenceservices/{name} in namespace {namespace} not Ready after {timeout:g} s: "
+                f"{_not_ready_reason(current)}"
+            )
         time.sleep(min(poll, max(0.0, deadline - time.monotonic())))
         try:
-            current = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
-                                                       _request_timeout=60)
+            current = api.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name, _request_timeout=60)
         except ApiException as exc:
             raise _api_error(exc, name, namespace) from None
     log.info("%s/%s ready at %s", namespace, name, url)
-    return {"name": name, "namespace": namespace, "url": url, "generation": generation,
-            "storage_uri": body["spec"]["predictor"]["model"]["storageUri"], "canary_percent": canary_percent}
+    return {
+        "name": name,
+        "namespace": namespace,
+        "url": url,
+        "generation": generation,
+        "storage_uri": body["spec"]["predictor"]["model"]["storageUri"],
+        "canary_percent": canary_percent,
+    }
 
 
 """Sub-folder of the champion location that holds the SavedModel versions (``pcam export --out``)."""
@@ -220,9 +265,17 @@ def should_deploy(decision_json: str, serving_name: str) -> bool:
     return bool(serving_name) and isinstance(decision, dict) and decision.get("promoted") is True
 
 
-def deploy_champion(decision_json: str, champion_uri: str, name: str, *, namespace: str = cluster.NAMESPACE,
-                    canary_percent: int = 100, gpu: bool = False, timeout: float = DEFAULT_TIMEOUT,
-                    api_client: Any = None) -> dict[str, Any]:
+def deploy_champion(
+    decision_json: str,
+    champion_uri: str,
+    name: str,
+    *,
+    namespace: str = cluster.NAMESPACE,
+    canary_percent: int = 100,
+    gpu: bool = False,
+    timeout: float = DEFAULT_TIMEOUT,
+    api_client: Any = None,
+) -> dict[str, Any]:
     """Deploy the version a promotion just published (what the pipeline's deploy step runs).
 
     Each champion version carries its own ``serving/`` SavedModel (written by promotion),
@@ -238,23 +291,40 @@ def deploy_champion(decision_json: str, champion_uri: str, name: str, *, namespa
     decision = json.loads(decision_json)
     pointer, _ = champion.read_pointer(champion_uri)
     if not pointer or not pointer.get("serving"):
-        raise DataError(f"{champion_uri}: the champion has no serving export (promoted by an older pcam?); "
-                        f"run `pcam export --model <model dir> --out <folder>` and `pcam deploy --serving <folder>`")
+        raise DataError(
+            f"{champion_uri}: the champion has no serving export (promoted by an older pcam?); "
+            f"run `pcam export --model <model dir> --out <folder>` and `pcam deploy --serving <folder>`"
+        )
     if pointer.get("version") != decision.get("version"):
-        log.warning("%s: the champion moved on since this run promoted (%s, now %s); deploying the current one",
-                    champion_uri, decision.get("version"), pointer.get("version"))
+        log.warning(
+            "%s: the champion moved on since this run promoted (%s, now %s); deploying the current one",
+            champion_uri,
+            decision.get("version"),
+            pointer.get("version"),
+        )
     if not storage.exists(pointer["serving"]):
         raise DataError(f"{pointer['serving']}: the champion's serving folder is missing")
     revision = str(pointer.get("model_sha256") or "")
-    result = deploy(name, pointer["serving"], namespace=namespace,
-                    canary_percent=canary_percent, gpu=gpu, revision=revision, timeout=timeout, api_client=api_client)
+    result = deploy(
+        name,
+        pointer["serving"],
+        namespace=namespace,
+        canary_percent=canary_percent,
+        gpu=gpu,
+        revision=revision,
+        timeout=timeout,
+        api_client=api_client,
+    )
     return {"deployed": True, "revision": revision, **result}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--name", required=True, help="InferenceService name")
-    parser.add_argument("--serving", required=True,
-                        help=f"the champion's serving folder: gs://..., pvc://... or a path under {cluster.DATA_MOUNT_PATH}")
+    parser.add_argument(
+        "--serving",
+        required=True,
+        help=f"the champion's serving folder: gs://..., pvc://... or a path under {cluster.DATA_MOUNT_PATH}",
+    )
     parser.add_argument("--namespace", default=cluster.NAMESPACE, help="target namespace (default: %(default)s)")
     parser.add_argument("--canary", type=int, default=100, help="traffic percent for the new revision (default: 100)")
     parser.add_argument("--gpu", action="store_true", help="one GPU for the predictor")
@@ -265,10 +335,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.dry_run:
-        print(json.dumps(render_inference_service(args.name, args.serving, namespace=args.namespace,
-                                                  canary_percent=args.canary, gpu=args.gpu), indent=2))
+        print(
+            json.dumps(
+                render_inference_service(
+                    args.name, args.serving, namespace=args.namespace, canary_percent=args.canary, gpu=args.gpu
+                ),
+                indent=2,
+            )
+        )
         return 0
-    result = deploy(args.name, args.serving, namespace=args.namespace, canary_percent=args.canary, gpu=args.gpu,
-                    timeout=args.timeout, force=args.force)
+    result = deploy(
+        args.name,
+        args.serving,
+        namespace=args.namespace,
+        canary_percent=args.canary,
+        gpu=args.gpu,
+        timeout=args.timeout,
+        force=args.force,
+    )
     print(result["url"])
     return 0

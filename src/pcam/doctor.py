@@ -55,8 +55,11 @@ REQUIRED_ACCESS: tuple[tuple[str, str, str, str], ...] = (
     ("list", "", "pods", ""),
     ("watch", "", "pods", ""),
     ("get", "", "pods/log", ""),
-    *((verb, "", "configmaps", name) for verb in ("get", "watch")
-      for name in ("kfp-launcher", "metadata-grpc-configmap", cluster.CONFIGMAP_NAME)),
+    *(
+        (verb, "", "configmaps", name)
+        for verb in ("get", "watch")
+        for name in ("kfp-launcher", "metadata-grpc-configmap", cluster.CONFIGMAP_NAME)
+    ),
     ("get", "", "secrets", MINIO_SECRET),
     ("get", "", "persistentvolumeclaims", ""),
     ("list", "", "persistentvolumeclaims", ""),
@@ -112,8 +115,11 @@ def pipeline_needs(path: str | os.PathLike[str]) -> PipelineNeeds:
             name = mount.get("constant") or mount.get("pvcNameParameter", {}).get("runtimeValue", {}).get("constant")
             if name and name not in pvcs:
                 pvcs.append(name)
-    resources = {c["container"].get("resources", {}).get("accelerator", {}).get("resourceType")
-                 for c in spec["deploymentSpec"]["executors"].values() if "container" in c}
+    resources = {
+        c["container"].get("resources", {}).get("accelerator", {}).get("resourceType")
+        for c in spec["deploymentSpec"]["executors"].values()
+        if "container" in c
+    }
     gpu = next((r for r in sorted(filter(None, resources))), cluster.GPU_RESOURCE)
     return PipelineNeeds(selectors, tolerations, gpu, pvcs, spec.get("defaultPipelineRoot", ""))
 
@@ -156,10 +162,18 @@ def check_context(kube: Kube, namespace: str) -> Check:
         kube.core.read_namespace(namespace)
     except Exception as exc:  # noqa: BLE001 - any failure is this check's FAIL line
         if getattr(exc, "status", None) == 404:
-            return Check("kube context", False, f"{kube.context} ({kube.host}) has no namespace {namespace!r}",
-                         "install KFP there, or pass --namespace (multi-user Kubeflow: your profile namespace)")
-        return Check("kube context", False, f"{kube.context} ({kube.host}): {_api_error(exc)}",
-                     "check the cluster is up and kubectl --context works; pass --context/--kubeconfig")
+            return Check(
+                "kube context",
+                False,
+                f"{kube.context} ({kube.host}) has no namespace {namespace!r}",
+                "install KFP there, or pass --namespace (multi-user Kubeflow: your profile namespace)",
+            )
+        return Check(
+            "kube context",
+            False,
+            f"{kube.context} ({kube.host}): {_api_error(exc)}",
+            "check the cluster is up and kubectl --context works; pass --context/--kubeconfig",
+        )
     return Check("kube context", True, f"{kube.context} ({kube.host}), namespace {namespace}")
 
 
@@ -176,17 +190,31 @@ def check_service_account(kube: Kube, namespace: str, account: str) -> Check:
     denied = []
     for verb, group, resource, resource_name in REQUIRED_ACCESS:
         resource, _, sub = resource.partition("/")
-        attrs = kube.client.V1ResourceAttributes(namespace=namespace, verb=verb, group=group, resource=resource,
-                                                 subresource=sub or None, name=resource_name or None)
-        review = kube.client.V1SubjectAccessReview(spec=kube.client.V1SubjectAccessReviewSpec(
-            user=user, groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
-            resource_attributes=attrs))
+        attrs = kube.client.V1ResourceAttributes(
+            namespace=namespace,
+            verb=verb,
+            group=group,
+            resource=resource,
+            subresource=sub or None,
+            name=resource_name or None,
+        )
+        review = kube.client.V1SubjectAccessReview(
+            spec=kube.client.V1SubjectAccessReviewSpec(
+                user=user,
+                groups=["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
+                resource_attributes=attrs,
+            )
+        )
         try:
             result = kube.authz.create_subject_access_review(review)
         except Exception as exc:  # noqa: BLE001
-            return Check(name, False, f"cannot review its RBAC: {_api_error(exc)}",
-                         "run as someone allowed to create subjectaccessreviews (kubectl auth can-i create "
-                         "subjectaccessreviews), e.g. a cluster admin")
+            return Check(
+                name,
+                False,
+                f"cannot review its RBAC: {_api_error(exc)}",
+                "run as someone allowed to create subjectaccessreviews (kubectl auth can-i create "
+                "subjectaccessreviews), e.g. a cluster admin",
+            )
         if not result.status.allowed:
             what = f"{verb} {group + '/' if group else ''}{resource}{'/' + sub if sub else ''}"
             denied.append(what + (f" {resource_name}" if resource_name else ""))
@@ -205,19 +233,30 @@ def check_pvc(kube: Kube, namespace: str, pvc: str) -> Check:
         return Check(name, False, _api_error(exc), "check you may get persistentvolumeclaims")
     phase = claim.status.phase if claim.status else None
     if phase == "Bound":
-        return Check(name, True, f"Bound ({claim.spec.storage_class_name or 'default class'}, "
-                                 f"{','.join(claim.spec.access_modes or [])})")
+        return Check(
+            name,
+            True,
+            f"Bound ({claim.spec.storage_class_name or 'default class'}, {','.join(claim.spec.access_modes or [])})",
+        )
     class_name = claim.spec.storage_class_name
     if phase == "Pending" and class_name:
         try:
             binding = kube.storage.read_storage_class(class_name).volume_binding_mode
         except Exception as exc:  # noqa: BLE001
-            return Check(name, False, f"Pending; storage class {class_name}: {_api_error(exc)}",
-                         "create the storage class or set the PVC's storageClassName to one that exists")
+            return Check(
+                name,
+                False,
+                f"Pending; storage class {class_name}: {_api_error(exc)}",
+                "create the storage class or set the PVC's storageClassName to one that exists",
+            )
         if binding == "WaitForFirstConsumer":
             return Check(name, True, f"Pending until the first pod mounts it ({class_name}: WaitForFirstConsumer)")
-    return Check(name, False, f"{phase or 'no phase'} (storage class {class_name or 'default'})",
-                 f"kubectl describe pvc {pvc} -n {namespace}: its events say why no volume binds")
+    return Check(
+        name,
+        False,
+        f"{phase or 'no phase'} (storage class {class_name or 'default'})",
+        f"kubectl describe pvc {pvc} -n {namespace}: its events say why no volume binds",
+    )
 
 
 def _tolerated(taint: Any, tolerations: list[dict[str, str]]) -> bool:
@@ -251,33 +290,59 @@ def check_gpu_nodes(kube: Kube, needs: PipelineNeeds) -> list[Check]:
                 others = sorted({n.metadata.labels[key] for n in kube.core.list_node(label_selector=key).items})
             except Exception:  # noqa: BLE001 - only used to word the hint
                 others = []
-            fix = (f"make compile GPU=<one of {', '.join(others)}>" if others and key == cluster.GPU_NODE_LABEL_KEY
-                   else f"make compile GPU_LABEL={key}=<one of {', '.join(others)}>" if others
-                   else "add a GPU node pool with that label, or compile for the one you have (make compile GPU=...)")
-            checks.append(Check(name, False, "no node has this label: GPU pods would stay Pending forever"
-                                + (f" (nodes have {key}={', '.join(others)})" if others else ""), fix))
+            fix = (
+                f"make compile GPU=<one of {', '.join(others)}>"
+                if others and key == cluster.GPU_NODE_LABEL_KEY
+                else f"make compile GPU_LABEL={key}=<one of {', '.join(others)}>"
+                if others
+                else "add a GPU node pool with that label, or compile for the one you have (make compile GPU=...)"
+            )
+            checks.append(
+                Check(
+                    name,
+                    False,
+                    "no node has this label: GPU pods would stay Pending forever"
+                    + (f" (nodes have {key}={', '.join(others)})" if others else ""),
+                    fix,
+                )
+            )
             continue
         usable, reasons = [], []
         for node in nodes:
             untolerated = [t for t in (node.spec.taints or []) if not _tolerated(t, needs.tolerations)]
             gpus = (node.status.allocatable or {}).get(needs.gpu_resource, "0")
             if untolerated:
-                reasons.append(f"{node.metadata.name}: taint {untolerated[0].key}={untolerated[0].value or ''}:"
-                               f"{untolerated[0].effect} not tolerated")
+                reasons.append(
+                    f"{node.metadata.name}: taint {untolerated[0].key}={untolerated[0].value or ''}:"
+                    f"{untolerated[0].effect} not tolerated"
+                )
             elif int(gpus) < 1:
                 reasons.append(f"{node.metadata.name}: no allocatable {needs.gpu_resource}")
             else:
                 usable.append(f"{node.metadata.name} ({gpus})")
         if usable:
-            checks.append(Check(name, True, f"{len(usable)} node(s) with allocatable {needs.gpu_resource}: "
-                                            f"{', '.join(usable)}"))
+            checks.append(
+                Check(name, True, f"{len(usable)} node(s) with allocatable {needs.gpu_resource}: {', '.join(usable)}")
+            )
         elif any("taint" in r for r in reasons):
-            checks.append(Check(name, False, "; ".join(reasons),
-                                "compile with the pool's taint (make compile GPU_TAINT=key=value:Effect)"))
+            checks.append(
+                Check(
+                    name,
+                    False,
+                    "; ".join(reasons),
+                    "compile with the pool's taint (make compile GPU_TAINT=key=value:Effect)",
+                )
+            )
         else:
-            checks.append(Check(name, False, "; ".join(reasons),
-                                "install the NVIDIA device plugin (GKE installs it with the GPU driver; "
-                                "elsewhere the NVIDIA GPU operator)"))
+            checks.append(
+                Check(
+                    name,
+                    False,
+                    "; ".join(reasons),
+                    "install the NVIDIA device plugin (GKE installs it with the GPU driver; "
+                    "elsewhere the NVIDIA GPU operator)",
+                )
+            )
     return checks
 
 
@@ -299,24 +364,37 @@ def check_kfp(host: str, namespace: str, timeout: float = 10) -> Check:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - an operator-given URL
             health = json.loads(response.read())
     except urllib.error.HTTPError as exc:
-        return Check("kfp", False, f"{url}: HTTP {exc.code}",
-                     "is this the KFP API (ml-pipeline-ui / ml-pipeline service)? behind IAP, use its proxy URL")
+        return Check(
+            "kfp",
+            False,
+            f"{url}: HTTP {exc.code}",
+            "is this the KFP API (ml-pipeline-ui / ml-pipeline service)? behind IAP, use its proxy URL",
+        )
     except (urllib.error.URLError, OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        return Check("kfp", False, f"{url}: {reason}",
-                     "kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80 and KFP_HOST=http://localhost:8080")
+        return Check(
+            "kfp",
+            False,
+            f"{url}: {reason}",
+            "kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80 and KFP_HOST=http://localhost:8080",
+        )
     tag = str(health.get("tag_name", ""))
     version = _version(tag)
     if len(version) < 2 or version < KFP_MIN_VERSION:
-        return Check("kfp", False, f"{host}: version {tag or 'unknown'}, older than "
-                                   f"{'.'.join(map(str, KFP_MIN_VERSION))}",
-                     "upgrade KFP: older backends pass {{$.pipeline_job_uuid}} unresolved, so train steps "
-                     "refuse to checkpoint")
+        return Check(
+            "kfp",
+            False,
+            f"{host}: version {tag or 'unknown'}, older than {'.'.join(map(str, KFP_MIN_VERSION))}",
+            "upgrade KFP: older backends pass {{$.pipeline_job_uuid}} unresolved, so train steps refuse to checkpoint",
+        )
     if health.get("multi_user") and namespace == cluster.NAMESPACE:
-        return Check("kfp", False, f"{host}: {tag}, multi-user: runs go to profile namespaces, not {namespace}",
-                     "pass --namespace <your profile namespace> and apply the manifests there")
-    return Check("kfp", True, f"{host}: healthy, version {tag}"
-                              f"{', multi-user' if health.get('multi_user') else ''}")
+        return Check(
+            "kfp",
+            False,
+            f"{host}: {tag}, multi-user: runs go to profile namespaces, not {namespace}",
+            "pass --namespace <your profile namespace> and apply the manifests there",
+        )
+    return Check("kfp", True, f"{host}: healthy, version {tag}{', multi-user' if health.get('multi_user') else ''}")
 
 
 def launcher_root(kube: Kube | None, namespace: str) -> str:
@@ -325,7 +403,8 @@ def launcher_root(kube: Kube | None, namespace: str) -> str:
         return ""
     try:
         return (kube.core.read_namespaced_config_map("kfp-launcher", namespace).data or {}).get(
-            "defaultPipelineRoot", "")
+            "defaultPipelineRoot", ""
+        )
     except Exception:  # noqa: BLE001 - absent: KFP's built-in default applies
         return ""
 
@@ -340,8 +419,12 @@ def check_pipeline_root(root: str, kube: Kube | None, namespace: str) -> Check:
         try:
             kube.core.read_namespaced_secret(MINIO_SECRET, namespace)
         except Exception as exc:  # noqa: BLE001
-            return Check(name, False, f"secret {MINIO_SECRET}: {_api_error(exc)}",
-                         "KFP's artifact store credentials are missing: reinstall KFP's manifests")
+            return Check(
+                name,
+                False,
+                f"secret {MINIO_SECRET}: {_api_error(exc)}",
+                "KFP's artifact store credentials are missing: reinstall KFP's manifests",
+            )
         return Check(name, True, f"in-cluster store (reachable from pods only); secret {MINIO_SECRET} present")
     if "://" in root:
         return Check(name, False, "unsupported scheme", "use gs://, minio:// or a path on a shared volume")
@@ -351,7 +434,9 @@ def check_pipeline_root(root: str, kube: Kube | None, namespace: str) -> Check:
         probe.write_bytes(b"pcam doctor\n")
         probe.unlink()
     except OSError as exc:
-        return Check(name, False, f"not writable: {exc.strerror or exc}", "create it, writable by uid 1000 (the image's user)")
+        return Check(
+            name, False, f"not writable: {exc.strerror or exc}", "create it, writable by uid 1000 (the image's user)"
+        )
     return Check(name, True, "writable")
 
 
@@ -359,7 +444,7 @@ def _check_gcs(name: str, root: str) -> Check:
     from google.api_core import exceptions as gexc
     from google.cloud import storage
 
-    bucket_name, _, prefix = root[len("gs://"):].partition("/")
+    bucket_name, _, prefix = root[len("gs://") :].partition("/")
     blob_name = f"{prefix.rstrip('/') + '/' if prefix else ''}.pcam-doctor-{uuid.uuid4().hex}"
     try:
         client = storage.Client()
@@ -367,13 +452,23 @@ def _check_gcs(name: str, root: str) -> Check:
         blob.upload_from_string(b"pcam doctor\n", timeout=30)
         blob.delete(timeout=30)
     except gexc.NotFound:
-        return Check(name, False, f"bucket {bucket_name} does not exist", f"gcloud storage buckets create gs://{bucket_name}")
+        return Check(
+            name, False, f"bucket {bucket_name} does not exist", f"gcloud storage buckets create gs://{bucket_name}"
+        )
     except gexc.Forbidden as exc:
-        return Check(name, False, f"no write access ({exc.message})",
-                     "grant roles/storage.objectAdmin on the bucket to the pipeline's Google service account")
+        return Check(
+            name,
+            False,
+            f"no write access ({exc.message})",
+            "grant roles/storage.objectAdmin on the bucket to the pipeline's Google service account",
+        )
     except Exception as exc:  # noqa: BLE001 - credentials, network, 5xx: one line, not a traceback
-        return Check(name, False, f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:160]}",
-                     "check credentials (gcloud auth application-default login) and the bucket name")
+        return Check(
+            name,
+            False,
+            f"{exc.__class__.__name__}: {str(exc).splitlines()[0][:160]}",
+            "check credentials (gcloud auth application-default login) and the bucket name",
+        )
     return Check(name, True, "writable (wrote and deleted a probe object)")
 
 
@@ -388,8 +483,14 @@ def run_checks(args: argparse.Namespace) -> list[Check]:
     try:
         kube = Kube(args.kubeconfig, args.context)
     except Exception as exc:  # noqa: BLE001 - a missing/bad kubeconfig is a FAIL line
-        checks.append(Check("kube context", False, f"cannot load kubeconfig: {str(exc).splitlines()[0][:160]}",
-                            "kubectl config use-context <cluster>, or pass --kubeconfig/--context"))
+        checks.append(
+            Check(
+                "kube context",
+                False,
+                f"cannot load kubeconfig: {str(exc).splitlines()[0][:160]}",
+                "kubectl config use-context <cluster>, or pass --kubeconfig/--context",
+            )
+        )
     if kube is not None:
         checks.append(check_context(kube, args.namespace))
         if checks[-1].ok:
@@ -399,8 +500,14 @@ def run_checks(args: argparse.Namespace) -> list[Check]:
         else:
             kube = None
     if kube is None:
-        checks.append(Check("cluster checks", False, "service account, RBAC, PVC and GPU nodes not checked",
-                            "fix the kube context first"))
+        checks.append(
+            Check(
+                "cluster checks",
+                False,
+                "service account, RBAC, PVC and GPU nodes not checked",
+                "fix the kube context first",
+            )
+        )
     checks.append(check_kfp(args.kfp_host, args.namespace))
     root = args.pipeline_root or needs.pipeline_root or launcher_root(kube, args.namespace) or KFP_DEFAULT_ROOT
     checks.append(check_pipeline_root(root, kube, args.namespace))
@@ -408,14 +515,23 @@ def run_checks(args: argparse.Namespace) -> list[Check]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pipeline", default="pipelines/compiled/pcam_training.yaml",
-                        help="compiled pipeline to check against (make compile; default: %(default)s)")
+    parser.add_argument(
+        "--pipeline",
+        default="pipelines/compiled/pcam_training.yaml",
+        help="compiled pipeline to check against (make compile; default: %(default)s)",
+    )
     parser.add_argument("--kfp-host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
     parser.add_argument("--namespace", default=cluster.NAMESPACE, help="namespace runs go to (default: %(default)s)")
-    parser.add_argument("--service-account", default=cluster.SERVICE_ACCOUNT,
-                        help="service account of the pipeline's pods (default: %(default)s)")
-    parser.add_argument("--pipeline-root", default="",
-                        help="pipeline root to check (default: the compiled one, else KFP's kfp-launcher ConfigMap)")
+    parser.add_argument(
+        "--service-account",
+        default=cluster.SERVICE_ACCOUNT,
+        help="service account of the pipeline's pods (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--pipeline-root",
+        default="",
+        help="pipeline root to check (default: the compiled one, else KFP's kfp-launcher ConfigMap)",
+    )
     parser.add_argument("--kubeconfig", default=None, help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
     parser.add_argument("--context", default=None, help="kubeconfig context (default: the current one)")
 

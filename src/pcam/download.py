@@ -55,9 +55,14 @@ def file_md5(path: str | os.PathLike[str]) -> str:
     return file_digest(path, "md5")
 
 
-def download_official(dest_dir: str | os.PathLike[str], base_url: str = ZENODO_URL,
-                      files: Mapping[str, str | None] | Iterable[str] | None = None, *,
-                      retries: int = RETRIES, timeout: float = TIMEOUT_S) -> Path:
+def download_official(
+    dest_dir: str | os.PathLike[str],
+    base_url: str = ZENODO_URL,
+    files: Mapping[str, str | None] | Iterable[str] | None = None,
+    *,
+    retries: int = RETRIES,
+    timeout: float = TIMEOUT_S,
+) -> Path:
     """Fetch ``files`` from ``base_url`` into ``dest_dir``; return ``dest_dir``.
 
     ``files``: None for all official files; a list of official names (their published
@@ -81,8 +86,14 @@ def download_official(dest_dir: str | os.PathLike[str], base_url: str = ZENODO_U
     return dest
 
 
-def fetch(url: str, dest: str | os.PathLike[str], md5: str | None = None, *,
-          retries: int = RETRIES, timeout: float = TIMEOUT_S) -> Path:
+def fetch(
+    url: str,
+    dest: str | os.PathLike[str],
+    md5: str | None = None,
+    *,
+    retries: int = RETRIES,
+    timeout: float = TIMEOUT_S,
+) -> Path:
     """Download ``url`` to ``dest`` through ``dest.part`` (resumed with HTTP Range), verifying ``md5``."""
     dest = Path(dest)
     if dest.exists():
@@ -144,9 +155,18 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
             have, mode = 0, "wb"
         length = response.headers.get("Content-Length")
         total = have + int(length) if length is not None else None
-        with open(part, mode) as out, tqdm(total=total, initial=have, unit="B", unit_scale=True,
-                                           desc=part.name.removesuffix(".part"), leave=False,
-                                           disable=None) as bar:
+        with (
+            open(part, mode) as out,
+            tqdm(
+                total=total,
+                initial=have,
+                unit="B",
+                unit_scale=True,
+                desc=part.name.removesuffix(".part"),
+                leave=False,
+                disable=None,
+            ) as bar,
+        ):
             received = 0
             while chunk := response.read(CHUNK):
                 out.write(chunk)

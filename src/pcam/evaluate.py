@@ -133,8 +133,9 @@ def predict_views(
 
     out = np.empty((len(names), n), dtype=np.float32)
     starts = range(0, n, batch_size)
-    for start in tqdm(starts, desc=f"evaluate ({len(names)} views)", unit="batch", disable=not progress,
-                      total=len(starts)):
+    for start in tqdm(
+        starts, desc=f"evaluate ({len(names)} views)", unit="batch", disable=not progress, total=len(starts)
+    ):
         stop = min(start + batch_size, n)
         out[:, start:stop] = forward(tf.convert_to_tensor(images[start:stop])).numpy()
     return out
@@ -216,8 +217,13 @@ def evaluate_arrays(
     }
 
 
-def write_evaluation(out_dir: str | os.PathLike[str], result: dict[str, Any], *,
-                     inputs: Sequence[str | os.PathLike[str]] = (), force: bool = False) -> None:
+def write_evaluation(
+    out_dir: str | os.PathLike[str],
+    result: dict[str, Any],
+    *,
+    inputs: Sequence[str | os.PathLike[str]] = (),
+    force: bool = False,
+) -> None:
     """Write an :func:`evaluate_arrays` result (its ``_arrays`` removed) as the evaluate directory."""
     with atomic_dir(out_dir, "evaluation", inputs=inputs, force=force) as tmp:
         _write_outputs(tmp, result)
@@ -229,19 +235,31 @@ def _write_outputs(out: Path, result: dict[str, Any]) -> None:
     with open(out / "predictions.csv", "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "label", "probability", "vote", "positive_votes", "single_probability"])
-        for row in zip(arrays["ids"], labels, arrays["probability"], arrays["vote"],
-                       arrays["positive_votes"], arrays["single_probability"], strict=True):
+        for row in zip(
+            arrays["ids"],
+            labels,
+            arrays["probability"],
+            arrays["vote"],
+            arrays["positive_votes"],
+            arrays["single_probability"],
+            strict=True,
+        ):
             writer.writerow([row[0], int(row[1]), f"{row[2]:.6f}", int(row[3]), int(row[4]), f"{row[5]:.6f}"])
     roc = M.roc_curve(labels, arrays["probability"])
     roc_single = M.roc_curve(labels, arrays["single_probability"])
-    write_json(out / "roc.json", M.json_safe({
-        **roc,
-        "auc": result["tta"]["auc"],
-        "single": {**roc_single, "auc": result["single"]["auc"]},
-        "score": f"mean probability over {result['n_views']} TTA views",
-        "note": "scikit-learn's first threshold (inf: nothing predicted positive) is written as "
+    write_json(
+        out / "roc.json",
+        M.json_safe(
+            {
+                **roc,
+                "auc": result["tta"]["auc"],
+                "single": {**roc_single, "auc": result["single"]["auc"]},
+                "score": f"mean probability over {result['n_views']} TTA views",
+                "note": "scikit-learn's first threshold (inf: nothing predicted positive) is written as "
                 "max(1.0, highest score); empty lists when the split holds one class",
-    }))
+            }
+        ),
+    )
     confusion = {
         "labels": ["normal (0)", "tumour (1)"],
         "layout": "matrix[true][predicted]",
@@ -278,20 +296,30 @@ def evaluate(
     model_path = model_dir if model_dir.suffix == ".keras" else model_dir / MODEL_FILE
     images, labels, ids = load_arrays(shards_dir, split)
     log.info("evaluating %s on %d %s patches with %d views", model_path, len(labels), split, len(ecfg.tta_views))
-    result = evaluate_arrays(model, images, labels, ids, views=ecfg.tta_views, threshold=ecfg.threshold,
-                             target_sensitivity=ecfg.target_sensitivity, batch_size=ecfg.batch_size,
-                             progress=progress)
+    result = evaluate_arrays(
+        model,
+        images,
+        labels,
+        ids,
+        views=ecfg.tta_views,
+        threshold=ecfg.threshold,
+        target_sensitivity=ecfg.target_sensitivity,
+        batch_size=ecfg.batch_size,
+        progress=progress,
+    )
     provenance = _provenance(model_dir)
-    result.update({
-        "split": split,
-        "model": provenance.get("model", model_dir.name),
-        "policy": provenance.get("policy"),
-        "model_file": str(model_path),
-        "model_sha256": file_sha256(model_path),
-        "shards_dir": str(shards_dir),
-        "data_fingerprint": data_fingerprint(result["_arrays"]["ids"], labels),
-        "config_digest": cfg.digest(),
-    })
+    result.update(
+        {
+            "split": split,
+            "model": provenance.get("model", model_dir.name),
+            "policy": provenance.get("policy"),
+            "model_file": str(model_path),
+            "model_sha256": file_sha256(model_path),
+            "shards_dir": str(shards_dir),
+            "data_fingerprint": data_fingerprint(result["_arrays"]["ids"], labels),
+            "config_digest": cfg.digest(),
+        }
+    )
     write_evaluation(out_dir, result, inputs=[model_dir, shards_dir], force=force)
     for mode in ("single", "tta"):
         m = result[mode]
@@ -327,7 +355,9 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate(args.model, args.shards, args.out, cfg, split=args.split, force=args.force)
     for mode in ("single", "tta"):
         m = result[mode]
-        print(f"{mode:>6}: auc={m['auc']} accuracy={m['accuracy']:.4f} f1={m['f1']:.4f} "
-              f"recall={m['recall']:.4f} precision={m['precision']:.4f}")
+        print(
+            f"{mode:>6}: auc={m['auc']} accuracy={m['accuracy']:.4f} f1={m['f1']:.4f} "
+            f"recall={m['recall']:.4f} precision={m['precision']:.4f}"
+        )
     print(Path(args.out) / "metrics.json")
     return 0

@@ -79,11 +79,17 @@ def decode_image(data: Any) -> Any:
     # (a decoder, a shape check) can fail first with a less helpful message.
     is_png = tf.equal(tf.strings.substr(data, 0, len(PNG_MAGIC)), PNG_MAGIC)
     is_jpeg = tf.equal(tf.strings.substr(data, 0, len(JPEG_MAGIC)), JPEG_MAGIC)
-    known = tf.debugging.Assert(tf.logical_or(is_png, is_jpeg),
-                                ["image_bytes: not a PNG or JPEG image (accepted encodings: png, jpeg)"])
+    known = tf.debugging.Assert(
+        tf.logical_or(is_png, is_jpeg), ["image_bytes: not a PNG or JPEG image (accepted encodings: png, jpeg)"]
+    )
     with tf.control_dependencies([known]):
-        image = tf.cond(is_png, lambda: tf.io.decode_png(data, channels=3), lambda: tf.cond(
-            is_jpeg, lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"), lambda: blank))
+        image = tf.cond(
+            is_png,
+            lambda: tf.io.decode_png(data, channels=3),
+            lambda: tf.cond(
+                is_jpeg, lambda: tf.io.decode_jpeg(data, channels=3, dct_method="INTEGER_ACCURATE"), lambda: blank
+            ),
+        )
     size = tf.shape(image)[:2]
     right_size = tf.reduce_all(tf.equal(size, [height, width]))
     sized = tf.debugging.Assert(right_size, [f"image_bytes: image must be {height}x{width} pixels, got", size])
@@ -143,16 +149,24 @@ def _write_version(model: Any, model_file: Path, views: tuple[str, ...], out: Pa
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, serving_fn(model, views),
-                         input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)])
+    archive.add_endpoint(
+        SIGNATURE, serving_fn(model, views), input_signature=[tf.TensorSpec([None], tf.string, name=INPUT_NAME)]
+    )
     archive.write_out(str(out), verbose=False)
     meta = {
         "format": "tensorflow SavedModel (TF Serving layout)",
         "signature": SIGNATURE,
-        "input": {"name": INPUT_NAME, "dtype": "string", "shape": [None],
-                  "encodings": list(ENCODINGS), "image_shape": list(IMAGE_SHAPE)},
-        "outputs": {"probability": f"mean tumour probability over the TTA views {list(views)}",
-                    "single_probability": "tumour probability of the identity view"},
+        "input": {
+            "name": INPUT_NAME,
+            "dtype": "string",
+            "shape": [None],
+            "encodings": list(ENCODINGS),
+            "image_shape": list(IMAGE_SHAPE),
+        },
+        "outputs": {
+            "probability": f"mean tumour probability over the TTA views {list(views)}",
+            "single_probability": "tumour probability of the identity view",
+        },
         "views": list(views),
         "source_model": str(model_file),
         "source_model_sha256": file_sha256(model_file),
@@ -172,8 +186,13 @@ def _copy_remote(local: Path, target: str) -> None:
     storage.upload_tree(local, target, marker="saved_model.pb")
 
 
-def export_serving(model_path: str | os.PathLike[str], dest: str | os.PathLike[str],
-                   views: tuple[str, ...] | list[str], *, version: int | None = None) -> str:
+def export_serving(
+    model_path: str | os.PathLike[str],
+    dest: str | os.PathLike[str],
+    views: tuple[str, ...] | list[str],
+    *,
+    version: int | None = None,
+) -> str:
     """Export ``model_path`` (a model directory or ``.keras`` file) as ``<dest>/<version>/``.
 
     Args:
@@ -242,13 +261,18 @@ def latest_version(serving_dir: str | os.PathLike[str]) -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="directory holding model.keras (or the .keras file)")
-    parser.add_argument("--out", required=True,
-                        help="serving folder (local or gs://) to write <out>/<version>/saved_model.pb into; "
-                             "KServe's storageUri")
+    parser.add_argument(
+        "--out",
+        required=True,
+        help="serving folder (local or gs://) to write <out>/<version>/saved_model.pb into; KServe's storageUri",
+    )
     parser.add_argument("--config", help="experiment YAML: its evaluate.tta_views go into the graph")
-    parser.add_argument("--views", nargs="+", metavar="VIEW",
-                        help=f"TTA views (default: the config's, else the evaluation default); "
-                             f"any of {', '.join(TTA_VIEW_NAMES)}")
+    parser.add_argument(
+        "--views",
+        nargs="+",
+        metavar="VIEW",
+        help=f"TTA views (default: the config's, else the evaluation default); any of {', '.join(TTA_VIEW_NAMES)}",
+    )
     parser.add_argument("--version", type=int, help="version number (default: highest present + 1)")
 
 

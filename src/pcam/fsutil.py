@@ -95,8 +95,15 @@ def read_json(path: str | os.PathLike[str], schema: Any = None) -> Any:
     return data
 
 
-_TYPE_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
-               bool: "true/false", type(None): "null"}
+_TYPE_NAMES = {
+    dict: "an object",
+    list: "a list",
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    bool: "true/false",
+    type(None): "null",
+}
 
 
 def check_shape(data: Any, schema: Any, path: str | os.PathLike[str], key: str = "") -> None:
@@ -122,8 +129,10 @@ def check_shape(data: Any, schema: Any, path: str | os.PathLike[str], key: str =
             if name not in data:
                 if optional:
                     continue
-                raise DataError(f"{path}: missing key {(key + '.' if key else '') + name!r} "
-                                "(not written by this version of pcam, or edited?)")
+                raise DataError(
+                    f"{path}: missing key {(key + '.' if key else '') + name!r} "
+                    "(not written by this version of pcam, or edited?)"
+                )
             check_shape(data[name], sub, path, f"{key}.{name}" if key else name)
     elif isinstance(schema, list):
         if not isinstance(data, list):
@@ -177,8 +186,9 @@ def directory_kind(path: str | os.PathLike[str]) -> str | None:
         return None
 
 
-def check_output(out: str | os.PathLike[str], kind: str, *,
-                 inputs: Iterable[str | os.PathLike[str] | None] = (), force: bool = False) -> Path:
+def check_output(
+    out: str | os.PathLike[str], kind: str, *, inputs: Iterable[str | os.PathLike[str] | None] = (), force: bool = False
+) -> Path:
     """Refuse an output path whose replacement would destroy something pcam did not write there.
 
     A command may replace ``out`` only if it does not exist, is an empty directory, or is a
@@ -193,8 +203,10 @@ def check_output(out: str | os.PathLike[str], kind: str, *,
         if source in final.parents:
             raise DataError(f"{out}: the output lies inside the input {source}; choose a path outside it")
         if final in source.parents:
-            raise DataError(f"{out}: the output holds the input {source}, which replacing it would delete; "
-                            "choose another output path")
+            raise DataError(
+                f"{out}: the output holds the input {source}, which replacing it would delete; "
+                "choose another output path"
+            )
     if force or not final.exists() and not final.is_symlink():
         return final
     if not final.is_dir():
@@ -203,8 +215,9 @@ def check_output(out: str | os.PathLike[str], kind: str, *,
     if found == kind or not any(final.iterdir()):
         return final
     what = f"a pcam {found} directory" if found else "not a directory pcam wrote"
-    raise DataError(f"{out}: {what}, refusing to replace it with a {kind}; "
-                    "choose an empty or new path, or pass --force")
+    raise DataError(
+        f"{out}: {what}, refusing to replace it with a {kind}; choose an empty or new path, or pass --force"
+    )
 
 
 def mark_directory(path: str | os.PathLike[str], kind: str) -> None:
@@ -213,8 +226,13 @@ def mark_directory(path: str | os.PathLike[str], kind: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str], kind: str, *,
-               inputs: Iterable[str | os.PathLike[str] | None] = (), force: bool = False) -> Iterator[Path]:
+def atomic_dir(
+    path: str | os.PathLike[str],
+    kind: str,
+    *,
+    inputs: Iterable[str | os.PathLike[str] | None] = (),
+    force: bool = False,
+) -> Iterator[Path]:
     """Build a ``kind`` directory under a temporary name and swap it into place on success.
 
     :func:`check_output` decides first whether ``path`` may be replaced (and again just

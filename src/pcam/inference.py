@@ -66,8 +66,7 @@ def _image(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode()
 
 
-def inference_page(result_dirs: list[Path], html_path: Path, csv_path: Path,
-                   patches_dir: Path | None = None) -> int:
+def inference_page(result_dirs: list[Path], html_path: Path, csv_path: Path, patches_dir: Path | None = None) -> int:
     """Write the page showing every slide's heatmap and score, and ``slides.csv``; returns the slide count."""
     slides = []
     for result in result_dirs:
@@ -79,24 +78,41 @@ def inference_page(result_dirs: list[Path], html_path: Path, csv_path: Path,
         writer = csv.writer(handle)
         writer.writerow(columns)
         for folder, info in slides:
-            writer.writerow([folder.name, info["tiles_scored"], info["score"]["max"], info["score"]["top_k_mean"],
-                             info.get("label_at_operating_point"), info.get("tumour_regions")])
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>pcam inference</title>",
-             "<style>body{font-family:sans-serif}td,th{padding:2px 8px}figure{display:inline-block}</style>",
-             "</head><body><h1>pcam inference</h1>"]
+            writer.writerow(
+                [
+                    folder.name,
+                    info["tiles_scored"],
+                    info["score"]["max"],
+                    info["score"]["top_k_mean"],
+                    info.get("label_at_operating_point"),
+                    info.get("tumour_regions"),
+                ]
+            )
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>pcam inference</title>",
+        "<style>body{font-family:sans-serif}td,th{padding:2px 8px}figure{display:inline-block}</style>",
+        "</head><body><h1>pcam inference</h1>",
+    ]
     if slides:
         parts.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in columns) + "</tr>")
         for folder, info in slides:
-            cells = [folder.name, info["tiles_scored"], _num(info["score"]["max"]),
-                     _num(info["score"]["top_k_mean"]), info.get("label_at_operating_point"),
-                     info.get("tumour_regions")]
+            cells = [
+                folder.name,
+                info["tiles_scored"],
+                _num(info["score"]["max"]),
+                _num(info["score"]["top_k_mean"]),
+                info.get("label_at_operating_point"),
+                info.get("tumour_regions"),
+            ]
             parts.append("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>")
         parts.append("</table>")
         for folder, info in slides:
-            parts.append(f"<figure><img src='{_image(folder / 'heatmap.png')}' style='max-width:640px'>"
-                         f"<figcaption>{html.escape(folder.name)}: max {_num(info['score']['max'])}, level "
-                         f"{info['level']} ({info['level_mpp']:.3f} µm/px), {info['tiles_scored']} tiles"
-                         "</figcaption></figure>")
+            parts.append(
+                f"<figure><img src='{_image(folder / 'heatmap.png')}' style='max-width:640px'>"
+                f"<figcaption>{html.escape(folder.name)}: max {_num(info['score']['max'])}, level "
+                f"{info['level']} ({info['level_mpp']:.3f} µm/px), {info['tiles_scored']} tiles"
+                "</figcaption></figure>"
+            )
     if patches_dir is not None and (Path(patches_dir) / "predict.json").is_file():
         summary = json.loads((Path(patches_dir) / "predict.json").read_text()).get("patches", {})
         parts.append(f"<h2>Patches</h2><p>{html.escape(json.dumps(summary))}</p>")

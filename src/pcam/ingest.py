@@ -116,11 +116,19 @@ class _Stats:
             self.converted += 1
 
 
-def ingest(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], fmt: str = "auto",
-           convert: bool = False, limit_per_split: int = 0, seed: int = 0, *,
-           cache_dir: str | os.PathLike[str] | None = None,
-           synthetic: SyntheticConfig | None = None, workers: int | None = None,
-           force: bool = False) -> dict[str, Any]:
+def ingest(
+    source: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    fmt: str = "auto",
+    convert: bool = False,
+    limit_per_split: int = 0,
+    seed: int = 0,
+    *,
+    cache_dir: str | os.PathLike[str] | None = None,
+    synthetic: SyntheticConfig | None = None,
+    workers: int | None = None,
+    force: bool = False,
+) -> dict[str, Any]:
     """Read ``source`` (format ``fmt``) into a canonical dataset at ``out_dir``; return its manifest.
 
     ``cache_dir`` holds downloads (default ``$PCAM_CACHE`` or ``~/.cache/pcam``);
@@ -149,14 +157,23 @@ def ingest(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], fmt:
             parts = _kaggle_parts(root, limit_per_split, seed, convert, stats, workers)
         else:
             parts = _folder_parts(root, limit_per_split, seed, convert, stats, workers)
-        manifest = _write(parts, out_dir, force, source, "synthetic" if is_synthetic else fmt, is_synthetic, {
-            "reader": "hdf5" if fmt == "synthetic" else fmt,
-            "convert": convert,
-            "limit_per_split": limit_per_split,
-            "seed": seed,
-            "source_available": {p.split: p.available for p in parts},
-            "notes": [note for p in parts for note in p.notes],
-        }, stats)
+        manifest = _write(
+            parts,
+            out_dir,
+            force,
+            source,
+            "synthetic" if is_synthetic else fmt,
+            is_synthetic,
+            {
+                "reader": "hdf5" if fmt == "synthetic" else fmt,
+                "convert": convert,
+                "limit_per_split": limit_per_split,
+                "seed": seed,
+                "source_available": {p.split: p.available for p in parts},
+                "notes": [note for p in parts for note in p.notes],
+            },
+            stats,
+        )
     dup = manifest["duplicates"]["count"]
     if dup:
         log.warning("%s: %d exact duplicate images (first pairs in manifest.json)", source, dup)
@@ -164,8 +181,16 @@ def ingest(source: str | os.PathLike[str], out_dir: str | os.PathLike[str], fmt:
     return manifest
 
 
-def _write(parts: list[_Part], out_dir: str | os.PathLike[str], force: bool, source: str, fmt: str, synthetic: bool,
-           extra: dict[str, Any], stats: _Stats) -> dict[str, Any]:
+def _write(
+    parts: list[_Part],
+    out_dir: str | os.PathLike[str],
+    force: bool,
+    source: str,
+    fmt: str,
+    synthetic: bool,
+    extra: dict[str, Any],
+    stats: _Stats,
+) -> dict[str, Any]:
     total = sum(p.count for p in parts)
     if total == 0:
         raise DataError(f"{source}: no patches found")
@@ -186,8 +211,9 @@ def _write(parts: list[_Part], out_dir: str | os.PathLike[str], force: bool, sou
 # ----------------------------------------------------------------------------- sources
 
 
-def _resolve(source: str, fmt: str, cache: Path, seed: int, sizes: SyntheticConfig,
-             stack: contextlib.ExitStack) -> tuple[Path, str, bool]:
+def _resolve(
+    source: str, fmt: str, cache: Path, seed: int, sizes: SyntheticConfig, stack: contextlib.ExitStack
+) -> tuple[Path, str, bool]:
     """A local directory for ``source`` (downloading or generating it if needed)."""
     if source == "synthetic":
         from pcam.synth import write_synthetic
@@ -198,7 +224,9 @@ def _resolve(source: str, fmt: str, cache: Path, seed: int, sizes: SyntheticConf
         from pcam.download import ZENODO_URL, download_official
 
         if source != "official" and not source.startswith(("http://", "https://")):
-            raise ConfigError(f"format 'official' downloads; the source must be 'official' or an https:// mirror, not {source!r}")
+            raise ConfigError(
+                f"format 'official' downloads; the source must be 'official' or an https:// mirror, not {source!r}"
+            )
         base = ZENODO_URL if source == "official" else source
         return download_official(cache / "official", base_url=base), "hdf5", False
     if source.startswith("gs://"):
@@ -247,8 +275,9 @@ def _copy_gcs(uri: str, dest: Path) -> Path:
     worker.start()
     worker.join(GCS_TIMEOUT_S)
     if worker.is_alive():
-        raise DataError(f"{uri}: no answer from Google Cloud Storage within {GCS_TIMEOUT_S:.0f} s "
-                        "(no network or credentials?)")
+        raise DataError(
+            f"{uri}: no answer from Google Cloud Storage within {GCS_TIMEOUT_S:.0f} s (no network or credentials?)"
+        )
     if "error" in answer:
         if isinstance(answer["error"], DataError):
             raise answer["error"]
@@ -317,8 +346,10 @@ def detect_format(root: Path) -> str:
         return "kaggle"
     if "labels.csv" in names or any(n in SPLIT_ALIASES or n in LABEL_DIRS for n in names):
         return "folders"
-    raise DataError(f"{root}: cannot tell the format (no {H5_PREFIX}_*.h5[.gz], train_labels.csv, labels.csv "
-                    f"or <split>/<label>/ folders); pass one of {', '.join(FORMATS[1:])}")
+    raise DataError(
+        f"{root}: cannot tell the format (no {H5_PREFIX}_*.h5[.gz], train_labels.csv, labels.csv "
+        f"or <split>/<label>/ folders); pass one of {', '.join(FORMATS[1:])}"
+    )
 
 
 # ----------------------------------------------------------------------------- validation
@@ -346,12 +377,23 @@ def check_labels(values: Any, where: Callable[[int], str]) -> np.ndarray:
         i = int(bad[0])
         value = np.asarray(values).ravel()[i]
         value = value.item() if isinstance(value, np.generic) else value
-        raise DataError(f"{where(i)}: label {value!r} is not 0 or 1" + (f" ({len(bad)} bad labels in all)" if len(bad) > 1 else ""))
+        raise DataError(
+            f"{where(i)}: label {value!r} is not 0 or 1" + (f" ({len(bad)} bad labels in all)" if len(bad) > 1 else "")
+        )
     return raw.astype(np.uint8)
 
 
-_MODE_NAMES = {"L": "grayscale", "LA": "grayscale+alpha", "RGBA": "RGBA", "P": "palette", "1": "1-bit",
-               "CMYK": "CMYK", "I;16": "16-bit grayscale", "I": "32-bit integer", "F": "32-bit float"}
+_MODE_NAMES = {
+    "L": "grayscale",
+    "LA": "grayscale+alpha",
+    "RGBA": "RGBA",
+    "P": "palette",
+    "1": "1-bit",
+    "CMYK": "CMYK",
+    "I;16": "16-bit grayscale",
+    "I": "32-bit integer",
+    "F": "32-bit float",
+}
 
 
 def _to_uint8(array: np.ndarray) -> np.ndarray:
@@ -394,8 +436,10 @@ def read_image(path: Path, convert: bool, stats: _Stats | None = None) -> np.nda
                 return np.asarray(image)
             if not convert:
                 kind = _MODE_NAMES.get(image.mode, f"mode {image.mode}")
-                raise DataError(f"{path}: {image.size[0]}x{image.size[1]} {kind} image; expected 96x96 RGB "
-                                "uint8 (ingest with convert=True / --convert to convert and resize)")
+                raise DataError(
+                    f"{path}: {image.size[0]}x{image.size[1]} {kind} image; expected 96x96 RGB "
+                    "uint8 (ingest with convert=True / --convert to convert and resize)"
+                )
             if stats is not None:
                 stats.count_converted()
             return _convert_pil(image)
@@ -403,8 +447,15 @@ def read_image(path: Path, convert: bool, stats: _Stats | None = None) -> np.nda
         raise DataError(f"{path}: cannot decode image ({exc})") from None
 
 
-def _file_batches(paths: list[Path], labels: np.ndarray, ids: list[str], slides: list[str] | None,
-                  convert: bool, stats: _Stats, workers: int | None):
+def _file_batches(
+    paths: list[Path],
+    labels: np.ndarray,
+    ids: list[str],
+    slides: list[str] | None,
+    convert: bool,
+    stats: _Stats,
+    workers: int | None,
+):
     """Decode files in batches with a thread pool (Pillow releases the GIL while decoding)."""
     workers = workers or min(8, os.cpu_count() or 1)
 
@@ -416,7 +467,7 @@ def _file_batches(paths: list[Path], labels: np.ndarray, ids: list[str], slides:
             for start in range(0, len(paths), FILE_BATCH):
                 stop = min(len(paths), start + FILE_BATCH)
                 step = max(1, (stop - start) // (workers * 2))
-                chunks = [paths[i:min(stop, i + step)] for i in range(start, stop, step)]
+                chunks = [paths[i : min(stop, i + step)] for i in range(start, stop, step)]
                 images = np.concatenate(list(pool.map(decode, chunks)))
                 yield images, labels[start:stop], ids[start:stop], slides[start:stop] if slides else None
 
@@ -482,15 +533,24 @@ def _hdf5_parts(root: Path, limit: int, seed: int, convert: bool, scratch: Path,
             try:
                 raw = y[()]
             except OSError as exc:
-                raise DataError(f"{y_path}: dataset 'y' cannot be read, truncated or corrupt ({_first_line(exc)})") from None
+                raise DataError(
+                    f"{y_path}: dataset 'y' cannot be read, truncated or corrupt ({_first_line(exc)})"
+                ) from None
         n = raw.shape[0] if raw.ndim else 0
         if raw.size != n:
             raise DataError(f"{y_path}: dataset 'y' has shape {raw.shape}; expected (N,) or (N, 1, 1, 1)")
         labels = check_labels(raw, lambda i, p=y_path: f"{p}: dataset 'y' row {i}")
         slides, meta_note = _meta_slides(root / f"{H5_PREFIX}_{split}_meta.csv", n)
         chosen = select(labels, limit, seed, split)
-        parts.append(_Part(split, len(chosen), _h5_batches(x_path, split, labels, slides, chosen, convert, scratch, stats),
-                           available=n, notes=[meta_note] if meta_note else []))
+        parts.append(
+            _Part(
+                split,
+                len(chosen),
+                _h5_batches(x_path, split, labels, slides, chosen, convert, scratch, stats),
+                available=n,
+                notes=[meta_note] if meta_note else [],
+            )
+        )
     if not parts:
         raise DataError(f"{root}: no {H5_PREFIX}_{{train,valid,test}}_{{x,y}}.h5[.gz] files")
     return parts
@@ -512,17 +572,29 @@ def _meta_slides(path: Path, n: int) -> tuple[list[str] | None, str]:
     return meta["wsi"].astype(str).tolist(), ""
 
 
-def _h5_batches(x_path: Path, split: str, labels: np.ndarray, slides: list[str] | None, chosen: np.ndarray,
-                convert: bool, scratch: Path, stats: _Stats):
+def _h5_batches(
+    x_path: Path,
+    split: str,
+    labels: np.ndarray,
+    slides: list[str] | None,
+    chosen: np.ndarray,
+    convert: bool,
+    scratch: Path,
+    stats: _Stats,
+):
     def batches() -> Iterator[tuple[np.ndarray, np.ndarray, list[str], list[str] | None]]:
         with _open_h5(x_path, scratch) as handle:
             x = _dataset(handle, "x", x_path)
             if x.ndim < 1 or x.shape[0] != len(labels):
-                raise DataError(f"{x_path}: dataset 'x' has {x.shape[0] if x.ndim else 0} rows, the y file {len(labels)}")
+                raise DataError(
+                    f"{x_path}: dataset 'x' has {x.shape[0] if x.ndim else 0} rows, the y file {len(labels)}"
+                )
             ok = x.dtype == np.uint8 and x.shape[1:] == IMAGE_SHAPE
             if not ok and not convert:
-                raise DataError(f"{x_path}: dataset 'x' is {x.dtype} {x.shape[1:]}; expected uint8 {IMAGE_SHAPE} "
-                                "(ingest with convert=True / --convert to convert and resize)")
+                raise DataError(
+                    f"{x_path}: dataset 'x' is {x.dtype} {x.shape[1:]}; expected uint8 {IMAGE_SHAPE} "
+                    "(ingest with convert=True / --convert to convert and resize)"
+                )
             # Blocks of BLOCK source rows: read the span when the selection is dense, else
             # only the chosen rows (h5py point selection), so a small limit stays fast.
             for start in range(0, len(labels), BLOCK):
@@ -532,20 +604,26 @@ def _h5_batches(x_path: Path, split: str, labels: np.ndarray, slides: list[str] 
                 try:
                     span = rows[-1] - rows[0] + 1
                     if len(rows) == span:  # every row of the span: no second (fancy-index) copy
-                        images = x[rows[0]:rows[-1] + 1]
+                        images = x[rows[0] : rows[-1] + 1]
                     elif len(rows) * 4 >= span:
-                        images = x[rows[0]:rows[-1] + 1][rows - rows[0]]
+                        images = x[rows[0] : rows[-1] + 1][rows - rows[0]]
                     else:
                         images = x[rows]
                 except (OSError, ValueError) as exc:
-                    raise DataError(f"{x_path}: dataset 'x' rows {rows[0]}..{rows[-1]} cannot be read, "
-                                    f"truncated or corrupt ({_first_line(exc)})") from None
+                    raise DataError(
+                        f"{x_path}: dataset 'x' rows {rows[0]}..{rows[-1]} cannot be read, "
+                        f"truncated or corrupt ({_first_line(exc)})"
+                    ) from None
                 if not ok:
                     images = np.stack([_convert_array(img) for img in images])
                     for _ in rows:
                         stats.count_converted()
-                yield (np.ascontiguousarray(images), labels[rows], [f"{split}/{r}" for r in rows],
-                       [slides[r] for r in rows] if slides else None)
+                yield (
+                    np.ascontiguousarray(images),
+                    labels[rows],
+                    [f"{split}/{r}" for r in rows],
+                    [slides[r] for r in rows] if slides else None,
+                )
 
     return batches
 
@@ -556,8 +634,13 @@ def _h5_batches(x_path: Path, split: str, labels: np.ndarray, slides: list[str] 
 def _list_images(folder: Path, recursive: bool = False) -> list[Path]:
     """Image files in ``folder`` (and below it when ``recursive``; hidden entries skipped), sorted."""
     found = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in found if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                  and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    return sorted(
+        p
+        for p in found
+        if p.is_file()
+        and p.suffix.lower() in IMAGE_EXTENSIONS
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
 
 
 def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
@@ -575,8 +658,10 @@ def _read_csv(path: Path, required: tuple[str, ...]) -> pd.DataFrame:
     empty = table[required[0]].isna().to_numpy()
     if empty.any():
         i = int(np.flatnonzero(empty)[0])
-        raise DataError(f"{path}: row {i + 2} has an empty {required[0]!r}"
-                        + (f" ({int(empty.sum())} rows do)" if empty.sum() > 1 else ""))
+        raise DataError(
+            f"{path}: row {i + 2} has an empty {required[0]!r}"
+            + (f" ({int(empty.sum())} rows do)" if empty.sum() > 1 else "")
+        )
     return table
 
 
@@ -605,8 +690,15 @@ def _kaggle_parts(root: Path, limit: int, seed: int, convert: bool, stats: _Stat
     chosen = select(labels, limit, seed, "train")
     sel_paths = [paths[i] for i in chosen]
     notes = ["kaggle: every labelled patch is source split 'train'; test/ is unlabelled and skipped"]
-    return [_Part("train", len(chosen), _file_batches(sel_paths, labels[chosen], [ids.iloc[i] for i in chosen], None,
-                                                      convert, stats, workers), available=len(paths), notes=notes)]
+    return [
+        _Part(
+            "train",
+            len(chosen),
+            _file_batches(sel_paths, labels[chosen], [ids.iloc[i] for i in chosen], None, convert, stats, workers),
+            available=len(paths),
+            notes=notes,
+        )
+    ]
 
 
 def _folder_parts(root: Path, limit: int, seed: int, convert: bool, stats: _Stats, workers: int | None) -> list[_Part]:
@@ -620,14 +712,31 @@ def _folder_parts(root: Path, limit: int, seed: int, convert: bool, stats: _Stat
         entries = [r for r in rows if r[1] == split]
         if not entries:
             continue
-        where = (lambda i, e=entries: f"{root / e[i][0]}") if not csv_path.exists() else \
-                (lambda i, e=entries: f"{csv_path}: row for {e[i][0]}")
+        where = (
+            (lambda i, e=entries: f"{root / e[i][0]}")
+            if not csv_path.exists()
+            else (lambda i, e=entries: f"{csv_path}: row for {e[i][0]}")
+        )
         labels = check_labels([e[2] for e in entries], where)
         chosen = select(labels, limit, seed, split)
         slides = [entries[i][3] for i in chosen] if any(e[3] for e in entries) else None
-        parts.append(_Part(split, len(chosen), _file_batches([root / entries[i][0] for i in chosen], labels[chosen],
-                                                             [entries[i][0] for i in chosen], slides, convert, stats,
-                                                             workers), available=len(entries), notes=notes))
+        parts.append(
+            _Part(
+                split,
+                len(chosen),
+                _file_batches(
+                    [root / entries[i][0] for i in chosen],
+                    labels[chosen],
+                    [entries[i][0] for i in chosen],
+                    slides,
+                    convert,
+                    stats,
+                    workers,
+                ),
+                available=len(entries),
+                notes=notes,
+            )
+        )
         notes = []  # said once, on the first part
     return parts
 
@@ -663,8 +772,10 @@ def _rows_from_tree(root: Path, notes: list[str]) -> list[tuple[str, str, str, s
             rows += [(p.relative_to(root).as_posix(), split, sub.name, "") for p in _list_images(sub, recursive=True)]
         unlabelled += _list_images(folder)
     if unlabelled:
-        note = (f"{len(unlabelled)} image(s) outside any <label>/ folder were not read (no label), "
-                f"e.g. {unlabelled[0].relative_to(root).as_posix()}")
+        note = (
+            f"{len(unlabelled)} image(s) outside any <label>/ folder were not read (no label), "
+            f"e.g. {unlabelled[0].relative_to(root).as_posix()}"
+        )
         log.warning("%s: %s", root, note)
         notes.append(note)
     return rows
@@ -694,8 +805,10 @@ def _rows_from_csv(root: Path, csv_path: Path) -> list[tuple[str, str, str, str]
     unknown = ~splits.isin(list(SPLIT_ALIASES)).to_numpy()
     if unknown.any():
         i = int(np.flatnonzero(unknown)[0])
-        raise DataError(f"{csv_path}: row {i + 2} ({paths.iloc[i]}): unknown split {splits.iloc[i]!r}; "
-                        f"expected one of {', '.join(SPLIT_ALIASES)}")
+        raise DataError(
+            f"{csv_path}: row {i + 2} ({paths.iloc[i]}): unknown split {splits.iloc[i]!r}; "
+            f"expected one of {', '.join(SPLIT_ALIASES)}"
+        )
     # Compared by value, not text: "1.0" in the CSV is label 1 (check_labels parses it once, here).
     values = check_labels(labels, lambda i: f"{csv_path}: row {i + 2} ({paths.iloc[i]})")
     label_dir = folders.str.rpartition("/")[2]
@@ -703,8 +816,10 @@ def _rows_from_csv(root: Path, csv_path: Path) -> list[tuple[str, str, str, str]
     clash = in_label_dir & (pd.to_numeric(label_dir.where(in_label_dir, "-1")).to_numpy() != values)
     if clash.any():
         i = int(np.flatnonzero(clash)[0])
-        raise DataError(f"{csv_path}: row {i + 2} gives label {labels.iloc[i]} but {paths.iloc[i]} is in folder "
-                        f"{label_dir.iloc[i]}/")
+        raise DataError(
+            f"{csv_path}: row {i + 2} gives label {labels.iloc[i]} but {paths.iloc[i]} is in folder "
+            f"{label_dir.iloc[i]}/"
+        )
     return list(zip(paths, splits.map(SPLIT_ALIASES), values.tolist(), slides, strict=True))
 
 
@@ -712,14 +827,21 @@ def _rows_from_csv(root: Path, csv_path: Path) -> list[tuple[str, str, str, str]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--source", help="local path, gs:// or https:// URI, 'official' or 'synthetic' "
-                                         "(default: data.source of --config)")
+    parser.add_argument(
+        "--source",
+        help="local path, gs:// or https:// URI, 'official' or 'synthetic' (default: data.source of --config)",
+    )
     parser.add_argument("--out", required=True, help="output dataset directory")
     parser.add_argument("--format", choices=FORMATS, default=None, help="source format (default: auto)")
-    parser.add_argument("--convert", action="store_true", default=None,
-                        help="convert grayscale/RGBA/16-bit to RGB and resize to 96x96 (bilinear) instead of rejecting")
-    parser.add_argument("--limit-per-split", type=integer, default=None,
-                        help="at most N patches per source split (0 = all)")
+    parser.add_argument(
+        "--convert",
+        action="store_true",
+        default=None,
+        help="convert grayscale/RGBA/16-bit to RGB and resize to 96x96 (bilinear) instead of rejecting",
+    )
+    parser.add_argument(
+        "--limit-per-split", type=integer, default=None, help="at most N patches per source split (0 = all)"
+    )
     parser.add_argument("--seed", type=integer, default=None)
     parser.add_argument("--cache-dir", default=None, help="where downloads land (default ~/.cache/pcam)")
     parser.add_argument("--workers", type=positive_int, default=None, help="image decoding threads")
@@ -730,16 +852,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pcam.config import load_config
 
-    cfg = load_config(args.config, {
-        "data.source": args.source, "data.format": args.format, "data.convert": args.convert,
-        "data.limit_per_split": args.limit_per_split, "seed": args.seed, "data.cache_dir": args.cache_dir,
-    })
+    cfg = load_config(
+        args.config,
+        {
+            "data.source": args.source,
+            "data.format": args.format,
+            "data.convert": args.convert,
+            "data.limit_per_split": args.limit_per_split,
+            "seed": args.seed,
+            "data.cache_dir": args.cache_dir,
+        },
+    )
     data = cfg.data
     manifest = ingest(
-        data.source, args.out, fmt=data.format, convert=data.convert, limit_per_split=data.limit_per_split,
-        seed=cfg.seed, cache_dir=data.cache_dir or None, synthetic=data.synthetic, workers=args.workers,
+        data.source,
+        args.out,
+        fmt=data.format,
+        convert=data.convert,
+        limit_per_split=data.limit_per_split,
+        seed=cfg.seed,
+        cache_dir=data.cache_dir or None,
+        synthetic=data.synthetic,
+        workers=args.workers,
         force=args.force,
     )
-    print(f"{args.out}: {manifest['count']} patches {manifest['counts']}, "
-          f"{manifest['duplicates']['count']} duplicates, format {manifest['format']}")
+    print(
+        f"{args.out}: {manifest['count']} patches {manifest['counts']}, "
+        f"{manifest['duplicates']['count']} duplicates, format {manifest['format']}"
+    )
     return 0

@@ -42,8 +42,7 @@ READ_BUFFER = 1 << 20
 def _split_files(shards_dir: str | os.PathLike[str], split: str) -> tuple[dict[str, Any], list[str]]:
     index = load_index(shards_dir, verify=False)
     if split not in index["splits"]:
-        raise DataError(f"{Path(shards_dir) / 'index.json'}: no split {split!r} "
-                        f"(has {', '.join(index['splits'])})")
+        raise DataError(f"{Path(shards_dir) / 'index.json'}: no split {split!r} (has {', '.join(index['splits'])})")
     info = index["splits"][split]
     if info["records"] == 0:
         raise DataError(f"{Path(shards_dir) / 'index.json'}: split {split!r} is empty")
@@ -67,13 +66,25 @@ def _records(index: dict[str, Any], files: list[str], *, training: bool, seed: i
     names = tf.data.Dataset.from_tensor_slices(files).shuffle(len(files), seed=seed, reshuffle_each_iteration=True)
     return names.interleave(
         lambda f: tf.data.TFRecordDataset(f, compression_type=compression, buffer_size=READ_BUFFER),
-        cycle_length=min(len(files), 4), block_length=16,
-        num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        cycle_length=min(len(files), 4),
+        block_length=16,
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
 
 
-def make_dataset(shards_dir: str | os.PathLike[str], split: str, batch_size: int, *, training: bool,
-                 augment_cfg: AugmentConfig | None = None, seed: int = 0, shuffle_buffer: int = 4096,
-                 drop_remainder: bool = False, repeat: bool = False) -> Any:
+def make_dataset(
+    shards_dir: str | os.PathLike[str],
+    split: str,
+    batch_size: int,
+    *,
+    training: bool,
+    augment_cfg: AugmentConfig | None = None,
+    seed: int = 0,
+    shuffle_buffer: int = 4096,
+    drop_remainder: bool = False,
+    repeat: bool = False,
+) -> Any:
     """Batches of ``(images float32 (B,96,96,3) in 0..255, labels float32 (B,))``.
 
     ``training=True`` shuffles (seeded) and, when ``augment_cfg`` is given with
@@ -112,15 +123,17 @@ def make_dataset(shards_dir: str | os.PathLike[str], split: str, batch_size: int
             batch_seed = tf.stack([tf.constant(seed, tf.int64), draw])
             return augment_batch(images, augment_cfg, batch_seed, tf.float32), tf.cast(labels, tf.float32)
 
-        ds = tf.data.Dataset.zip((ds, seeds)).map(decode_augment, num_parallel_calls=tf.data.AUTOTUNE,
-                                                  deterministic=True)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(
+            decode_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        )
     else:
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
-def load_arrays(shards_dir: str | os.PathLike[str], split: str,
-                batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def load_arrays(
+    shards_dir: str | os.PathLike[str], split: str, batch_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """A whole split as numpy, in written order: ``(images uint8 (N,96,96,3), labels uint8 (N,), ids str (N,))``.
 
     The same order as ``make_dataset(..., training=False)``.
@@ -130,8 +143,9 @@ def load_arrays(shards_dir: str | os.PathLike[str], split: str,
     index, files = _split_files(shards_dir, split)
     encoding = index["encoding"]
     ds = _records(index, files, training=False, seed=0).batch(batch_size)
-    ds = ds.map(lambda s: parse_example(s, encoding), num_parallel_calls=tf.data.AUTOTUNE,
-                deterministic=True).prefetch(tf.data.AUTOTUNE)
+    ds = ds.map(lambda s: parse_example(s, encoding), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
+        tf.data.AUTOTUNE
+    )
     n = int(index["splits"][split]["records"])
     images = np.empty((n, *index["image_shape"]), dtype=np.uint8)
     labels = np.empty(n, dtype=np.uint8)
@@ -141,8 +155,8 @@ def load_arrays(shards_dir: str | os.PathLike[str], split: str,
         m = len(batch_labels)
         if filled + m > n:
             raise DataError(f"{shards_dir}: split {split!r} holds more records than index.json says ({n})")
-        images[filled:filled + m] = batch_images
-        labels[filled:filled + m] = batch_labels
+        images[filled : filled + m] = batch_images
+        labels[filled : filled + m] = batch_labels
         ids.extend(i.decode() for i in batch_ids)
         filled += m
     if filled != n:

@@ -30,8 +30,16 @@ from pcam.fsutil import atomic_dir, atomic_path, check_output, write_json
 log = logging.getLogger(__name__)
 
 
-def lr_sweep(model: Any, dataset: Any, *, min_lr: float = 1e-7, max_lr: float = 1.0, steps: int = 200,
-             smoothing: float = 0.98, explode: float = 4.0) -> dict[str, Any]:
+def lr_sweep(
+    model: Any,
+    dataset: Any,
+    *,
+    min_lr: float = 1e-7,
+    max_lr: float = 1.0,
+    steps: int = 200,
+    smoothing: float = 0.98,
+    explode: float = 4.0,
+) -> dict[str, Any]:
     """Run the sweep on a compiled ``model`` over a (repeated if needed) ``dataset`` of batches."""
     from tqdm import tqdm
 
@@ -67,8 +75,16 @@ def lr_sweep(model: Any, dataset: Any, *, min_lr: float = 1e-7, max_lr: float = 
             variable.assign(value)
         for variable, value in zip(optimizer.variables, saved_opt, strict=True):
             variable.assign(value)
-    return {"lrs": lrs, "losses": losses, "raw_losses": raw, **suggest(lrs, losses),
-            "min_lr": min_lr, "max_lr": max_lr, "steps": steps, "steps_run": len(lrs)}
+    return {
+        "lrs": lrs,
+        "losses": losses,
+        "raw_losses": raw,
+        **suggest(lrs, losses),
+        "min_lr": min_lr,
+        "max_lr": max_lr,
+        "steps": steps,
+        "steps_run": len(lrs),
+    }
 
 
 def suggest(lrs: list[float], losses: list[float]) -> dict[str, float]:
@@ -97,8 +113,13 @@ def plot(result: dict[str, Any], path: str | os.PathLike[str], title: str = "LR 
 
     fig, ax = plt.subplots(figsize=(6, 4))
     ax.plot(result["lrs"], result["losses"], color="C0", label="smoothed loss")
-    ax.axvspan(result["suggested_min_lr"], result["suggested_max_lr"], color="C2", alpha=0.2,
-               label=f"suggested {result['suggested_min_lr']:.2g} - {result['suggested_max_lr']:.2g}")
+    ax.axvspan(
+        result["suggested_min_lr"],
+        result["suggested_max_lr"],
+        color="C2",
+        alpha=0.2,
+        label=f"suggested {result['suggested_min_lr']:.2g} - {result['suggested_max_lr']:.2g}",
+    )
     ax.set_xscale("log")
     ax.set_xlabel("learning rate")
     ax.set_ylabel("training loss")
@@ -110,9 +131,17 @@ def plot(result: dict[str, Any], path: str | os.PathLike[str], title: str = "LR 
     plt.close(fig)
 
 
-def lr_find(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: ExperimentConfig,
-            model_name: str, *, steps: int = 200, min_lr: float = 1e-7, max_lr: float = 1.0,
-            force: bool = False) -> dict[str, Any]:
+def lr_find(
+    shards_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    cfg: ExperimentConfig,
+    model_name: str,
+    *,
+    steps: int = 200,
+    min_lr: float = 1e-7,
+    max_lr: float = 1.0,
+    force: bool = False,
+) -> dict[str, Any]:
     """Sweep ``model_name`` (stage-1 setup) over the training shards; write lr_find.{json,png}."""
     if not 0 < min_lr < max_lr:
         raise ConfigError(f"--min-lr {min_lr:g} must be > 0 and below --max-lr {max_lr:g}")
@@ -126,9 +155,17 @@ def lr_find(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str],
     model = build_model(model_name, model_cfg, seed=cfg.seed)  # seeds Python, NumPy, Keras and TF
     set_trainable_for_stage(model, model_name, "train", pretrained=is_pretrained(model_cfg))
     compile_model(model, model_cfg)
-    dataset = make_dataset(shards_dir, "train", model_cfg.batch_size, training=True,
-                           augment_cfg=cfg.augment if cfg.augment.online else None, seed=cfg.seed,
-                           shuffle_buffer=cfg.train.shuffle_buffer, drop_remainder=True, repeat=True)
+    dataset = make_dataset(
+        shards_dir,
+        "train",
+        model_cfg.batch_size,
+        training=True,
+        augment_cfg=cfg.augment if cfg.augment.online else None,
+        seed=cfg.seed,
+        shuffle_buffer=cfg.train.shuffle_buffer,
+        drop_remainder=True,
+        repeat=True,
+    )
     result = lr_sweep(model, dataset, min_lr=min_lr, max_lr=max_lr, steps=steps)
     result["model"] = model_name
     with atomic_dir(out_dir, "lr-find", inputs=[shards_dir], force=force) as tmp:
@@ -150,8 +187,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
-    result = lr_find(args.shards, args.out, cfg, args.model, steps=args.steps, min_lr=args.min_lr,
-                     max_lr=args.max_lr, force=args.force)
-    print(f"lr-find {args.model}: suggested LR {result['suggested_min_lr']:.3g} .. "
-          f"{result['suggested_max_lr']:.3g} ({result['steps_run']} steps); {Path(args.out) / 'lr_find.png'}")
+    result = lr_find(
+        args.shards,
+        args.out,
+        cfg,
+        args.model,
+        steps=args.steps,
+        min_lr=args.min_lr,
+        max_lr=args.max_lr,
+        force=args.force,
+    )
+    print(
+        f"lr-find {args.model}: suggested LR {result['suggested_min_lr']:.3g} .. "
+        f"{result['suggested_max_lr']:.3g} ({result['steps_run']} steps); {Path(args.out) / 'lr_find.png'}"
+    )
     return 0

@@ -133,9 +133,7 @@ def operating_point(y_true: Any, y_score: Any, target_sensitivity: float) -> dic
     }
 
 
-def binary_metrics(
-    y_true: Any, y_score: Any, y_label: Any, *, target_sensitivity: float = 0.95
-) -> dict[str, Any]:
+def binary_metrics(y_true: Any, y_score: Any, y_label: Any, *, target_sensitivity: float = 0.95) -> dict[str, Any]:
     """Every metric pcam reports for one prediction mode (single view or TTA).
 
     ``y_score`` (probabilities) drives AUC and the operating point; ``y_label`` (the

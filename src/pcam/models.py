@@ -70,8 +70,7 @@ def _logreg(cfg: ModelConfig) -> keras.Model:
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     x = layers.Flatten(name="flatten")(x)
     reg = keras.regularizers.L2(cfg.weight_decay) if cfg.weight_decay > 0 else None
-    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", kernel_regularizer=reg,
-                           name=OUTPUT_LAYER)(x)
+    outputs = layers.Dense(1, activation="sigmoid", dtype="float32", kernel_regularizer=reg, name=OUTPUT_LAYER)(x)
     return keras.Model(inputs, outputs, name="logreg")
 
 
@@ -113,8 +112,9 @@ def _mobilenetv2(cfg: ModelConfig) -> keras.Model:
     if size != IMAGE_SHAPE[0]:
         x = layers.Resizing(size, size, name="resize")(x)
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)  # mobilenet_v2.preprocess_input
-    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False,
-                                          weights=_keras_weights(cfg.weights))
+    base = keras.applications.MobileNetV2(
+        input_shape=(size, size, 3), include_top=False, weights=_keras_weights(cfg.weights)
+    )
     base = _rename(base, BASE_LAYER["mobilenetv2"])
     _load_base_weights(base, cfg.weights, "mobilenetv2")
     x = _call_base(base, x, cfg)
@@ -130,8 +130,9 @@ def _resnet50(cfg: ModelConfig) -> keras.Model:
     if size != IMAGE_SHAPE[0]:
         x = layers.Resizing(size, size, name="resize")(x)
     x = CaffePreprocess(name="preprocess")(x)
-    base = keras.applications.ResNet50(input_shape=(size, size, 3), include_top=False,
-                                       weights=_keras_weights(cfg.weights))
+    base = keras.applications.ResNet50(
+        input_shape=(size, size, 3), include_top=False, weights=_keras_weights(cfg.weights)
+    )
     base = _rename(base, BASE_LAYER["resnet50"])
     _load_base_weights(base, cfg.weights, "resnet50")
     x = _call_base(base, x, cfg)
@@ -232,10 +233,10 @@ def set_trainable_for_stage(model: keras.Model, name: str, stage: str, *, pretra
     """Freeze/unfreeze layers for ``stage`` ("train" or "finetune").
 
     ``train``: transfer models train their head only (the base is frozen) when
-    ``pretrained``, and everything otherwise; logreg and cnn train everything. ``finetune``: MobileNetV2 trains all base layers but
-    the first 100; ResNet50 trains its last 124 base layers except BatchNormalization,
-    whose moving statistics from ImageNet would otherwise be overwritten by small
-    batches. The caller must (re)compile afterwards.
+    ``pretrained``, and everything otherwise; logreg and cnn train everything.
+    ``finetune``: MobileNetV2 trains all base layers but the first 100; ResNet50 trains
+    its last 124 base layers except BatchNormalization, whose moving statistics from
+    ImageNet would otherwise be overwritten by small batches. The caller must (re)compile afterwards.
     """
     if stage not in ("train", "finetune"):
         raise ConfigError(f"unknown stage {stage!r}; expected train or finetune")

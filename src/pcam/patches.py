@@ -4,8 +4,8 @@ Accepted: every layout ingest reads (official/synthetic HDF5, Kaggle, class fold
 their labels are carried along as ``true_label``), one HDF5 ``x`` file (``.h5`` or
 ``.h5.gz``, dataset ``x``, no labels needed), and a flat folder of 96x96 RGB images
 (PNG/JPEG/TIFF, e.g. Kaggle's unlabelled ``test/``). Memory stays bounded: HDF5 is
-read :data:`H5_BLOCK` rows at a time (an ingest layout: :data:`pcam.ingest.BLOCK`), image files :data:`pcam.ingest.FILE_BATCH`
-at a time.
+read :data:`H5_BLOCK` rows at a time (an ingest layout: :data:`pcam.ingest.BLOCK`), image
+files :data:`pcam.ingest.FILE_BATCH` at a time.
 """
 
 from __future__ import annotations
@@ -61,8 +61,10 @@ def _h5_source(path: Path, stack: contextlib.ExitStack) -> PatchSource:
             try:
                 images = x[start:stop]
             except (OSError, ValueError) as exc:
-                raise DataError(f"{path}: dataset 'x' rows {start}..{stop - 1} cannot be read, truncated or "
-                                f"corrupt ({I._first_line(exc)})") from None
+                raise DataError(
+                    f"{path}: dataset 'x' rows {start}..{stop - 1} cannot be read, truncated or "
+                    f"corrupt ({I._first_line(exc)})"
+                ) from None
             yield images, [f"{name}/{row}" for row in range(start, stop)], None
 
     return PatchSource(f"HDF5 file {path}", int(x.shape[0]), batches)
@@ -81,12 +83,16 @@ def _flat_source(folder: Path, files: list[Path], convert: bool) -> PatchSource:
 
 
 def image_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in I.IMAGE_EXTENSIONS)
+    return sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in I.IMAGE_EXTENSIONS
+    )
 
 
-def open_patch_source(path: Path, stack: contextlib.ExitStack, *, convert: bool = False,
-                      files: list[Path] | None = None) -> PatchSource:
+def open_patch_source(
+    path: Path, stack: contextlib.ExitStack, *, convert: bool = False, files: list[Path] | None = None
+) -> PatchSource:
     """A :class:`PatchSource` for a file or folder; ``files`` restricts a flat folder to these images.
 
     Raises DataError naming ``path`` when it holds nothing to predict.
@@ -112,6 +118,8 @@ def open_patch_source(path: Path, stack: contextlib.ExitStack, *, convert: bool 
         return _from_parts(I._folder_parts(path, 0, 0, convert, I._Stats(), None), f"class folders in {path}")
     flat = image_files(path)
     if not flat:
-        raise DataError(f"{path}: empty folder: no slides, HDF5 files or patch images "
-                        f"(*{', *'.join(I.IMAGE_EXTENSIONS)}) to predict")
+        raise DataError(
+            f"{path}: empty folder: no slides, HDF5 files or patch images "
+            f"(*{', *'.join(I.IMAGE_EXTENSIONS)}) to predict"
+        )
     return _flat_source(path, flat, convert)

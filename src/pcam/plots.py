@@ -40,8 +40,9 @@ def _series(history: Sequence[Mapping[str, Any]], key: str) -> tuple[list[int], 
     return xs, ys
 
 
-def plot_history(history: Sequence[Mapping[str, Any]], title: str, path: str | os.PathLike[str],
-                 *, finetune_start: int | None = None) -> Path:
+def plot_history(
+    history: Sequence[Mapping[str, Any]], title: str, path: str | os.PathLike[str], *, finetune_start: int | None = None
+) -> Path:
     """Loss and accuracy per epoch, train vs validation; a dashed line where fine-tuning starts.
 
     ``history`` is the concatenated per-epoch list (stage-1 rows, then fine-tune rows);
@@ -51,7 +52,8 @@ def plot_history(history: Sequence[Mapping[str, Any]], title: str, path: str | o
     """
     fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
     boundary = finetune_start or next(
-        (i for i, row in enumerate(history, start=1) if row.get("stage") == "finetune"), None)
+        (i for i, row in enumerate(history, start=1) if row.get("stage") == "finetune"), None
+    )
     for ax, metric, label in ((axes[0], "loss", "loss"), (axes[1], "accuracy", "accuracy")):
         for key, style, name in ((metric, "-o", "train"), (f"val_{metric}", "-s", "validation")):
             xs, ys = _series(history, key)
@@ -59,8 +61,15 @@ def plot_history(history: Sequence[Mapping[str, Any]], title: str, path: str | o
                 ax.plot(xs, ys, style, markersize=3, label=name)
         if boundary is not None and boundary > 1:
             ax.axvline(boundary - 0.5, color="grey", linestyle="--", linewidth=1)
-            ax.text(boundary - 0.4, 0.97, "fine-tune", transform=ax.get_xaxis_transform(),
-                    fontsize=8, color="grey", va="top")
+            ax.text(
+                boundary - 0.4,
+                0.97,
+                "fine-tune",
+                transform=ax.get_xaxis_transform(),
+                fontsize=8,
+                color="grey",
+                va="top",
+            )
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -86,14 +95,22 @@ def plot_confusion(matrix: Sequence[Sequence[int]], title: str, path: str | os.P
     ax.set_ylabel("true")
     for i in range(2):
         for j in range(2):
-            ax.text(j, i, f"{matrix[i][j]}\n{shares[i][j]:.1%}", ha="center", va="center", fontsize=9,
-                    color="white" if shares[i][j] > 0.55 else "black")
+            ax.text(
+                j,
+                i,
+                f"{matrix[i][j]}\n{shares[i][j]:.1%}",
+                ha="center",
+                va="center",
+                fontsize=9,
+                color="white" if shares[i][j] > 0.55 else "black",
+            )
     ax.set_title(title, fontsize=9)
     return _save(fig, path)
 
 
-def plot_roc(curves: Mapping[str, Mapping[str, Any]], title: str, path: str | os.PathLike[str],
-             *, wide: bool = False) -> Path:
+def plot_roc(
+    curves: Mapping[str, Mapping[str, Any]], title: str, path: str | os.PathLike[str], *, wide: bool = False
+) -> Path:
     """ROC curves, one line per entry: ``{label: {fpr, tpr, auc}}``; chance diagonal dotted.
 
     ``wide`` (the all-pairs plot) draws larger with the legend on the right, where a
@@ -106,8 +123,7 @@ def plot_roc(curves: Mapping[str, Mapping[str, Any]], title: str, path: str | os
             continue
         auc = curve.get("auc")
         text = f"{label} (AUC {auc:.3f})" if isinstance(auc, (int, float)) else f"{label} (AUC n/a)"
-        ax.plot(curve["fpr"], curve["tpr"], linewidth=1.4, label=text,
-                linestyle="-" if len(ax.lines) < 10 else "--")
+        ax.plot(curve["fpr"], curve["tpr"], linewidth=1.4, label=text, linestyle="-" if len(ax.lines) < 10 else "--")
     ax.plot([0, 1], [0, 1], ":", color="grey", linewidth=1)
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.01)

@@ -140,21 +140,25 @@ class PlateauLR:
 LRPolicy = ConstantLR | OneCycleLR | PlateauLR
 
 
-def make_policy(policy: str, model_cfg: ModelConfig, epochs: int, train_cfg: TrainConfig,
-                steps_per_epoch: int) -> LRPolicy:
+def make_policy(
+    policy: str, model_cfg: ModelConfig, epochs: int, train_cfg: TrainConfig, steps_per_epoch: int
+) -> LRPolicy:
     """The LR policy object for one training stage of ``epochs`` x ``steps_per_epoch`` steps."""
     if policy == "constant":
         return ConstantLR(model_cfg.learning_rate)
     if policy == "onecycle":
-        return OneCycleLR(model_cfg.learning_rate, model_cfg.max_learning_rate,
-                          epochs * steps_per_epoch, train_cfg.onecycle_final_fraction)
+        return OneCycleLR(
+            model_cfg.learning_rate,
+            model_cfg.max_learning_rate,
+            epochs * steps_per_epoch,
+            train_cfg.onecycle_final_fraction,
+        )
     if policy == "plateau":
         return PlateauLR(model_cfg.learning_rate, train_cfg.plateau_factor, train_cfg.plateau_patience)
     raise ConfigError(f"unknown policy {policy!r}; expected one of {', '.join(POLICY_NAMES)}")
 
 
-def lr_schedule(policy: str, model_cfg: ModelConfig, epochs: int, train_cfg: TrainConfig,
-                steps_per_epoch: int = 1):
+def lr_schedule(policy: str, model_cfg: ModelConfig, epochs: int, train_cfg: TrainConfig, steps_per_epoch: int = 1):
     """``step -> lr`` for the stateless policies (constant, one-cycle); plateau needs metrics."""
     if policy == "plateau":
         raise ConfigError("policy 'plateau' depends on validation metrics; use make_policy")

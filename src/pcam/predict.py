@@ -52,8 +52,15 @@ PREDICTIONS_FILE = "predictions.csv"
 KIND = "predictions"
 SLIDES_FILE = "slides.csv"
 SUMMARY_FILE = "predict.json"
-COLUMNS = ("source", "id", "probability", "single_probability", "label_at_0.5", "label_at_operating_point",
-           "true_label")
+COLUMNS = (
+    "source",
+    "id",
+    "probability",
+    "single_probability",
+    "label_at_0.5",
+    "label_at_operating_point",
+    "true_label",
+)
 
 
 @dataclass
@@ -94,8 +101,10 @@ def plan_inputs(uris: list[str], stack: contextlib.ExitStack) -> Inputs:
             elif path.name.endswith((".h5", ".h5.gz")) or suffix in IMAGE_EXTENSIONS:
                 inputs.patches.append((path, None))
             else:
-                raise DataError(f"{path}: unsupported format (expected a slide: {', '.join(SLIDE_EXTENSIONS)}; "
-                                "an HDF5 file; or a patch image)")
+                raise DataError(
+                    f"{path}: unsupported format (expected a slide: {', '.join(SLIDE_EXTENSIONS)}; "
+                    "an HDF5 file; or a patch image)"
+                )
             continue
         entries = [p for p in path.iterdir() if not p.name.startswith(".")]
         if not entries:
@@ -109,8 +118,10 @@ def plan_inputs(uris: list[str], stack: contextlib.ExitStack) -> Inputs:
         slides = sorted(p for p in entries if p.is_file() and is_slide_file(p))
         images = [p for p in image_files(path) if p not in slides]
         if not slides and not images:
-            raise DataError(f"{path}: no slides ({', '.join(SLIDE_EXTENSIONS)}), patch layouts or patch images "
-                            f"({', '.join(IMAGE_EXTENSIONS)}) to predict")
+            raise DataError(
+                f"{path}: no slides ({', '.join(SLIDE_EXTENSIONS)}), patch layouts or patch images "
+                f"({', '.join(IMAGE_EXTENSIONS)}) to predict"
+            )
         inputs.slides += slides
         if images:
             inputs.patches.append((path, images))
@@ -126,15 +137,26 @@ def _with_views(predictor: Predictor, views: tuple[str, ...], override: float | 
     if views == predictor.views:
         return predictor
     metrics = predictor.info.get("metrics")
-    point, source, target = ((override, "--operating-point", None) if override is not None else
-                             operating_point(Path(metrics) if metrics else None, predictor.model_sha256, views))
-    return Predictor(predictor.model, predictor.model_file, predictor.model_sha256, views, point, source, target,
-                     predictor.info)
+    point, source, target = (
+        (override, "--operating-point", None)
+        if override is not None
+        else operating_point(Path(metrics) if metrics else None, predictor.model_sha256, views)
+    )
+    return Predictor(
+        predictor.model, predictor.model_file, predictor.model_sha256, views, point, source, target, predictor.info
+    )
 
 
-def predict_patches(sources: list[tuple[Path, list[Path] | None]], predictor: Predictor, out: Path,
-                    stack: contextlib.ExitStack, *, convert: bool = False, batch_size: int = 256,
-                    progress: bool = True) -> dict[str, Any]:
+def predict_patches(
+    sources: list[tuple[Path, list[Path] | None]],
+    predictor: Predictor,
+    out: Path,
+    stack: contextlib.ExitStack,
+    *,
+    convert: bool = False,
+    batch_size: int = 256,
+    progress: bool = True,
+) -> dict[str, Any]:
     """Stream every patch source through the model into ``out/predictions.csv`` (atomic)."""
     from tqdm import tqdm
 
@@ -146,8 +168,10 @@ def predict_patches(sources: list[tuple[Path, list[Path] | None]], predictor: Pr
         raise DataError(f"{', '.join(str(p) for p, _ in opened)}: no patches to predict")
     point = predictor.operating_point
     counts = {"patches": 0, "positive_at_0.5": 0, "positive_at_operating_point": 0}
-    with atomic_open(out / PREDICTIONS_FILE, "w", newline="") as handle, \
-            tqdm(total=total, unit="patch", desc="predict", disable=not progress) as bar:
+    with (
+        atomic_open(out / PREDICTIONS_FILE, "w", newline="") as handle,
+        tqdm(total=total, unit="patch", desc="predict", disable=not progress) as bar,
+    ):
         writer = csv.writer(handle)
         writer.writerow(COLUMNS)
         for path, source in opened:
@@ -157,9 +181,17 @@ def predict_patches(sources: list[tuple[Path, list[Path] | None]], predictor: Pr
                 at_half = mean >= 0.5
                 at_point = mean >= point if point is not None else None
                 for i, patch_id in enumerate(ids):
-                    writer.writerow([str(path), patch_id, f"{mean[i]:.6f}", f"{single[i]:.6f}", int(at_half[i]),
-                                     "" if at_point is None else int(at_point[i]),
-                                     "" if labels is None else int(labels[i])])
+                    writer.writerow(
+                        [
+                            str(path),
+                            patch_id,
+                            f"{mean[i]:.6f}",
+                            f"{single[i]:.6f}",
+                            int(at_half[i]),
+                            "" if at_point is None else int(at_point[i]),
+                            "" if labels is None else int(labels[i]),
+                        ]
+                    )
                 counts["patches"] += len(ids)
                 counts["positive_at_0.5"] += int(at_half.sum())
                 counts["positive_at_operating_point"] += 0 if at_point is None else int(at_point.sum())
@@ -167,11 +199,24 @@ def predict_patches(sources: list[tuple[Path, list[Path] | None]], predictor: Pr
     return counts
 
 
-def predict(model: str, inputs: list[str], out: str | Path, *, views: int | None = None, slide_views: int = 1,
-            mpp: float | None = None, stride: int = PCAM_TILE, min_tissue: float = 0.25, top_k: int = 10,
-            batch_size: int = 256, operating_point_override: float | None = None, convert: bool = False,
-            progress: bool = True, kinds: tuple[str, ...] = ("patches", "slides"), force: bool = False
-            ) -> dict[str, Any]:
+def predict(
+    model: str,
+    inputs: list[str],
+    out: str | Path,
+    *,
+    views: int | None = None,
+    slide_views: int = 1,
+    mpp: float | None = None,
+    stride: int = PCAM_TILE,
+    min_tissue: float = 0.25,
+    top_k: int = 10,
+    batch_size: int = 256,
+    operating_point_override: float | None = None,
+    convert: bool = False,
+    progress: bool = True,
+    kinds: tuple[str, ...] = ("patches", "slides"),
+    force: bool = False,
+) -> dict[str, Any]:
     """Predict every input with ``model``; returns what ``predict.json`` holds.
 
     ``views`` TTA views for patches (default: the evaluation's five), ``slide_views``
@@ -198,28 +243,53 @@ def predict(model: str, inputs: list[str], out: str | Path, *, views: int | None
             raise DataError(f"{', '.join(inputs)}: no {' or '.join(kinds)} to predict")
         for slide in planned.slides:  # every slide opens, has a resolution and a readable thumbnail
             SlidePlan(slide, mpp, stride, min_tissue).close()
-        predictor = load_predictor(model, patch_views if planned.patches else tile_views, stack,
-                                   operating_point_override)
+        predictor = load_predictor(
+            model, patch_views if planned.patches else tile_views, stack, operating_point_override
+        )
         out.mkdir(parents=True, exist_ok=True)
         mark_directory(out, KIND)  # holds the resumable state of slides scored so far
-        summary: dict[str, Any] = {"model_file": str(predictor.model_file), "model_sha256": predictor.model_sha256,
-                                   "inputs": list(inputs), "pcam_mpp": PCAM_MPP}
+        summary: dict[str, Any] = {
+            "model_file": str(predictor.model_file),
+            "model_sha256": predictor.model_sha256,
+            "inputs": list(inputs),
+            "pcam_mpp": PCAM_MPP,
+        }
         if planned.patches:
             patch_predictor = _with_views(predictor, patch_views, operating_point_override)
-            counts = predict_patches(planned.patches, patch_predictor, out, stack, convert=convert,
-                                     batch_size=batch_size, progress=progress)
-            summary["patches"] = {**counts, "views": list(patch_views), "file": PREDICTIONS_FILE,
-                                  "operating_point": patch_predictor.operating_point,
-                                  "operating_point_source": patch_predictor.operating_point_source}
+            counts = predict_patches(
+                planned.patches, patch_predictor, out, stack, convert=convert, batch_size=batch_size, progress=progress
+            )
+            summary["patches"] = {
+                **counts,
+                "views": list(patch_views),
+                "file": PREDICTIONS_FILE,
+                "operating_point": patch_predictor.operating_point,
+                "operating_point_source": patch_predictor.operating_point_source,
+            }
         if planned.slides:
             slide_predictor = _with_views(predictor, tile_views, operating_point_override)
-            results = [predict_slide(path, slide_predictor, out, mpp=mpp, stride=stride, min_tissue=min_tissue,
-                                     top_k=top_k, batch_size=batch_size, progress=progress)
-                       for path in planned.slides]
+            results = [
+                predict_slide(
+                    path,
+                    slide_predictor,
+                    out,
+                    mpp=mpp,
+                    stride=stride,
+                    min_tissue=min_tissue,
+                    top_k=top_k,
+                    batch_size=batch_size,
+                    progress=progress,
+                )
+                for path in planned.slides
+            ]
             _write_slides_csv(out / SLIDES_FILE, planned.slides, results)
-            summary["slides"] = {"count": len(results), "file": SLIDES_FILE, "views": list(tile_views),
-                                 "operating_point": slide_predictor.operating_point,
-                                 "operating_point_source": slide_predictor.operating_point_source}
+            summary["slides"] = {
+                "count": len(results),
+                "file": SLIDES_FILE,
+                "views": list(tile_views),
+                "operating_point": slide_predictor.operating_point,
+                "operating_point_source": slide_predictor.operating_point_source,
+            }
         write_json(out / SUMMARY_FILE, summary)
     return summary
 
@@ -227,14 +297,33 @@ def predict(model: str, inputs: list[str], out: str | Path, *, views: int | None
 def _write_slides_csv(path: Path, slides: list[Path], results: list[dict[str, Any]]) -> None:
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["slide", "tiles_scored", "max", "top_k", "top_k_mean", "label_at_operating_point",
-                         "tumour_regions", "outputs"])
+        writer.writerow(
+            [
+                "slide",
+                "tiles_scored",
+                "max",
+                "top_k",
+                "top_k_mean",
+                "label_at_operating_point",
+                "tumour_regions",
+                "outputs",
+            ]
+        )
         for slide, r in zip(slides, results, strict=True):
             score = r["score"]
             label = r.get("label_at_operating_point")
-            writer.writerow([slide.name, r["tiles_scored"], _fmt(score["max"]), score["top_k"],
-                             _fmt(score["top_k_mean"]), "" if label is None else label, r.get("tumour_regions", 0),
-                             f"slides/{slide.name}"])
+            writer.writerow(
+                [
+                    slide.name,
+                    r["tiles_scored"],
+                    _fmt(score["max"]),
+                    score["top_k"],
+                    _fmt(score["top_k_mean"]),
+                    "" if label is None else label,
+                    r.get("tumour_regions", 0),
+                    f"slides/{slide.name}",
+                ]
+            )
 
 
 def _fmt(value: float | None) -> str:
@@ -242,43 +331,84 @@ def _fmt(value: float | None) -> str:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="model directory (model.keras), .keras file, run directory, or champion location "
-                             "(local or gs://)")
-    parser.add_argument("--input", required=True, nargs="+", metavar="PATH",
-                        help="patch source (ingest layouts, HDF5 file, folder of images) and/or slides or folders "
-                             "of slides; local or gs://")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="model directory (model.keras), .keras file, run directory, or champion location (local or gs://)",
+    )
+    parser.add_argument(
+        "--input",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="patch source (ingest layouts, HDF5 file, folder of images) and/or slides or folders "
+        "of slides; local or gs://",
+    )
     parser.add_argument("--out", required=True, help="output directory (predictions.csv, slides/, predict.json)")
     parser.add_argument("--force", action="store_true", help="write into --out even if it is not a pcam predict output")
-    parser.add_argument("--views", type=int, default=None,
-                        help=f"TTA views for patches, 1..{len(DEFAULT_VIEWS)} (default {len(DEFAULT_VIEWS)}: "
-                             f"{', '.join(DEFAULT_VIEWS)})")
+    parser.add_argument(
+        "--views",
+        type=int,
+        default=None,
+        help=f"TTA views for patches, 1..{len(DEFAULT_VIEWS)} (default {len(DEFAULT_VIEWS)}: "
+        f"{', '.join(DEFAULT_VIEWS)})",
+    )
     parser.add_argument("--slide-views", type=int, default=1, help="TTA views for slide tiles (default 1)")
-    parser.add_argument("--mpp", type=float, default=None,
-                        help="level-0 microns per pixel for slides whose metadata lacks it")
-    parser.add_argument("--stride", type=int, default=PCAM_TILE,
-                        help=f"tile stride in PCam pixels (default {PCAM_TILE}: adjacent tiles; 48: half overlap)")
-    parser.add_argument("--min-tissue", type=float, default=0.25,
-                        help="score a tile when at least this share of it is tissue (default 0.25)")
+    parser.add_argument(
+        "--mpp", type=float, default=None, help="level-0 microns per pixel for slides whose metadata lacks it"
+    )
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=PCAM_TILE,
+        help=f"tile stride in PCam pixels (default {PCAM_TILE}: adjacent tiles; 48: half overlap)",
+    )
+    parser.add_argument(
+        "--min-tissue",
+        type=float,
+        default=0.25,
+        help="score a tile when at least this share of it is tissue (default 0.25)",
+    )
     parser.add_argument("--top-k", type=int, default=10, help="slide score: mean of the k highest tiles (default 10)")
     parser.add_argument("--batch-size", type=int, default=256, help="patches per forward pass (default 256)")
-    parser.add_argument("--operating-point", type=float, default=None,
-                        help="probability threshold for label_at_operating_point (default: the model's evaluation)")
-    parser.add_argument("--convert", action="store_true",
-                        help="convert grayscale/RGBA images and resize other sizes to 96x96 instead of rejecting")
+    parser.add_argument(
+        "--operating-point",
+        type=float,
+        default=None,
+        help="probability threshold for label_at_operating_point (default: the model's evaluation)",
+    )
+    parser.add_argument(
+        "--convert",
+        action="store_true",
+        help="convert grayscale/RGBA images and resize other sizes to 96x96 instead of rejecting",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = predict(args.model, args.input, args.out, views=args.views, slide_views=args.slide_views,
-                      mpp=args.mpp, stride=args.stride, min_tissue=args.min_tissue, top_k=args.top_k,
-                      batch_size=args.batch_size, operating_point_override=args.operating_point,
-                      convert=args.convert, progress=not args.no_progress, force=args.force)
+    summary = predict(
+        args.model,
+        args.input,
+        args.out,
+        views=args.views,
+        slide_views=args.slide_views,
+        mpp=args.mpp,
+        stride=args.stride,
+        min_tissue=args.min_tissue,
+        top_k=args.top_k,
+        batch_size=args.batch_size,
+        operating_point_override=args.operating_point,
+        convert=args.convert,
+        progress=not args.no_progress,
+        force=args.force,
+    )
     out = Path(args.out)
     if "patches" in summary:
         p = summary["patches"]
-        print(f"{p['patches']} patches: {p['positive_at_0.5']} at 0.5, "
-              f"{p['positive_at_operating_point']} at the operating point -> {out / PREDICTIONS_FILE}")
+        print(
+            f"{p['patches']} patches: {p['positive_at_0.5']} at 0.5, "
+            f"{p['positive_at_operating_point']} at the operating point -> {out / PREDICTIONS_FILE}"
+        )
     if "slides" in summary:
         print(f"{summary['slides']['count']} slides -> {out / SLIDES_FILE}")
     return 0

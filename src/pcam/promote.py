@@ -51,13 +51,16 @@ MAX_ATTEMPTS = 50
 
 # ---------------------------------------------------------------- scores
 
+
 def parse_metric(metric: str) -> tuple[str, str]:
     """``auc`` → (``tta``, ``auc``); ``single.auc`` → (``single``, ``auc``)."""
     mode, _, name = metric.rpartition(".")
     mode = mode or "tta"
     if mode not in ("tta", "single") or name not in METRIC_NAMES:
-        raise ConfigError(f"promote metric {metric!r}: expected one of {', '.join(METRIC_NAMES)}, "
-                          "optionally prefixed by 'single.' for the single-view score")
+        raise ConfigError(
+            f"promote metric {metric!r}: expected one of {', '.join(METRIC_NAMES)}, "
+            "optionally prefixed by 'single.' for the single-view score"
+        )
     return mode, name
 
 
@@ -104,8 +107,10 @@ def final_model_dir(run_dir: str | os.PathLike[str]) -> Path:
 
 # ---------------------------------------------------------------- champion score
 
-def _champion_score(champion_uri: str, pointer: dict[str, Any] | None, metric: str, shards_dir: Any, cfg: Any,
-                    candidate: dict[str, Any]) -> dict[str, Any]:
+
+def _champion_score(
+    champion_uri: str, pointer: dict[str, Any] | None, metric: str, shards_dir: Any, cfg: Any, candidate: dict[str, Any]
+) -> dict[str, Any]:
     """Score the champion: re-evaluated on ``shards_dir`` when possible, else its stored metrics."""
     if pointer is None and not C.legacy_champion(champion_uri):
         return {"exists": False}
@@ -119,14 +124,21 @@ def _champion_score(champion_uri: str, pointer: dict[str, Any] | None, metric: s
                 storage.download_file(model_uri, local_model / MODEL_FILE)
             except DataError:
                 raise DataError(f"{model_uri}: champion model missing, cannot re-evaluate it on {shards_dir}") from None
-            fresh = evaluate.evaluate(local_model, shards_dir, Path(tmp) / "eval", cfg,
-                                      split=candidate.get("split"), progress=False)
+            fresh = evaluate.evaluate(
+                local_model, shards_dir, Path(tmp) / "eval", cfg, split=candidate.get("split"), progress=False
+            )
         fp_c, fp_champ = candidate.get("data_fingerprint"), fresh.get("data_fingerprint")
         if fp_c and fp_champ and fp_c != fp_champ:
-            raise DataError(f"the candidate's metrics.json was computed on other data than {shards_dir} "
-                            f"({candidate.get('split')} split); re-evaluate the candidate on these shards")
-        return {"exists": True, "score": score(fresh, metric, f"re-evaluation of {model_uri}"),
-                "source": f"re-evaluated on {shards_dir}", "same_test_data": True}
+            raise DataError(
+                f"the candidate's metrics.json was computed on other data than {shards_dir} "
+                f"({candidate.get('split')} split); re-evaluate the candidate on these shards"
+            )
+        return {
+            "exists": True,
+            "score": score(fresh, metric, f"re-evaluation of {model_uri}"),
+            "source": f"re-evaluated on {shards_dir}",
+            "same_test_data": True,
+        }
     if not storage.is_file(metrics_uri):
         raise DataError(f"{metrics_uri}: missing; pass shards_dir and cfg to re-evaluate the champion model")
     try:
@@ -152,8 +164,10 @@ def _decide(metric: str, candidate_score: float | None, champ: dict[str, Any]) -
     if candidate_score > champion_score:
         return True, f"candidate {metric} {candidate_score:.4f} > champion {champion_score:.4f}"
     relation = "=" if candidate_score == champion_score else "<"
-    return False, (f"candidate {metric} {candidate_score:.4f} {relation} champion {champion_score:.4f}: "
-                   "the champion stays (only a strictly better one wins)")
+    return False, (
+        f"candidate {metric} {candidate_score:.4f} {relation} champion {champion_score:.4f}: "
+        "the champion stays (only a strictly better one wins)"
+    )
 
 
 def _check_candidate(eval_dir: Path, model_file: Path, metrics: dict[str, Any]) -> str:
@@ -163,11 +177,15 @@ def _check_candidate(eval_dir: Path, model_file: Path, metrics: dict[str, Any]) 
     sha = file_sha256(model_file)
     recorded = metrics.get("model_sha256")
     if not isinstance(recorded, str):
-        raise DataError(f"{eval_dir / METRICS_FILE}: no model_sha256 (not written by pcam evaluate?); "
-                        "cannot tell which model it scored")
+        raise DataError(
+            f"{eval_dir / METRICS_FILE}: no model_sha256 (not written by pcam evaluate?); "
+            "cannot tell which model it scored"
+        )
     if recorded != sha:
-        raise DataError(f"{eval_dir / METRICS_FILE} scored another model (sha256 {recorded[:12]}...) than "
-                        f"{model_file} (sha256 {sha[:12]}...); evaluate this model first")
+        raise DataError(
+            f"{eval_dir / METRICS_FILE} scored another model (sha256 {recorded[:12]}...) than "
+            f"{model_file} (sha256 {sha[:12]}...); evaluate this model first"
+        )
     return sha
 
 
@@ -210,8 +228,10 @@ def promote(
             raise DataError(f"{champion_uri}: is a file; the champion location must be a directory")
         for given in (eval_dir, model_dir):
             if where == given.resolve() or given.resolve() in where.parents:
-                raise DataError(f"--champion {champion_uri}: inside the candidate's {given}; choose a location "
-                                "outside the run it crowns")
+                raise DataError(
+                    f"--champion {champion_uri}: inside the candidate's {given}; choose a location "
+                    "outside the run it crowns"
+                )
 
     version: str | None = None
     committed = False
@@ -230,31 +250,41 @@ def promote(
                 break
             now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             info = {
-                "promoted_at": now, "metric": metric, "score": candidate_score,
-                "model": candidate_metrics.get("model"), "policy": candidate_metrics.get("policy"),
-                "split": candidate_metrics.get("split"), "n": candidate_metrics.get("n"),
+                "promoted_at": now,
+                "metric": metric,
+                "score": candidate_score,
+                "model": candidate_metrics.get("model"),
+                "policy": candidate_metrics.get("policy"),
+                "split": candidate_metrics.get("split"),
+                "n": candidate_metrics.get("n"),
                 "data_fingerprint": candidate_metrics.get("data_fingerprint"),
-                "config_digest": candidate_metrics.get("config_digest"), "model_sha256": sha,
-                "candidate_eval_dir": str(eval_dir), "candidate_model_dir": str(model_dir),
+                "config_digest": candidate_metrics.get("config_digest"),
+                "model_sha256": sha,
+                "candidate_eval_dir": str(eval_dir),
+                "candidate_model_dir": str(model_dir),
             }
             if version is None:
                 views = tuple((cfg.evaluate if cfg is not None else EvaluateConfig()).tta_views) if serving else None
-                version = C.upload_version(champion_uri, model_file, eval_dir / METRICS_FILE, info,
-                                           serving_views=views)
+                version = C.upload_version(champion_uri, model_file, eval_dir / METRICS_FILE, info, serving_views=views)
             previous = pointer or {}
             history = [*([previous["version"]] if previous.get("version") else []), *previous.get("history", [])]
             new_pointer = {
-                **info, "version": version, "serving": C.serving_uri(champion_uri, version) if serving else None,
-                "replaced": None if pointer is None else {k: previous.get(k) for k in
-                                                          ("promoted_at", "score", "model", "policy", "model_sha256",
-                                                           "version")},
+                **info,
+                "version": version,
+                "serving": C.serving_uri(champion_uri, version) if serving else None,
+                "replaced": None
+                if pointer is None
+                else {
+                    k: previous.get(k) for k in ("promoted_at", "score", "model", "policy", "model_sha256", "version")
+                },
                 "replaced_score": champ.get("score"),
-                "history": history[:C.KEEP_VERSIONS],
+                "history": history[: C.KEEP_VERSIONS],
             }
             if C.swap_pointer(champion_uri, new_pointer, generation):
                 committed = True
-                C.collect_garbage(champion_uri, history[C.KEEP_VERSIONS:],
-                                  legacy=bool(pointer and not pointer.get("version")))
+                C.collect_garbage(
+                    champion_uri, history[C.KEEP_VERSIONS :], legacy=bool(pointer and not pointer.get("version"))
+                )
                 break
             log.info("the champion changed while this promotion decided (attempt %d): comparing again", attempt)
         else:
@@ -296,10 +326,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--shards", help="re-evaluate the champion on these shards (needs --config)")
     parser.add_argument("--config", help="experiment YAML")
     parser.add_argument("--out", help="where decision.json goes (default: beside the evaluate directory)")
-    parser.add_argument("--force", action="store_true",
-                        help="allow a --champion directory that holds other files (they are left alone)")
-    parser.add_argument("--no-serving-export", dest="serving", action="store_false",
-                        help="skip the SavedModel export of a new champion (it then cannot be deployed)")
+    parser.add_argument(
+        "--force", action="store_true", help="allow a --champion directory that holds other files (they are left alone)"
+    )
+    parser.add_argument(
+        "--no-serving-export",
+        dest="serving",
+        action="store_false",
+        help="skip the SavedModel export of a new champion (it then cannot be deployed)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -317,7 +352,16 @@ def run(args: argparse.Namespace) -> int:
         if not args.model:
             raise ConfigError("--eval needs --model (the candidate's model directory)")
         eval_dir, model_dir = Path(args.eval), Path(args.model)
-    decision = promote(eval_dir, model_dir, champion, metric, shards_dir=args.shards, cfg=cfg, out_dir=args.out,
-                       force=args.force, serving=args.serving)
+    decision = promote(
+        eval_dir,
+        model_dir,
+        champion,
+        metric,
+        shards_dir=args.shards,
+        cfg=cfg,
+        out_dir=args.out,
+        force=args.force,
+        serving=args.serving,
+    )
     print(("promoted: " if decision["promoted"] else "not promoted: ") + decision["reason"])
     return 0

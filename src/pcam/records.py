@@ -97,7 +97,8 @@ def _image_entry_prefix(size: int) -> bytes:
 
 _LABEL_ENTRIES = {
     # Feature.int64_list (3) > Int64List.value (1, packed): one varint, 0 or 1.
-    label: _map_entry(LABEL_KEY.encode(), _field(0x1A, _field(0x0A, _varint(label)))) for label in (0, 1)
+    label: _map_entry(LABEL_KEY.encode(), _field(0x1A, _field(0x0A, _varint(label))))
+    for label in (0, 1)
 }
 
 
@@ -144,8 +145,11 @@ class TFRecordFileWriter:
     def __init__(self, path: str | os.PathLike[str], compression: str):
         compression_type(compression)
         self._sink = _HashingFile(path)
-        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=self._sink, compresslevel=6, mtime=0) \
-            if compression == "gzip" else None
+        self._gzip = (
+            gzip.GzipFile(filename="", mode="wb", fileobj=self._sink, compresslevel=6, mtime=0)
+            if compression == "gzip"
+            else None
+        )
 
     def write(self, record: bytes) -> None:
         length = len(record).to_bytes(8, "little")
@@ -209,8 +213,9 @@ def decode_images(encoded: Any, encoding: str) -> Any:
     if encoding == "raw":
         flat = tf.io.decode_raw(encoded, tf.uint8)
         return tf.reshape(flat, (-1, *IMAGE_SHAPE))
-    images = tf.map_fn(lambda s: tf.io.decode_png(s, channels=3), encoded,
-                       fn_output_signature=tf.TensorSpec((None, None, 3), tf.uint8))
+    images = tf.map_fn(
+        lambda s: tf.io.decode_png(s, channels=3), encoded, fn_output_signature=tf.TensorSpec((None, None, 3), tf.uint8)
+    )
     return tf.ensure_shape(images, (None, *IMAGE_SHAPE))
 
 

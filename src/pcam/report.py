@@ -45,10 +45,31 @@ log = logging.getLogger(__name__)
 
 METRICS = ("f1", "auc", "recall", "precision", "accuracy", "specificity")
 COLUMNS = (
-    "model", "policy", "split", "tta", "f1", "auc", "recall", "precision", "accuracy", "train_seconds",
-    "specificity", "sensitivity_threshold", "specificity_at_target",
-    "f1_single", "auc_single", "recall_single", "precision_single", "accuracy_single", "specificity_single",
-    "specificity_at_target_single", "params", "epochs", "n", "run", "slide_disjoint_from_train",
+    "model",
+    "policy",
+    "split",
+    "tta",
+    "f1",
+    "auc",
+    "recall",
+    "precision",
+    "accuracy",
+    "train_seconds",
+    "specificity",
+    "sensitivity_threshold",
+    "specificity_at_target",
+    "f1_single",
+    "auc_single",
+    "recall_single",
+    "precision_single",
+    "accuracy_single",
+    "specificity_single",
+    "specificity_at_target_single",
+    "params",
+    "epochs",
+    "n",
+    "run",
+    "slide_disjoint_from_train",
 )
 DEFAULT_REFERENCE = {
     "study": "random 70/20/10 split of the Kaggle variant",
@@ -57,8 +78,11 @@ DEFAULT_REFERENCE = {
         {"model": "cnn", "accuracy": 0.949, "auc": 0.944},
         {"model": "logreg", "accuracy": 0.677, "auc": 0.622},
     ],
-    "official_split": {"accuracy": 0.90, "auc": 0.96,
-                       "note": "published models on the official slide-disjoint test split"},
+    "official_split": {
+        "accuracy": 0.90,
+        "auc": 0.96,
+        "note": "published models on the official slide-disjoint test split",
+    },
 }
 SPLIT_NOTES = {
     "random": "random shares of all patches (grouped by slide only when slide ids are known)",
@@ -73,10 +97,23 @@ _NUMBER = (int, float, type(None))
 _SCORES = {key: _NUMBER for key in ("auc", "accuracy", "f1", "recall", "precision")}
 METRICS_SCHEMA = {"tta": _SCORES, "single": _SCORES, "n?": int, "split?": str}
 """What the report reads from an evaluation's metrics.json."""
-CONTEXT_SCHEMA = {"source?": str, "format?": str, "synthetic?": bool, "split_mode?": str, "seed?": int,
-                  "config_digest?": str, "image?": str, "experiment?": str, "versions?": {str: (str, int, float)},
-                  "notes?": (str, list), "step_seconds?": {str: _NUMBER}, "data_checksums?": {str: str},
-                  "shard_checksums?": {str: str}, "counts?": {str: int}, "reference?": (dict, list)}
+CONTEXT_SCHEMA = {
+    "source?": str,
+    "format?": str,
+    "synthetic?": bool,
+    "split_mode?": str,
+    "seed?": int,
+    "config_digest?": str,
+    "image?": str,
+    "experiment?": str,
+    "versions?": {str: (str, int, float)},
+    "notes?": (str, list),
+    "step_seconds?": {str: _NUMBER},
+    "data_checksums?": {str: str},
+    "shard_checksums?": {str: str},
+    "counts?": {str: int},
+    "reference?": (dict, list),
+}
 """The report context's keys, all optional (the report says "not recorded" for a missing one)."""
 _HISTORY_SCHEMA = [{"epoch": int}]
 
@@ -138,9 +175,12 @@ def load_run(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     train_info = _read(run_dir / "train" / "train.json", required=False, schema={})
     ft_info = _read(run_dir / "finetune" / "train.json", required=False, schema={})
     stage1 = history[: (boundary - 1 if boundary else len(history))]
-    stage2 = history[boundary - 1:] if boundary else []
-    seconds = [s for s in (_seconds(train_info, stage1), _seconds(ft_info, stage2) if (ft_info or stage2) else None)
-               if s is not None]
+    stage2 = history[boundary - 1 :] if boundary else []
+    seconds = [
+        s
+        for s in (_seconds(train_info, stage1), _seconds(ft_info, stage2) if (ft_info or stage2) else None)
+        if s is not None
+    ]
     return {
         "dir": run_dir,
         "model": str(pair["model"]),
@@ -165,7 +205,9 @@ def summary_row(run: dict[str, Any]) -> dict[str, Any]:
     m = run["metrics"]
     tta, single = m["tta"], m["single"]
     row: dict[str, Any] = {
-        "model": run["model"], "policy": run["policy"], "split": m.get("split"),
+        "model": run["model"],
+        "policy": run["policy"],
+        "split": m.get("split"),
         "tta": m.get("n_views", len(m.get("views", [])) or None),
     }
     for key in METRICS:
@@ -205,6 +247,7 @@ def best_index(rows: Sequence[dict[str, Any]], metric: str = "auc") -> int | Non
 
 
 # ---------------------------------------------------------------- formatting
+
 
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -257,13 +300,17 @@ def split_statement(ctx: dict[str, Any], evaluated: Sequence[str]) -> tuple[list
         fact = pairs.get(f"train|{name}") if name != "train" else {"slide_disjoint": False, "basis": "it is train"}
         disjoint[name] = None if fact is None else bool(fact["slide_disjoint"])
         if fact is None:
-            warnings.append(f"The split record does not say whether the evaluated split '{name}' shares slides with "
-                            "train (split.json written before split facts were recorded): the numbers may be "
-                            "flattered.")
+            warnings.append(
+                f"The split record does not say whether the evaluated split '{name}' shares slides with "
+                "train (split.json written before split facts were recorded): the numbers may be "
+                "flattered."
+            )
         elif not fact["slide_disjoint"]:
-            warnings.append(f"The evaluated split '{name}' is NOT slide-disjoint from train ({fact['basis']}). The "
-                            "model was scored on tissue from slides it trained on: these numbers overstate how it "
-                            "does on new slides.")
+            warnings.append(
+                f"The evaluated split '{name}' is NOT slide-disjoint from train ({fact['basis']}). The "
+                "model was scored on tissue from slides it trained on: these numbers overstate how it "
+                "does on new slides."
+            )
     return lines, warnings, disjoint
 
 
@@ -299,23 +346,31 @@ def _context(context: dict[str, Any]) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- outputs
 
+
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=COLUMNS)
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: "" if row.get(k) is None else round(row[k], 6) if isinstance(row[k], float)
-                             else row[k] for k in COLUMNS})
+            writer.writerow(
+                {
+                    k: "" if row.get(k) is None else round(row[k], 6) if isinstance(row[k], float) else row[k]
+                    for k in COLUMNS
+                }
+            )
 
 
 def _markdown(rows: list[dict[str, Any]], best: int | None, ctx: dict[str, Any]) -> str:
     lines = ["# PCam model comparison", ""]
     if ctx["synthetic"]:
-        lines += ["> **SYNTHETIC DATA.** These numbers test the pipeline; they say nothing about "
-                  "detecting metastases.", ""]
+        lines += [
+            "> **SYNTHETIC DATA.** These numbers test the pipeline; they say nothing about detecting metastases.",
+            "",
+        ]
     lines += [
         f"- data source: `{ctx['source']}`",
-        f"- split: {ctx['split_mode']}" + (f" ({SPLIT_NOTES[ctx['split_mode']]})" if ctx["split_mode"] in SPLIT_NOTES else ""),
+        f"- split: {ctx['split_mode']}"
+        + (f" ({SPLIT_NOTES[ctx['split_mode']]})" if ctx["split_mode"] in SPLIT_NOTES else ""),
         *[f"  - {line}" for line in ctx["split_lines"]],
         f"- seed: {ctx.get('seed', 'not recorded')}; config sha256: `{ctx.get('config_digest', 'not recorded')}`",
         f"- image: `{ctx.get('image', 'not recorded')}`",
@@ -325,8 +380,8 @@ def _markdown(rows: list[dict[str, Any]], best: int | None, ctx: dict[str, Any])
         "probability for AUC. `single`: the identity view alone.",
         "",
         *[line for w in ctx["split_warnings"] for line in (f"> **WARNING: {w}**", "")],
-        "| model | policy | split | slide-disjoint from train | TTA views | AUC | AUC single | accuracy | accuracy single | F1 | recall "
-        "| precision | specificity | spec. @ target sens. | train time |",
+        "| model | policy | split | slide-disjoint from train | TTA views | AUC | AUC single "
+        "| accuracy | accuracy single | F1 | recall | precision | specificity | spec. @ target sens. | train time |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for i, r in enumerate(rows):
@@ -341,19 +396,38 @@ def _markdown(rows: list[dict[str, Any]], best: int | None, ctx: dict[str, Any])
     if any(r["auc"] is None for r in rows):
         lines += ["", "n/a: AUC is undefined when the evaluated split holds one class only."]
     ref = ctx["reference"]
-    lines += ["", f"Reference (the study: {ref.get('study', 'published')}):", "", "| model | accuracy | AUC |", "|---|---|---|"]
+    lines += [
+        "",
+        f"Reference (the study: {ref.get('study', 'published')}):",
+        "",
+        "| model | accuracy | AUC |",
+        "|---|---|---|",
+    ]
     lines += [f"| {r['model']} | {_fmt(r.get('accuracy'), 3)} | {_fmt(r.get('auc'), 3)} |" for r in ref.get("rows", [])]
     official = ref.get("official_split")
     if official:
-        lines.append(f"| {official.get('note', 'official split')} | ~{_fmt(official.get('accuracy'), 2)} "
-                     f"| ~{_fmt(official.get('auc'), 2)} |")
+        lines.append(
+            f"| {official.get('note', 'official split')} | ~{_fmt(official.get('accuracy'), 2)} "
+            f"| ~{_fmt(official.get('auc'), 2)} |"
+        )
     for note in ctx["notes"]:
         lines += ["", f"Note: {note}"]
     return "\n".join(lines) + "\n"
 
 
-STEP_ORDER = ("synth", "download", "ingest", "split", "shard", "lr-find", "train", "finetune", "evaluate",
-              "report", "promote")
+STEP_ORDER = (
+    "synth",
+    "download",
+    "ingest",
+    "split",
+    "shard",
+    "lr-find",
+    "train",
+    "finetune",
+    "evaluate",
+    "report",
+    "promote",
+)
 
 
 def _ordered_steps(steps: dict[str, Any]) -> dict[str, Any]:
@@ -396,18 +470,23 @@ def _delta_cell(a: float | None, b: float | None) -> str:
     return f'<td class="{cls}">{d}</td>'
 
 
-def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | None, ctx: dict[str, Any],
-          figs: dict[str, Any]) -> str:
+def _html(
+    rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | None, ctx: dict[str, Any], figs: dict[str, Any]
+) -> str:
     e = html.escape
-    out = ['<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
-           f"<title>PCam model comparison: {e(str(ctx.get('experiment', '')))}</title>",
-           f"<style>{CSS}</style></head><body>",
-           "<h1>PCam model comparison</h1>",
-           f'<div class="muted">generated {e(dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))}'
-           f" &middot; {len(rows)} model/policy pairs</div>"]
+    out = [
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">',
+        f"<title>PCam model comparison: {e(str(ctx.get('experiment', '')))}</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>PCam model comparison</h1>",
+        f'<div class="muted">generated {e(dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))}'
+        f" &middot; {len(rows)} model/policy pairs</div>",
+    ]
     if ctx["synthetic"]:
-        out.append('<div class="banner">SYNTHETIC DATA: these numbers check that the pipeline runs end to end. '
-                   "They say nothing about how well any model detects metastases.</div>")
+        out.append(
+            '<div class="banner">SYNTHETIC DATA: these numbers check that the pipeline runs end to end. '
+            "They say nothing about how well any model detects metastases.</div>"
+        )
     else:
         out.append(f'<div class="banner real">Real data: {e(ctx["source"])}</div>')
     split = ctx["split_mode"]
@@ -421,8 +500,13 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
         ("synthetic", "YES" if ctx["synthetic"] else "no"),
         ("split mode", f"{split} ({SPLIT_NOTES[split]})" if split in SPLIT_NOTES else split),
         ("split facts", "; ".join(ctx["split_lines"]) or "not recorded"),
-        ("evaluated split", ", ".join(f"{r} (slide-disjoint from train: {_yes_no(ctx['split_disjoint'].get(r))})"
-                                      for r in sorted({str(r["split"]) for r in rows}))),
+        (
+            "evaluated split",
+            ", ".join(
+                f"{r} (slide-disjoint from train: {_yes_no(ctx['split_disjoint'].get(r))})"
+                for r in sorted({str(r["split"]) for r in rows})
+            ),
+        ),
         ("patch counts", ", ".join(f"{k} {v}" for k, v in (ctx.get("counts") or {}).items()) or None),
         ("seed", ctx.get("seed")),
         ("config sha256", ctx.get("config_digest")),
@@ -431,17 +515,20 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
     ]
     out.append('<h2>Run</h2><table class="kv">')
     for key, value in kv:
-        out.append(f'<tr><td>{e(key)}</td><td>{e("not recorded" if value in (None, "") else str(value))}</td></tr>')
+        out.append(f"<tr><td>{e(key)}</td><td>{e('not recorded' if value in (None, '') else str(value))}</td></tr>")
     checks = ctx.get("data_checksums") or {}
     if checks:
         items = "".join(f"<div><code>{e(str(v))}</code> {e(str(k))}</div>" for k, v in checks.items())
-        out.append(f"<tr><td>data sha256</td><td><details><summary>{len(checks)} files</summary>{items}"
-                   "</details></td></tr>")
+        out.append(
+            f"<tr><td>data sha256</td><td><details><summary>{len(checks)} files</summary>{items}</details></td></tr>"
+        )
     shard_checks = ctx.get("shard_checksums") or {}
     if shard_checks:
         items = "".join(f"<div><code>{e(str(v))}</code> {e(str(k))}</div>" for k, v in shard_checks.items())
-        out.append(f"<tr><td>shard sha256</td><td><details><summary>{len(shard_checks)} shards</summary>{items}"
-                   "</details></td></tr>")
+        out.append(
+            f"<tr><td>shard sha256</td><td><details><summary>{len(shard_checks)} shards</summary>{items}"
+            "</details></td></tr>"
+        )
     out.append("</table>")
 
     # comparison table
@@ -456,14 +543,35 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
         "<b>single</b>: the unaugmented patch only. &Delta; = TTA minus single (green: TTA helped). "
         "Threshold / specificity at the target sensitivity: the highest cut-off on the TTA probability that "
         "still finds that share of tumours, and the share of normal patches it leaves alone there. "
-        "The best row (highest TTA AUC, then F1) is highlighted.</p>")
+        "The best row (highest TTA AUC, then F1) is highlighted.</p>"
+    )
     targets = sorted({m["metrics"]["tta"].get("target_sensitivity") for m in runs} - {None})
     sens = "/".join(f"{t:.0%}" for t in targets) or "target"
-    head = ["model", "policy", "TTA views", "AUC", "AUC single", "&Delta; AUC", "accuracy", "accuracy single",
-            "&Delta; acc.", "F1", "recall", "precision", "specificity", f"threshold for {sens} sensitivity",
-            f"specificity at {sens} sensitivity", "train time", "epochs", "params"]
-    out.append('<div class="scroll"><table><tr>'
-               + "".join(f'<th class="{"l" if i < 2 else ""}">{h}</th>' for i, h in enumerate(head)) + "</tr>")
+    head = [
+        "model",
+        "policy",
+        "TTA views",
+        "AUC",
+        "AUC single",
+        "&Delta; AUC",
+        "accuracy",
+        "accuracy single",
+        "&Delta; acc.",
+        "F1",
+        "recall",
+        "precision",
+        "specificity",
+        f"threshold for {sens} sensitivity",
+        f"specificity at {sens} sensitivity",
+        "train time",
+        "epochs",
+        "params",
+    ]
+    out.append(
+        '<div class="scroll"><table><tr>'
+        + "".join(f'<th class="{"l" if i < 2 else ""}">{h}</th>' for i, h in enumerate(head))
+        + "</tr>"
+    )
     for i, r in enumerate(rows):
         badge = '<span class="badge">best</span>' if i == best else ""
         params = f"{r['params']:,}" if isinstance(r["params"], int) else "n/a"
@@ -476,34 +584,48 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
             f"<td>{_fmt(r['f1'])}</td><td>{_fmt(r['recall'])}</td><td>{_fmt(r['precision'])}</td>"
             f"<td>{_fmt(r['specificity'])}</td><td>{_fmt(r['sensitivity_threshold'], 3)}</td>"
             f"<td>{_fmt(r['specificity_at_target'])}</td><td>{_fmt_seconds(r['train_seconds'])}</td>"
-            f"<td>{_fmt(r['epochs'])}</td><td>{params}</td></tr>")
+            f"<td>{_fmt(r['epochs'])}</td><td>{params}</td></tr>"
+        )
     out.append("</table></div>")
-    off_centre = [f"{r['model']} / {r['policy']}" for r in rows
-                  if r["auc"] is not None and r["accuracy"] is not None and r["auc"] - r["accuracy"] >= 0.25]
+    off_centre = [
+        f"{r['model']} / {r['policy']}"
+        for r in rows
+        if r["auc"] is not None and r["accuracy"] is not None and r["auc"] - r["accuracy"] >= 0.25
+    ]
     if off_centre:
         thresholds = sorted({m["metrics"].get("threshold") for m in runs} - {None})
-        out.append(f'<div class="warn">{e(", ".join(off_centre))}: the ranking is much better (AUC) than the '
-                   f"decisions at threshold {'/'.join(map(str, thresholds))} (accuracy): the predicted "
-                   "probabilities sit on one side of the threshold, typical after short training. The "
-                   "threshold column above shows where a usable cut-off lies.</div>")
+        out.append(
+            f'<div class="warn">{e(", ".join(off_centre))}: the ranking is much better (AUC) than the '
+            f"decisions at threshold {'/'.join(map(str, thresholds))} (accuracy): the predicted "
+            "probabilities sit on one side of the threshold, typical after short training. The "
+            "threshold column above shows where a usable cut-off lies.</div>"
+        )
     undefined = [f"{r['model']} / {r['policy']}" for r in rows if r["auc"] is None]
     if undefined:
-        out.append(f'<div class="warn">n/a AUC for {e(", ".join(undefined))}: the evaluated split holds one '
-                   "class only, so AUC, the ROC curve and the sensitivity operating point are undefined.</div>")
+        out.append(
+            f'<div class="warn">n/a AUC for {e(", ".join(undefined))}: the evaluated split holds one '
+            "class only, so AUC, the ROC curve and the sensitivity operating point are undefined.</div>"
+        )
 
     # reference
     ref = ctx["reference"]
-    out.append(f"<h2>Reference numbers</h2><p class=\"muted\">Published results; the study's rows come from "
-               f"its {e(str(ref.get('study', 'own split')))}. Different data and split from this run: "
-               "compare orders of magnitude, not decimals.</p>")
+    out.append(
+        f'<h2>Reference numbers</h2><p class="muted">Published results; the study\'s rows come from '
+        f"its {e(str(ref.get('study', 'own split')))}. Different data and split from this run: "
+        "compare orders of magnitude, not decimals.</p>"
+    )
     out.append('<table><tr><th class="l">model</th><th>accuracy</th><th>AUC</th></tr>')
     for r in ref.get("rows", []):
-        out.append(f'<tr><td class="l">{e(str(r["model"]))} (study, random split)</td>'
-                   f"<td>{_fmt(r.get('accuracy'), 3)}</td><td>{_fmt(r.get('auc'), 3)}</td></tr>")
+        out.append(
+            f'<tr><td class="l">{e(str(r["model"]))} (study, random split)</td>'
+            f"<td>{_fmt(r.get('accuracy'), 3)}</td><td>{_fmt(r.get('auc'), 3)}</td></tr>"
+        )
     official = ref.get("official_split")
     if official:
-        out.append(f'<tr><td class="l">{e(str(official.get("note", "official split")))}</td>'
-                   f"<td>~{_fmt(official.get('accuracy'), 2)}</td><td>~{_fmt(official.get('auc'), 2)}</td></tr>")
+        out.append(
+            f'<tr><td class="l">{e(str(official.get("note", "official split")))}</td>'
+            f"<td>~{_fmt(official.get('accuracy'), 2)}</td><td>~{_fmt(official.get('auc'), 2)}</td></tr>"
+        )
     out.append("</table>")
 
     # figures
@@ -517,20 +639,27 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
         f = figs["pairs"][id(run)]
         t = run["metrics"]["tta"]
         c = t.get("confusion", {})
-        out.append(f'<div class="pair"><h3>{e(r["model"])} &middot; {e(r["policy"])}'
-                   f'{"<span class=badge>best</span>" if i == best else ""}</h3>')
-        out.append(f'<div class="muted">run <code>{e(r["run"])}</code> &middot; n={_fmt(r["n"])} &middot; '
-                   f"TTA AUC {_fmt(r['auc'])}, accuracy {_fmt(r['accuracy'])} &middot; "
-                   f"TP {c.get('tp', '?')}, FP {c.get('fp', '?')}, FN {c.get('fn', '?')}, TN {c.get('tn', '?')}"
-                   + (f" &middot; fine-tuning from epoch {run['finetune_start']}" if run["finetune_start"] else "")
-                   + "</div>")
+        out.append(
+            f'<div class="pair"><h3>{e(r["model"])} &middot; {e(r["policy"])}'
+            f"{'<span class=badge>best</span>' if i == best else ''}</h3>"
+        )
+        out.append(
+            f'<div class="muted">run <code>{e(r["run"])}</code> &middot; n={_fmt(r["n"])} &middot; '
+            f"TTA AUC {_fmt(r['auc'])}, accuracy {_fmt(r['accuracy'])} &middot; "
+            f"TP {c.get('tp', '?')}, FP {c.get('fp', '?')}, FN {c.get('fn', '?')}, TN {c.get('tn', '?')}"
+            + (f" &middot; fine-tuning from epoch {run['finetune_start']}" if run["finetune_start"] else "")
+            + "</div>"
+        )
         if f.get("history"):
             out.append(f'<div><img alt="loss and accuracy curves" src="{f["history"]}"></div>')
         else:
             out.append('<p class="muted">no training history recorded</p>')
         out.append('<div class="row">')
-        for key, alt in (("confusion", "confusion matrix, TTA"), ("confusion_single", "confusion matrix, single view"),
-                         ("roc", "ROC curve")):
+        for key, alt in (
+            ("confusion", "confusion matrix, TTA"),
+            ("confusion_single", "confusion matrix, single view"),
+            ("roc", "ROC curve"),
+        ):
             if f.get(key):
                 out.append(f'<img alt="{alt}" src="{f[key]}">')
         out.append("</div>")
@@ -540,22 +669,29 @@ def _html(rows: list[dict[str, Any]], runs: list[dict[str, Any]], best: int | No
         out.append("<h2>Step timings</h2>")
         if figs.get("steps"):
             out.append(f'<div class="figs"><img alt="seconds per step" src="{figs["steps"]}"></div>')
-        out.append('<p class="muted">Wall-clock seconds per step, summed over every pair for the per-pair '
-                   "steps (train, fine-tune, evaluate).</p>")
+        out.append(
+            '<p class="muted">Wall-clock seconds per step, summed over every pair for the per-pair '
+            "steps (train, fine-tune, evaluate).</p>"
+        )
         out.append('<table><tr><th class="l">step</th><th>seconds</th><th></th></tr>')
-        out += [f'<tr><td class="l">{e(str(k))}</td><td>{_fmt(_num(v), 1)}</td><td>{_fmt_seconds(_num(v))}</td></tr>'
-                for k, v in steps.items()]
+        out += [
+            f'<tr><td class="l">{e(str(k))}</td><td>{_fmt(_num(v), 1)}</td><td>{_fmt_seconds(_num(v))}</td></tr>'
+            for k, v in steps.items()
+        ]
         total = sum(v for v in map(_num, steps.values()) if v is not None)
-        out.append(f'<tr><td class="l"><b>total</b></td><td><b>{total:.1f}</b></td>'
-                   f"<td><b>{_fmt_seconds(total)}</b></td></tr></table>")
+        out.append(
+            f'<tr><td class="l"><b>total</b></td><td><b>{total:.1f}</b></td>'
+            f"<td><b>{_fmt_seconds(total)}</b></td></tr></table>"
+        )
     if ctx["notes"]:
         out.append("<h2>Notes</h2><ul>" + "".join(f"<li>{e(str(n))}</li>" for n in ctx["notes"]) + "</ul>")
     out.append("</body></html>")
     return "\n".join(out)
 
 
-def _figures(runs: list[dict[str, Any]], rows: list[dict[str, Any]], plot_dir: Path,
-             ctx: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def _figures(
+    runs: list[dict[str, Any]], rows: list[dict[str, Any]], plot_dir: Path, ctx: dict[str, Any]
+) -> tuple[dict[str, Any], list[str]]:
     from pcam import plots
 
     plot_dir.mkdir(parents=True, exist_ok=True)
@@ -576,8 +712,11 @@ def _figures(runs: list[dict[str, Any]], rows: list[dict[str, Any]], plot_dir: P
         label = f"{row['model']} / {row['policy']}"
         pair: dict[str, str] = {}
         if run["history"]:
-            pair["history"] = keep(plots.plot_history(run["history"], label, plot_dir / f"history-{slug}.png",
-                                                      finetune_start=run["finetune_start"]))
+            pair["history"] = keep(
+                plots.plot_history(
+                    run["history"], label, plot_dir / f"history-{slug}.png", finetune_start=run["finetune_start"]
+                )
+            )
         for mode, key in (("tta", "confusion"), ("single", "confusion_single")):
             matrix = (run["confusion"].get(mode) or {}).get("matrix")
             if matrix:
@@ -592,8 +731,9 @@ def _figures(runs: list[dict[str, Any]], rows: list[dict[str, Any]], plot_dir: P
             all_curves[label] = roc
         figs["pairs"][id(run)] = pair
     if all_curves:
-        figs["roc_all"] = keep(plots.plot_roc(all_curves, "ROC, TTA mean probability", plot_dir / "roc-all.png",
-                                                  wide=True))
+        figs["roc_all"] = keep(
+            plots.plot_roc(all_curves, "ROC, TTA mean probability", plot_dir / "roc-all.png", wide=True)
+        )
     if ctx.get("step_seconds"):
         steps = {k: v for k, v in _ordered_steps(ctx["step_seconds"]).items() if _num(v) is not None}
         if steps:
@@ -601,8 +741,13 @@ def _figures(runs: list[dict[str, Any]], rows: list[dict[str, Any]], plot_dir: P
     return figs, written
 
 
-def build_report(run_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.PathLike[str],
-                 context: dict[str, Any] | None = None, *, force: bool = False) -> dict[str, Any]:
+def build_report(
+    run_dirs: Sequence[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    context: dict[str, Any] | None = None,
+    *,
+    force: bool = False,
+) -> dict[str, Any]:
     """Write summary.csv, summary.md, report.html and plots/ for ``run_dirs``; returns the summary."""
     if not run_dirs:
         raise DataError("report: no run directories given")
@@ -617,7 +762,8 @@ def build_report(run_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.P
     check_shape(context or {}, CONTEXT_SCHEMA, "report context")
     ctx = _context(context or {})
     ctx["split_lines"], ctx["split_warnings"], ctx["split_disjoint"] = split_statement(
-        ctx, [str(r["split"]) for r in rows])
+        ctx, [str(r["split"]) for r in rows]
+    )
     for row in rows:
         row["slide_disjoint_from_train"] = _yes_no(ctx["split_disjoint"].get(str(row["split"])))
     out = Path(out_dir)
@@ -632,7 +778,9 @@ def build_report(run_dirs: Sequence[str | os.PathLike[str]], out_dir: str | os.P
     log.info("report: %s (%d pairs)", out / "report.html", len(rows))
     return {
         "rows": rows,
-        "best": None if best is None else {k: rows[best][k] for k in ("model", "policy", "run", "auc", "accuracy", "f1")},
+        "best": None
+        if best is None
+        else {k: rows[best][k] for k in ("model", "policy", "run", "auc", "accuracy", "f1")},
         "report_html": str(out / "report.html"),
         "summary_csv": str(out / "summary.csv"),
         "summary_md": str(out / "summary.md"),

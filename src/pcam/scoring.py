@@ -68,8 +68,9 @@ def _forward(model: Any, names: tuple[str, ...]) -> Any:
     return per_model[names]
 
 
-def score_images(model: Any, images_uint8: np.ndarray, views: int | Sequence[str] = 1,
-                 batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+def score_images(
+    model: Any, images_uint8: np.ndarray, views: int | Sequence[str] = 1, batch_size: int = 256
+) -> tuple[np.ndarray, np.ndarray]:
     """Tumour probabilities of (N, 96, 96, 3) uint8 patches: (TTA mean, identity view), each (N,) float32.
 
     All views of a batch go through the model in one call. With ``views=1`` both
@@ -88,9 +89,9 @@ def score_images(model: Any, images_uint8: np.ndarray, views: int | Sequence[str
     single = np.empty(n, dtype=np.float32)
     step = max(1, batch_size // len(forward_names))
     for start in range(0, n, step):
-        probs = forward(images[start:start + step]).numpy()
-        mean[start:start + step] = probs[: len(names)].mean(axis=0)
-        single[start:start + step] = probs[forward_names.index("identity")]
+        probs = forward(images[start : start + step]).numpy()
+        mean[start : start + step] = probs[: len(names)].mean(axis=0)
+        single[start : start + step] = probs[forward_names.index("identity")]
     return mean, single
 
 
@@ -146,8 +147,10 @@ def resolve_model_file(model: str, stack: contextlib.ExitStack) -> tuple[Path, P
         run_model = final_model_dir(path)
         if (run_model / MODEL_FILE).is_file():  # a run directory: train/ [+ finetune/] + evaluate/
             return run_model / MODEL_FILE, _metrics_beside(run_model)
-        raise DataError(f"{path}: no {MODEL_FILE} here: expected a model directory (train/finetune output), "
-                        "a run directory, a champion location or a .keras file")
+        raise DataError(
+            f"{path}: no {MODEL_FILE} here: expected a model directory (train/finetune output), "
+            "a run directory, a champion location or a .keras file"
+        )
     return path / MODEL_FILE, _metrics_beside(path)
 
 
@@ -159,7 +162,9 @@ def _metrics_beside(model_dir: Path) -> Path | None:
     return None
 
 
-def operating_point(metrics_path: Path | None, model_sha256: str, views: tuple[str, ...]) -> tuple[float | None, str, float | None]:
+def operating_point(
+    metrics_path: Path | None, model_sha256: str, views: tuple[str, ...]
+) -> tuple[float | None, str, float | None]:
     """(threshold, where it came from, target sensitivity) from the model's own evaluation.
 
     The TTA threshold applies to the TTA mean, the single-view one to one view; an
@@ -182,8 +187,12 @@ def operating_point(metrics_path: Path | None, model_sha256: str, views: tuple[s
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         return None, f"{metrics_path}: no {mode}.sensitivity_threshold", None
     if mode == "tta" and tuple(metrics.get("views") or ()) != views:
-        log.warning("%s was evaluated with views %s, predicting with %s: its threshold is approximate",
-                    metrics_path, metrics.get("views"), list(views))
+        log.warning(
+            "%s was evaluated with views %s, predicting with %s: its threshold is approximate",
+            metrics_path,
+            metrics.get("views"),
+            list(views),
+        )
     return float(value), f"{metrics_path} ({mode}.sensitivity_threshold)", target
 
 
@@ -192,16 +201,22 @@ def check_model(model: Any, path: Path) -> None:
     shape = getattr(model, "input_shape", None)
     if isinstance(shape, list):
         raise DataError(f"{path}: model has {len(shape)} inputs; pcam predict feeds one image input")
-    if shape is None or len(shape) != 4 or any(s not in (None, want) for s, want in zip(shape[1:], IMAGE_SHAPE, strict=True)):
-        raise DataError(f"{path}: model expects input {tuple(shape) if shape else shape}, "
-                        f"but PCam patches are {IMAGE_SHAPE}")
+    if (
+        shape is None
+        or len(shape) != 4
+        or any(s not in (None, want) for s, want in zip(shape[1:], IMAGE_SHAPE, strict=True))
+    ):
+        raise DataError(
+            f"{path}: model expects input {tuple(shape) if shape else shape}, but PCam patches are {IMAGE_SHAPE}"
+        )
     out = getattr(model, "output_shape", None)
     if isinstance(out, list) or out is None or tuple(out[1:]) not in ((1,), ()):
         raise DataError(f"{path}: model output {out} is not one tumour probability per image")
 
 
-def load_predictor(model: str, views: int | Sequence[str], stack: contextlib.ExitStack,
-                   operating_point_override: float | None = None) -> Predictor:
+def load_predictor(
+    model: str, views: int | Sequence[str], stack: contextlib.ExitStack, operating_point_override: float | None = None
+) -> Predictor:
     """Load and check ``model``; see :func:`resolve_model_file` for what it may name."""
     from pcam.evaluate import load_model
     from pcam.fsutil import file_sha256
@@ -217,5 +232,13 @@ def load_predictor(model: str, views: int | Sequence[str], stack: contextlib.Exi
         point, source, target = operating_point(metrics_path, sha, names)
     if point is None:
         log.warning("no operating point (%s): label_at_operating_point stays empty", source)
-    return Predictor(keras_model, model_file, sha, names, point, source, target,
-                     info={"metrics": str(metrics_path) if metrics_path else None})
+    return Predictor(
+        keras_model,
+        model_file,
+        sha,
+        names,
+        point,
+        source,
+        target,
+        info={"metrics": str(metrics_path) if metrics_path else None},
+    )

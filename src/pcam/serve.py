@@ -73,6 +73,7 @@ class BadRequest(ValueError):
 
 # ---------------------------------------------------------------- model location
 
+
 def resolve_model(model: str, workdir: str | None = None) -> Path:
     """The SavedModel version folder to serve for ``model``.
 
@@ -88,8 +89,10 @@ def resolve_model(model: str, workdir: str | None = None) -> Path:
     if storage.is_file(storage.join(uri, champion.CHAMPION_FILE)):
         pointer, _ = champion.read_pointer(uri)
         if not pointer or not pointer.get("serving"):
-            raise DataError(f"{uri}: the champion has no serving export (promoted with --no-serving-export or by "
-                            "an older pcam); run `pcam export` on its model and serve that folder")
+            raise DataError(
+                f"{uri}: the champion has no serving export (promoted with --no-serving-export or by "
+                "an older pcam); run `pcam export` on its model and serve that folder"
+            )
         uri = pointer["serving"]
     elif not storage.is_file(storage.join(uri, "saved_model.pb")) and storage.exists(storage.join(uri, "serving")):
         uri = storage.join(uri, "serving")
@@ -99,8 +102,10 @@ def resolve_model(model: str, workdir: str | None = None) -> Path:
     if not path.exists():
         raise DataError(f"{path}: no such model folder")
     if (path / "model.keras").is_file() and not any(p.name.isdigit() for p in path.iterdir()):
-        raise DataError(f"{path}: holds a Keras model but no SavedModel; run `pcam export --model {path} "
-                        f"--out {path}/serving` first")
+        raise DataError(
+            f"{path}: holds a Keras model but no SavedModel; run `pcam export --model {path} "
+            f"--out {path}/serving` first"
+        )
     return latest_version(path)
 
 
@@ -117,6 +122,7 @@ def _download(uri: str, workdir: Path) -> Path:
 
 
 # ---------------------------------------------------------------- scoring
+
 
 class Scorer:
     """The SavedModel's signature plus request checks; no HTTP in here (the bench calls it in-process)."""
@@ -136,8 +142,10 @@ class Scorer:
         try:
             self._loaded = tf.saved_model.load(str(self.version_dir))
         except (OSError, ValueError, DecodeError, tf.errors.OpError) as exc:
-            raise DataError(f"{self.version_dir}: not a loadable SavedModel ({type(exc).__name__}: "
-                            f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+            raise DataError(
+                f"{self.version_dir}: not a loadable SavedModel ({type(exc).__name__}: "
+                f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})"
+            ) from None
         self._signature = self._loaded.signatures[SIGNATURE]
         self._input = INPUT_NAME
 
@@ -158,8 +166,10 @@ class Scorer:
                 raise BadRequest(f"instance {i}: {image.format} image; accepted encodings: PNG, JPEG")
             if image.size != (width, height):
                 if not self.resize:
-                    raise BadRequest(f"instance {i}: image is {image.size[0]}x{image.size[1]}, expected "
-                                     f"{width}x{height} (start the server with --resize to accept other sizes)")
+                    raise BadRequest(
+                        f"instance {i}: image is {image.size[0]}x{image.size[1]}, expected "
+                        f"{width}x{height} (start the server with --resize to accept other sizes)"
+                    )
                 blob = _resized_png(image, (width, height), i)
             out.append(blob)
         return out
@@ -170,7 +180,7 @@ class Scorer:
         prob, single = [], []
         for start in range(0, len(blobs), BATCH):
             try:
-                out = self._signature(**{self._input: tf.constant(blobs[start:start + BATCH])})
+                out = self._signature(**{self._input: tf.constant(blobs[start : start + BATCH])})
             except tf.errors.InvalidArgumentError as exc:  # a file that passed the header check but not decoding
                 message = str(getattr(exc, "message", exc)).strip().splitlines()[0]
                 raise BadRequest(f"instances {start}..{start + BATCH - 1}: {message}") from None
@@ -208,6 +218,7 @@ def b64_blob(item: Any, index: int) -> bytes:
 
 
 # ---------------------------------------------------------------- kserve glue
+
 
 @contextlib.contextmanager
 def _own_argv() -> Iterator[None]:
@@ -270,24 +281,37 @@ def build_server(version_dir: Path, *, name: str = DEFAULT_NAME, resize: bool = 
             except BadRequest as exc:
                 raise InvalidInput(str(exc)) from None
             if not v2:
-                return {"predictions": [{"probability": float(p), "single_probability": float(s)}
-                                        for p, s in zip(prob, single, strict=True)]}
-            outputs = [InferOutput(key, [len(prob)], "FP32", data=values.tolist())
-                       for key, values in (("probability", prob), ("single_probability", single))]
+                return {
+                    "predictions": [
+                        {"probability": float(p), "single_probability": float(s)}
+                        for p, s in zip(prob, single, strict=True)
+                    ]
+                }
+            outputs = [
+                InferOutput(key, [len(prob)], "FP32", data=values.tolist())
+                for key, values in (("probability", prob), ("single_probability", single))
+            ]
             return InferResponse(payload.id or "", self.name, outputs, model_version=self.scorer.version)
 
     server = model_server.ModelServer(enable_grpc=False, workers=1)
     model = PcamModel()
     model.load()
     server.register_model(model)
-    rest = RESTServer(model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane,
-                      server.model_repository_extension, 0)
+    rest = RESTServer(model_server.FASTAPI_APP_IMPORT_STRING, server.dataplane, server.model_repository_extension, 0)
     rest.create_application()  # kserve's routes, health endpoints and JSON error handlers on its app
     return server, model_server.app
 
 
-def serve(model: str, *, host: str = "0.0.0.0", port: int = DEFAULT_PORT, name: str = DEFAULT_NAME,
-          resize: bool = False, max_body_mb: float = DEFAULT_MAX_BODY_MB, grace_seconds: int = 20) -> int:
+def serve(
+    model: str,
+    *,
+    host: str = "0.0.0.0",
+    port: int = DEFAULT_PORT,
+    name: str = DEFAULT_NAME,
+    resize: bool = False,
+    max_body_mb: float = DEFAULT_MAX_BODY_MB,
+    grace_seconds: int = 20,
+) -> int:
     """Load ``model`` and serve it until SIGTERM/SIGINT; returns the exit code (0 after a graceful stop).
 
     Args:
@@ -310,8 +334,14 @@ def serve(model: str, *, host: str = "0.0.0.0", port: int = DEFAULT_PORT, name: 
 
         from pcam.serve_guard import RequestGuard
 
-        config = uvicorn.Config(RequestGuard(app, int(max_body_mb * 2**20), name), host=host, port=port,
-                                log_config=None, timeout_graceful_shutdown=grace_seconds, loop="asyncio")
+        config = uvicorn.Config(
+            RequestGuard(app, int(max_body_mb * 2**20), name),
+            host=host,
+            port=port,
+            log_config=None,
+            timeout_graceful_shutdown=grace_seconds,
+            loop="asyncio",
+        )
         server = uvicorn.Server(config)
         stopped: list[int] = []
         # uvicorn captures SIGTERM/SIGINT during serve() and re-raises them after its graceful
@@ -339,17 +369,29 @@ def check_port(host: str, port: int) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True,
-                        help="champion folder (holding serving/), serving folder or version folder; local or gs://")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="champion folder (holding serving/), serving folder or version folder; local or gs://",
+    )
     parser.add_argument("--name", default=DEFAULT_NAME, help="model name in the URLs (default: %(default)s)")
     parser.add_argument("--host", default="0.0.0.0", help="bind address (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="HTTP port (default: %(default)s)")
-    parser.add_argument("--resize", action="store_true",
-                        help="resize images that are not 96x96 (bilinear) instead of answering 400")
-    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_MB,
-                        help="largest request body in MiB; larger ones get 413 (default: %(default)s)")
-    parser.add_argument("--grace-seconds", type=int, default=20,
-                        help="time in-flight requests get to finish after SIGTERM (default: %(default)s)")
+    parser.add_argument(
+        "--resize", action="store_true", help="resize images that are not 96x96 (bilinear) instead of answering 400"
+    )
+    parser.add_argument(
+        "--max-body-mb",
+        type=float,
+        default=DEFAULT_MAX_BODY_MB,
+        help="largest request body in MiB; larger ones get 413 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--grace-seconds",
+        type=int,
+        default=20,
+        help="time in-flight requests get to finish after SIGTERM (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -363,5 +405,12 @@ def run(args: argparse.Namespace) -> int:
             import kserve  # noqa: F401
     except ImportError:
         raise ConfigError("pcam serve needs the kserve package (pip install -r requirements.lock)") from None
-    return serve(args.model, host=args.host, port=args.port, name=args.name, resize=args.resize,
-                 max_body_mb=args.max_body_mb, grace_seconds=args.grace_seconds)
+    return serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        name=args.name,
+        resize=args.resize,
+        max_body_mb=args.max_body_mb,
+        grace_seconds=args.grace_seconds,
+    )

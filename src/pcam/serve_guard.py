@@ -36,21 +36,24 @@ class RequestGuard:
             return await self.app(scope, receive, send)
         asked = _MODEL_PATH.match(scope.get("path", ""))
         if self.model_name and asked and asked.group(1) != self.model_name:
-            return await _json_error(send, 400, f"unknown model {asked.group(1)!r}; this server serves "
-                                                f"{self.model_name!r}")
+            return await _json_error(
+                send, 400, f"unknown model {asked.group(1)!r}; this server serves {self.model_name!r}"
+            )
         headers = dict(scope["headers"])
         ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower().decode("latin-1")
         allowed = {"application/json"}
         if ctype and ctype not in allowed:
-            return await _json_error(send, 400, f"content type {ctype!r} not accepted here; send "
-                                                f"{' or '.join(sorted(allowed))}")
+            return await _json_error(
+                send, 400, f"content type {ctype!r} not accepted here; send {' or '.join(sorted(allowed))}"
+            )
         try:
             declared = int(headers.get(b"content-length", b"0"))
         except ValueError:
             return await _json_error(send, 400, "invalid Content-Length")
         if declared > self.max_body:
-            return await _json_error(send, 413, f"request body of {declared} bytes exceeds the "
-                                                f"{self.max_body}-byte limit")
+            return await _json_error(
+                send, 413, f"request body of {declared} bytes exceeds the {self.max_body}-byte limit"
+            )
         received = 0
         started = refused = False
 
@@ -85,7 +88,15 @@ class RequestGuard:
 
 async def _json_error(send: Any, status: int, message: str) -> None:
     body = json.dumps({"error": message}).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
     await send({"type": "http.response.body", "body": body})

@@ -59,9 +59,19 @@ log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.json"
 FORMAT_VERSION = 1
-INDEX_SCHEMA = {"format_version": int, "encoding": str, "compression": str, "image_shape": [int],
-                "splits": {str: {"records": int, "labels": {str: int},
-                                 "shards": [{"name": str, "records": int, "bytes": int, "sha256": str}]}}}
+INDEX_SCHEMA = {
+    "format_version": int,
+    "encoding": str,
+    "compression": str,
+    "image_shape": [int],
+    "splits": {
+        str: {
+            "records": int,
+            "labels": {str: int},
+            "shards": [{"name": str, "records": int, "bytes": int, "sha256": str}],
+        }
+    },
+}
 """What readers of index.json rely on (checked by :func:`pcam.fsutil.check_shape`)."""
 CHUNK = 1024
 """Records read, augmented and encoded together; part of the seed derivation, so fixed."""
@@ -71,8 +81,9 @@ def shard_name(split: str, i: int, n: int) -> str:
     return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
 
 
-def _load_split(split_dir: str | os.PathLike[str], count: int, images_sha256: str
-                ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _load_split(
+    split_dir: str | os.PathLike[str], count: int, images_sha256: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """The split's indices and its split.json header, checked to belong to the dataset.
 
     A split.json that ``pcam split`` wrote names its dataset (the images' sha256); a
@@ -82,13 +93,17 @@ def _load_split(split_dir: str | os.PathLike[str], count: int, images_sha256: st
     indices = load_split(split_dir)
     made_for = read_json(path).get("dataset", {}).get("images_sha256", images_sha256)
     if made_for != images_sha256:
-        raise DataError(f"{path}: made for another dataset (images sha256 {str(made_for)[:12]}, this dataset's "
-                        f"{images_sha256[:12]}); split this dataset again")
+        raise DataError(
+            f"{path}: made for another dataset (images sha256 {str(made_for)[:12]}, this dataset's "
+            f"{images_sha256[:12]}); split this dataset again"
+        )
     for name, rows in indices.items():
         bad = rows[(rows < 0) | (rows >= count)]
         if len(bad):
-            raise DataError(f"{path}: indices.{name} holds {int(bad[0])}, outside the dataset's 0..{count - 1} "
-                            "(split made for another dataset?)")
+            raise DataError(
+                f"{path}: indices.{name} holds {int(bad[0])}, outside the dataset's 0..{count - 1} "
+                "(split made for another dataset?)"
+            )
     header = {k: v for k, v in read_json(path).items() if k != "indices"}
     return indices, header
 
@@ -101,8 +116,16 @@ def _plan(indices: np.ndarray, copies: int, shuffle: bool, rng: np.random.Genera
     return plan
 
 
-def _write_split(ds: Any, name: str, plan: np.ndarray, out: Path, augment_cfg: AugmentConfig,
-                 shard_cfg: ShardConfig, seed: int, bar: tqdm) -> list[dict[str, Any]]:
+def _write_split(
+    ds: Any,
+    name: str,
+    plan: np.ndarray,
+    out: Path,
+    augment_cfg: AugmentConfig,
+    shard_cfg: ShardConfig,
+    seed: int,
+    bar: tqdm,
+) -> list[dict[str, Any]]:
     """Write one split's records in ``plan`` order, cut into shards of near-equal size."""
     if len(plan) == 0:
         return []
@@ -113,7 +136,7 @@ def _write_split(ds: Any, name: str, plan: np.ndarray, out: Path, augment_cfg: A
     writer = None
     try:
         for start in range(0, len(plan), CHUNK):
-            rows = plan[start:start + CHUNK]
+            rows = plan[start : start + CHUNK]
             images = ds.images[rows[:, 0]]
             copies = rows[:, 1] > 0
             if copies.any():
@@ -137,9 +160,17 @@ def _write_split(ds: Any, name: str, plan: np.ndarray, out: Path, augment_cfg: A
     return shards
 
 
-def write_shards(dataset_dir: str | os.PathLike[str], split_dir: str | os.PathLike[str],
-                 out_dir: str | os.PathLike[str], augment_cfg: AugmentConfig, shard_cfg: ShardConfig,
-                 seed: int, *, progress: bool = True, force: bool = False) -> dict[str, Any]:
+def write_shards(
+    dataset_dir: str | os.PathLike[str],
+    split_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    augment_cfg: AugmentConfig,
+    shard_cfg: ShardConfig,
+    seed: int,
+    *,
+    progress: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
     """Write train/valid/test shards and ``index.json``; return the index."""
     inputs = [dataset_dir, split_dir]
     check_output(out_dir, "shards", inputs=inputs, force=force)
@@ -177,9 +208,11 @@ def write_shards(dataset_dir: str | os.PathLike[str], split_dir: str | os.PathLi
         "split_facts": {k: split[k] for k in ("origin", "pairs", "notes") if k in split},
         "splits": {},
     }
-    log.info("writing %d records (%s, compression %s) to %s", total, shard_cfg.encoding,
-             shard_cfg.compression, out_dir)
-    with atomic_dir(out_dir, "shards", inputs=inputs, force=force) as tmp, tqdm(total=total, desc="shard", unit="img", disable=not progress) as bar:
+    log.info("writing %d records (%s, compression %s) to %s", total, shard_cfg.encoding, shard_cfg.compression, out_dir)
+    with (
+        atomic_dir(out_dir, "shards", inputs=inputs, force=force) as tmp,
+        tqdm(total=total, desc="shard", unit="img", disable=not progress) as bar,
+    ):
         for name in SPLITS:
             plan = plans[name]
             shards = _write_split(ds, name, plan, tmp, augment_cfg, shard_cfg, seed, bar)
@@ -204,8 +237,10 @@ def load_index(shards_dir: str | os.PathLike[str], verify: bool = True) -> dict[
     for split, info in index["splits"].items():
         in_shards = sum(s["records"] for s in info["shards"])
         if info["records"] != in_shards or sum(info["labels"].values()) != in_shards:
-            raise DataError(f"{root / INDEX_FILE}: split {split!r} says {info['records']} records "
-                            f"(labels {info['labels']}) but its shards hold {in_shards} (edited or corrupt)")
+            raise DataError(
+                f"{root / INDEX_FILE}: split {split!r} says {info['records']} records "
+                f"(labels {info['labels']}) but its shards hold {in_shards} (edited or corrupt)"
+            )
         for shard in info["shards"]:
             path = root / shard["name"]
             if not path.is_file():

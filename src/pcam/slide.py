@@ -94,8 +94,10 @@ def open_slide(path: Path) -> Any:
         return openslide.OpenSlide(str(path))
     except openslide.OpenSlideUnsupportedFormatError:
         if _is_tiff(path):  # TIFF-based (plain, .svs, ...) yet unreadable: damaged, or a strip TIFF
-            raise DataError(f"{path}: corrupt or truncated slide (a TIFF OpenSlide cannot read: cut short, "
-                            "damaged, or not a tiled pyramid)") from None
+            raise DataError(
+                f"{path}: corrupt or truncated slide (a TIFF OpenSlide cannot read: cut short, "
+                "damaged, or not a tiled pyramid)"
+            ) from None
         raise DataError(f"{path}: unsupported slide format (OpenSlide cannot read it)") from None
     except (openslide.OpenSlideError, OSError) as exc:
         raise DataError(f"{path}: corrupt or truncated slide ({_first_line(exc)})") from None
@@ -199,8 +201,9 @@ def read_region(slide: Any, path: Path, location: tuple[int, int], level: int, s
     try:
         return _rgb(slide.read_region(location, level, size))
     except (openslide.OpenSlideError, OSError) as exc:
-        raise DataError(f"{path}: corrupt or truncated slide, reading level {level} at {location} failed "
-                        f"({_first_line(exc)})") from None
+        raise DataError(
+            f"{path}: corrupt or truncated slide, reading level {level} at {location} failed ({_first_line(exc)})"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -236,14 +239,17 @@ def tissue_mask(slide: Any, path: Path, grid: TileGrid) -> TissueMask:
     level = max(fine_enough, key=lambda i: downsamples[i]) if fine_enough else 0
     width, height = slide.level_dimensions[level]
     if max(width, height) > MAX_MASK_SIDE:
-        raise DataError(f"{path}: no pyramid level small enough for a tissue mask (level {level} is "
-                        f"{width}x{height}); convert the slide to a pyramidal format")
+        raise DataError(
+            f"{path}: no pyramid level small enough for a tissue mask (level {level} is "
+            f"{width}x{height}); convert the slide to a pyramidal format"
+        )
     openslide = _openslide()
     try:
         rgba = np.asarray(slide.read_region((0, 0), level, (width, height)))
     except (openslide.OpenSlideError, OSError) as exc:
-        raise DataError(f"{path}: corrupt or truncated slide, reading level {level} failed "
-                        f"({_first_line(exc)})") from None
+        raise DataError(
+            f"{path}: corrupt or truncated slide, reading level {level} failed ({_first_line(exc)})"
+        ) from None
     opaque = rgba[..., 3] > 0
     image = np.ascontiguousarray(rgba[..., :3])
     image[~opaque] = 255
@@ -272,8 +278,7 @@ def tissue_fraction(grid: TileGrid, tissue: TissueMask) -> np.ndarray:
 
     y0, y1 = spans(grid.rows, height)
     x0, x1 = spans(grid.cols, width)
-    total = (integral[np.ix_(y1, x1)] - integral[np.ix_(y0, x1)] - integral[np.ix_(y1, x0)]
-             + integral[np.ix_(y0, x0)])
+    total = integral[np.ix_(y1, x1)] - integral[np.ix_(y0, x1)] - integral[np.ix_(y1, x0)] + integral[np.ix_(y0, x0)]
     area = np.outer(y1 - y0, x1 - x0)
     return total / np.maximum(area, 1)
 
@@ -311,15 +316,16 @@ def read_tiles(slide: Any, path: Path, grid: TileGrid, cells: np.ndarray) -> np.
     for i, (r, c) in enumerate(zip(rows, cols, strict=True)):
         x, y = grid.origin(int(r), int(c))
         u, v = round((x - x0) / ds), round((y - y0) / ds)
-        crop = region[v:v + grid.read_size, u:u + grid.read_size]
+        crop = region[v : v + grid.read_size, u : u + grid.read_size]
         if grid.read_size != PCAM_TILE:
             crop = np.asarray(Image.fromarray(crop).resize((PCAM_TILE, PCAM_TILE), Image.Resampling.BILINEAR))
         out[i] = crop
     return out
 
 
-def iter_tile_batches(slide: Any, path: Path, grid: TileGrid, cells: np.ndarray, batch_size: int,
-                      workers: int = 2) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def iter_tile_batches(
+    slide: Any, path: Path, grid: TileGrid, cells: np.ndarray, batch_size: int, workers: int = 2
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(cell indices, tiles) in batches of ``batch_size``, read ahead by a thread pool.
 
     OpenSlide is thread-safe and decodes outside the GIL, so reading overlaps the model.

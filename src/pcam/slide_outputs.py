@@ -72,8 +72,12 @@ def _rings(component: np.ndarray) -> list[list[tuple[int, int]]]:
     edges = set()
     rows, cols = np.nonzero(component)
     for r, c in zip(rows.tolist(), cols.tolist(), strict=True):
-        for a, b in (((c, r), (c + 1, r)), ((c + 1, r), (c + 1, r + 1)),
-                     ((c + 1, r + 1), (c, r + 1)), ((c, r + 1), (c, r))):
+        for a, b in (
+            ((c, r), (c + 1, r)),
+            ((c + 1, r), (c + 1, r + 1)),
+            ((c + 1, r + 1), (c, r + 1)),
+            ((c, r + 1), (c, r)),
+        ):
             if (b, a) in edges:
                 edges.discard((b, a))
             else:
@@ -118,8 +122,9 @@ def _area(ring: list[tuple[float, float]]) -> float:
     return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:], strict=False))
 
 
-def tumour_geojson(grid: TileGrid, cells: np.ndarray, probs: np.ndarray, threshold: float,
-                   slide_name: str) -> dict[str, Any]:
+def tumour_geojson(
+    grid: TileGrid, cells: np.ndarray, probs: np.ndarray, threshold: float, slide_name: str
+) -> dict[str, Any]:
     """FeatureCollection of tumour regions (tiles with probability >= threshold), level-0 pixels."""
     from scipy import ndimage
 
@@ -135,19 +140,24 @@ def tumour_geojson(grid: TileGrid, cells: np.ndarray, probs: np.ndarray, thresho
         component = labels == region
         rings = [[(int(col_edges[c]), int(row_edges[r])) for c, r in ring] for ring in _rings(component)]
         rings.sort(key=lambda ring: abs(_area(ring)), reverse=True)  # the outline first, then holes
-        features.append({
-            "type": "Feature",
-            "id": f"{slide_name}-tumour-{region}",
-            "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in ring] for ring in rings]},
-            "properties": {
-                "objectType": "annotation",
-                "name": f"tumour region {region}",
-                "classification": TUMOUR_CLASS,
-                "isLocked": False,
-                "measurements": {"tiles": int(component.sum()), "max_probability": float(best[component].max()),
-                                 "threshold": float(threshold)},
-            },
-        })
+        features.append(
+            {
+                "type": "Feature",
+                "id": f"{slide_name}-tumour-{region}",
+                "geometry": {"type": "Polygon", "coordinates": [[list(p) for p in ring] for ring in rings]},
+                "properties": {
+                    "objectType": "annotation",
+                    "name": f"tumour region {region}",
+                    "classification": TUMOUR_CLASS,
+                    "isLocked": False,
+                    "measurements": {
+                        "tiles": int(component.sum()),
+                        "max_probability": float(best[component].max()),
+                        "threshold": float(threshold),
+                    },
+                },
+            }
+        )
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -156,5 +166,5 @@ def slide_score(probs: np.ndarray, top_k: int) -> dict[str, Any]:
     if len(probs) == 0:
         return {"max": math.nan, "top_k": top_k, "top_k_mean": math.nan}
     k = min(top_k, len(probs))
-    top = np.partition(probs, len(probs) - k)[len(probs) - k:]
+    top = np.partition(probs, len(probs) - k)[len(probs) - k :]
     return {"max": float(probs.max()), "top_k": k, "top_k_mean": float(top.mean())}

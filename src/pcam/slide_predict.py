@@ -70,8 +70,10 @@ class SlidePlan:
         self.mpp0 = slide_mpp(self.slide, path, mpp)
         self.grid: TileGrid = tile_grid(self.slide, self.mpp0, stride)
         if self.grid.cols == 0 or self.grid.rows == 0:
-            raise DataError(f"{path}: {self.grid.width0}x{self.grid.height0} px is smaller than one "
-                            f"{self.grid.tile0} px tile at {PCAM_MPP} µm/px")
+            raise DataError(
+                f"{path}: {self.grid.width0}x{self.grid.height0} px is smaller than one "
+                f"{self.grid.tile0} px tile at {PCAM_MPP} µm/px"
+            )
         self.tissue = tissue_mask(self.slide, path, self.grid)
         self.fraction = tissue_fraction(self.grid, self.tissue)
         self.cells = np.flatnonzero(self.fraction.ravel() >= min_tissue)
@@ -80,10 +82,22 @@ class SlidePlan:
     def identity(self, predictor: Predictor) -> dict[str, Any]:
         stat = self.path.stat()
         g = self.grid
-        return {"slide": self.path.name, "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-                "model_sha256": predictor.model_sha256, "views": list(predictor.views), "mpp0": self.mpp0,
-                "level": g.level, "read_size": g.read_size, "tile0": g.tile0, "stride0": g.stride0,
-                "cols": g.cols, "rows": g.rows, "min_tissue": self.min_tissue, "tissue_tiles": len(self.cells)}
+        return {
+            "slide": self.path.name,
+            "bytes": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "model_sha256": predictor.model_sha256,
+            "views": list(predictor.views),
+            "mpp0": self.mpp0,
+            "level": g.level,
+            "read_size": g.read_size,
+            "tile0": g.tile0,
+            "stride0": g.stride0,
+            "cols": g.cols,
+            "rows": g.rows,
+            "min_tissue": self.min_tissue,
+            "tissue_tiles": len(self.cells),
+        }
 
     def close(self) -> None:
         self.slide.close()
@@ -107,15 +121,21 @@ def _load_partial(state_dir: Path, identity: dict[str, Any]) -> np.ndarray:
     return np.fromfile(scores, dtype=RECORD, count=whole)
 
 
-def score_slide(plan: SlidePlan, predictor: Predictor, state_dir: Path, batch_size: int = 256,
-                progress: bool = True) -> np.ndarray:
+def score_slide(
+    plan: SlidePlan, predictor: Predictor, state_dir: Path, batch_size: int = 256, progress: bool = True
+) -> np.ndarray:
     """Scores of every tissue tile (records sorted by cell), resuming from ``state_dir``."""
     done = _load_partial(state_dir, plan.identity(predictor))
     remaining = np.setdiff1d(plan.cells, done["cell"], assume_unique=False)
     if len(done):
         log.info("%s: resuming, %d of %d tiles already scored", plan.path.name, len(done), len(plan.cells))
-    bar = tqdm(total=len(plan.cells), initial=len(plan.cells) - len(remaining), unit="tile",
-               desc=plan.path.name[:30], disable=not progress)
+    bar = tqdm(
+        total=len(plan.cells),
+        initial=len(plan.cells) - len(remaining),
+        unit="tile",
+        desc=plan.path.name[:30],
+        disable=not progress,
+    )
     with open(state_dir / "scores.bin", "ab") as handle:
         for cells, tiles in iter_tile_batches(plan.slide, plan.path, plan.grid, remaining, batch_size):
             mean, single = predictor.score(tiles, batch_size)
@@ -132,8 +152,9 @@ def score_slide(plan: SlidePlan, predictor: Predictor, state_dir: Path, batch_si
     return every[first]
 
 
-def write_slide_outputs(plan: SlidePlan, predictor: Predictor, records: np.ndarray, out_dir: Path,
-                        top_k: int) -> dict[str, Any]:
+def write_slide_outputs(
+    plan: SlidePlan, predictor: Predictor, records: np.ndarray, out_dir: Path, top_k: int
+) -> dict[str, Any]:
     """tiles.csv, heatmap.png, tumour.geojson and slide.json into ``out_dir`` (atomically)."""
     grid = plan.grid
     cells, probs = records["cell"], records["p"].astype(np.float64)
@@ -142,19 +163,40 @@ def write_slide_outputs(plan: SlidePlan, predictor: Predictor, records: np.ndarr
     scale = heatmap_scale(grid, plan.tissue.downsample)
     score = slide_score(records["p"], top_k)
     summary = {
-        "slide": str(plan.path), "mpp0": plan.mpp0, "pcam_mpp": PCAM_MPP, "tile_px": PCAM_TILE,
-        "level": grid.level, "level_downsample": grid.level_downsample, "level_mpp": grid.level_mpp,
-        "read_size": grid.read_size, "resampled": grid.read_size != PCAM_TILE, "tile_size0": grid.tile0,
-        "stride": plan.stride, "stride0": grid.stride0, "grid": {"cols": grid.cols, "rows": grid.rows},
-        "width0": grid.width0, "height0": grid.height0, "min_tissue": plan.min_tissue,
-        "tissue_threshold_saturation": plan.tissue.threshold, "mask_downsample": plan.tissue.downsample,
-        "tiles_total": grid.cols * grid.rows, "tiles_scored": len(cells), "views": list(predictor.views),
-        "score": score, "operating_point": predictor.operating_point,
-        "operating_point_source": predictor.operating_point_source, "geojson_threshold": threshold,
-        "label_at_operating_point": (None if predictor.operating_point is None or not len(cells)
-                                     else int(score["max"] >= predictor.operating_point)),
-        "tumour_tiles": int((probs >= threshold).sum()), "heatmap_scale": scale,
-        "model_file": str(predictor.model_file), "model_sha256": predictor.model_sha256,
+        "slide": str(plan.path),
+        "mpp0": plan.mpp0,
+        "pcam_mpp": PCAM_MPP,
+        "tile_px": PCAM_TILE,
+        "level": grid.level,
+        "level_downsample": grid.level_downsample,
+        "level_mpp": grid.level_mpp,
+        "read_size": grid.read_size,
+        "resampled": grid.read_size != PCAM_TILE,
+        "tile_size0": grid.tile0,
+        "stride": plan.stride,
+        "stride0": grid.stride0,
+        "grid": {"cols": grid.cols, "rows": grid.rows},
+        "width0": grid.width0,
+        "height0": grid.height0,
+        "min_tissue": plan.min_tissue,
+        "tissue_threshold_saturation": plan.tissue.threshold,
+        "mask_downsample": plan.tissue.downsample,
+        "tiles_total": grid.cols * grid.rows,
+        "tiles_scored": len(cells),
+        "views": list(predictor.views),
+        "score": score,
+        "operating_point": predictor.operating_point,
+        "operating_point_source": predictor.operating_point_source,
+        "geojson_threshold": threshold,
+        "label_at_operating_point": (
+            None
+            if predictor.operating_point is None or not len(cells)
+            else int(score["max"] >= predictor.operating_point)
+        ),
+        "tumour_tiles": int((probs >= threshold).sum()),
+        "heatmap_scale": scale,
+        "model_file": str(predictor.model_file),
+        "model_sha256": predictor.model_sha256,
     }
     with atomic_dir(out_dir, "slide-prediction") as tmp:
         with open(tmp / "tiles.csv", "w", newline="") as handle:
@@ -174,9 +216,19 @@ def write_slide_outputs(plan: SlidePlan, predictor: Predictor, records: np.ndarr
     return summary
 
 
-def predict_slide(path: Path, predictor: Predictor, out: Path, *, mpp: float | None = None,
-                  stride: int = PCAM_TILE, min_tissue: float = 0.25, top_k: int = 10, batch_size: int = 256,
-                  progress: bool = True, plan: SlidePlan | None = None) -> dict[str, Any]:
+def predict_slide(
+    path: Path,
+    predictor: Predictor,
+    out: Path,
+    *,
+    mpp: float | None = None,
+    stride: int = PCAM_TILE,
+    min_tissue: float = 0.25,
+    top_k: int = 10,
+    batch_size: int = 256,
+    progress: bool = True,
+    plan: SlidePlan | None = None,
+) -> dict[str, Any]:
     """Score one slide into ``out/slides/<file name>/``; a finished slide with the same identity is reused."""
     plan = plan or SlidePlan(path, mpp, stride, min_tissue)
     slide_dir = out / "slides" / path.name

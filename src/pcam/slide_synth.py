@@ -29,9 +29,17 @@ BACKGROUND = (241, 240, 243)
 TIFF_TILE = 256
 
 
-def write_slide(path: str | os.PathLike[str], cell: Callable[[int, int], np.ndarray | None], rows: int, cols: int,
-                *, upscale: int = 2, levels: int = 4, resolution: bool = True, compression: str | None = "zlib",
-                ) -> Path:
+def write_slide(
+    path: str | os.PathLike[str],
+    cell: Callable[[int, int], np.ndarray | None],
+    rows: int,
+    cols: int,
+    *,
+    upscale: int = 2,
+    levels: int = 4,
+    resolution: bool = True,
+    compression: str | None = "zlib",
+) -> Path:
     """Write the slide to ``path`` (atomically); ``cell(row, col)`` gives a (96, 96, 3) uint8 patch or None.
 
     ``resolution=False`` leaves the resolution tags out (a slide without MPP).
@@ -54,7 +62,7 @@ def write_slide(path: str | os.PathLike[str], cell: Callable[[int, int], np.ndar
                 cx, cy = c * PCAM_TILE, r * PCAM_TILE
                 x0, x1 = max(x, cx), min(x + w, cx + PCAM_TILE)
                 y0, y1 = max(y, cy), min(y + h, cy + PCAM_TILE)
-                out[y0 - y:y1 - y, x0 - x:x1 - x] = patch[y0 - cy:y1 - cy, x0 - cx:x1 - cx]
+                out[y0 - y : y1 - y, x0 - x : x1 - x] = patch[y0 - cy : y1 - cy, x0 - cx : x1 - cx]
         return out
 
     def tiles(downsample: int) -> Iterator[np.ndarray]:
@@ -72,14 +80,23 @@ def write_slide(path: str | os.PathLike[str], cell: Callable[[int, int], np.ndar
                 if resolution:
                     per_cm = 1e4 / (mpp0 * ds)
                     extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
-                tiff.write(tiles(ds), shape=(height, width, 3), dtype=np.uint8, tile=(TIFF_TILE, TIFF_TILE),
-                           photometric="rgb", compression=compression, subfiletype=0 if k == 0 else 1,
-                           metadata=None, **extra)
+                tiff.write(
+                    tiles(ds),
+                    shape=(height, width, 3),
+                    dtype=np.uint8,
+                    tile=(TIFF_TILE, TIFF_TILE),
+                    photometric="rgb",
+                    compression=compression,
+                    subfiletype=0 if k == 0 else 1,
+                    metadata=None,
+                    **extra,
+                )
     return Path(path)
 
 
-def _level_tile(canvas: Callable[[int, int, int, int], np.ndarray], tx: int, ty: int, downsample: int,
-                upscale: int) -> np.ndarray:
+def _level_tile(
+    canvas: Callable[[int, int, int, int], np.ndarray], tx: int, ty: int, downsample: int, upscale: int
+) -> np.ndarray:
     """One TIFF tile of the level at ``downsample``: PCam pixels repeated or block-averaged."""
     if downsample <= upscale:
         k = upscale // downsample

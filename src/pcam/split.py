@@ -55,22 +55,35 @@ log = logging.getLogger(__name__)
 SPLIT_FILE = "split.json"
 MODES = ("random", "official")
 _SPLIT_COUNTS = {"0": int, "1": int}
-SPLIT_SCHEMA = {"mode": str, "seed": int, "ratios": [(int, float)],
-                "counts": {s: _SPLIT_COUNTS for s in SPLITS}, "indices": {s: [int] for s in SPLITS},
-                "dataset?": {"count": int, "images_sha256": str}}
+SPLIT_SCHEMA = {
+    "mode": str,
+    "seed": int,
+    "ratios": [(int, float)],
+    "counts": {s: _SPLIT_COUNTS for s in SPLITS},
+    "indices": {s: [int] for s in SPLITS},
+    "dataset?": {"count": int, "images_sha256": str},
+}
 """What readers of split.json rely on (checked by :func:`pcam.fsutil.check_shape`)."""
 
 
-def split_dataset(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], mode: str = "random",
-                  ratios: tuple[float, float, float] | list[float] = (0.7, 0.2, 0.1), seed: int = 42,
-                  *, force: bool = False) -> dict[str, Any]:
+def split_dataset(
+    dataset_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    mode: str = "random",
+    ratios: tuple[float, float, float] | list[float] = (0.7, 0.2, 0.1),
+    seed: int = 42,
+    *,
+    force: bool = False,
+) -> dict[str, Any]:
     """Write ``out_dir/split.json`` for the dataset at ``dataset_dir``; return its content."""
     check_output(out_dir, "split", inputs=[dataset_dir], force=force)
     if mode not in MODES:
         raise ConfigError(f"config key 'split.mode': unknown mode {mode!r}; expected one of {', '.join(MODES)}")
     ratios = tuple(float(r) for r in ratios)
     if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        raise ConfigError(f"config key 'split.ratios': need three non-negative numbers summing to 1, got {list(ratios)}")
+        raise ConfigError(
+            f"config key 'split.ratios': need three non-negative numbers summing to 1, got {list(ratios)}"
+        )
     ds = open_dataset(dataset_dir, verify=False)
     labels = ds.labels
     slides = ds.slides
@@ -100,23 +113,28 @@ def split_dataset(dataset_dir: str | os.PathLike[str], out_dir: str | os.PathLik
     return result
 
 
-def _official(ds: CanonicalDataset, ratios: tuple[float, float, float], seed: int
-              ) -> tuple[dict[str, np.ndarray], list[str], dict[str, str]]:
+def _official(
+    ds: CanonicalDataset, ratios: tuple[float, float, float], seed: int
+) -> tuple[dict[str, np.ndarray], list[str], dict[str, str]]:
     """Source splits kept; (assignment, notes, origin of each split)."""
     source = ds.meta["source_split"].to_numpy(dtype=str)
     out = {s: np.flatnonzero(source == s) for s in SPLITS}
     origin: dict[str, dict[str, Any]] = {s: {"from": s, "carved": False, "text": f"source {s}"} for s in SPLITS}
     if not len(out["train"]):
-        raise DataError(f"{ds.root}: official mode needs a source 'train' split; this dataset has "
-                        f"{', '.join(sorted(set(source)))} (use mode random)")
+        raise DataError(
+            f"{ds.root}: official mode needs a source 'train' split; this dataset has "
+            f"{', '.join(sorted(set(source)))} (use mode random)"
+        )
     notes: list[str] = []
     if not len(out["test"]) and len(out["valid"]):
         # One held-out split and no test: evaluate on the held-out one (other slides than
         # train), and pick epochs on a slice of train.
         out["test"], out["valid"] = out["valid"], np.empty(0, dtype=np.int64)
         origin["test"] = {"from": "valid", "carved": False, "text": "source valid"}
-        notes.append(f"source has no 'test' split: its 'valid' split ({len(out['test'])} patches) is evaluated "
-                     "as test; the model-selection 'valid' split is carved out of source train")
+        notes.append(
+            f"source has no 'test' split: its 'valid' split ({len(out['test'])} patches) is evaluated "
+            "as test; the model-selection 'valid' split is carved out of source train"
+        )
     missing = [s for s in SPLITS if not len(out[s]) and s != "train"]
     if not missing:
         return out, notes, origin
@@ -130,20 +148,30 @@ def _official(ds: CanonicalDataset, ratios: tuple[float, float, float], seed: in
         out[s] = carved[s]
     how = "grouped by slide" if slides is not None else "stratified by label"
     for s in missing:
-        origin[s] = {"from": "train", "carved": True,
-                     "text": f"carved from source train ({sub_ratios[SPLITS.index(s)]:.1%}, {how})"}
-    origin["train"] = {"from": "train", "carved": True,
-                       "text": "source train minus the carved " + " and ".join(missing)}
-    notes += [f"source has no {s!r} split: carved {sub_ratios[SPLITS.index(s)]:.4f} of source train "
-              f"({len(out[s])} patches, {how}, seed {seed})" for s in missing]
+        origin[s] = {
+            "from": "train",
+            "carved": True,
+            "text": f"carved from source train ({sub_ratios[SPLITS.index(s)]:.1%}, {how})",
+        }
+    origin["train"] = {
+        "from": "train",
+        "carved": True,
+        "text": "source train minus the carved " + " and ".join(missing),
+    }
+    notes += [
+        f"source has no {s!r} split: carved {sub_ratios[SPLITS.index(s)]:.4f} of source train "
+        f"({len(out[s])} patches, {how}, seed {seed})"
+        for s in missing
+    ]
     return out, notes, origin
 
 
 PAIRS = (("train", "valid"), ("train", "test"), ("valid", "test"))
 
 
-def split_facts(indices: dict[str, list[int]], origin: dict[str, dict[str, Any]], slides: np.ndarray | None,
-                fmt: str) -> dict[str, dict[str, Any]]:
+def split_facts(
+    indices: dict[str, list[int]], origin: dict[str, dict[str, Any]], slides: np.ndarray | None, fmt: str
+) -> dict[str, dict[str, Any]]:
     """Per pair of splits (``"train|test"``): whether they share no slide, and why we can say so.
 
     Args:
@@ -162,24 +190,32 @@ def split_facts(indices: dict[str, list[int]], origin: dict[str, dict[str, Any]]
             continue
         if slides is not None:
             shared = set(slides[indices[a]]) & set(slides[indices[b]])
-            basis = (f"slide ids: {len(shared)} slide(s) in both" if shared else "slide ids: no slide in both (checked)")
+            basis = f"slide ids: {len(shared)} slide(s) in both" if shared else "slide ids: no slide in both (checked)"
             facts[f"{a}|{b}"] = {"slide_disjoint": not shared, "basis": basis}
             continue
         apart = origin[a]["from"] != origin[b]["from"] and "all" not in (origin[a]["from"], origin[b]["from"])
         if apart and fmt in ("hdf5", "synthetic"):
-            facts[f"{a}|{b}"] = {"slide_disjoint": True, "basis": "different official PCam split files "
-                                 "(slide-disjoint by construction)"}
+            facts[f"{a}|{b}"] = {
+                "slide_disjoint": True,
+                "basis": "different official PCam split files (slide-disjoint by construction)",
+            }
         elif apart:
-            facts[f"{a}|{b}"] = {"slide_disjoint": True, "basis": "different split folders of the source, taken as "
-                                 "slide-disjoint (PCam's official splits are; no slide ids to check)"}
+            facts[f"{a}|{b}"] = {
+                "slide_disjoint": True,
+                "basis": "different split folders of the source, taken as "
+                "slide-disjoint (PCam's official splits are; no slide ids to check)",
+            }
         else:
-            facts[f"{a}|{b}"] = {"slide_disjoint": False, "basis": "carved at random from the same patches without "
-                                 "slide ids: the two may share slides"}
+            facts[f"{a}|{b}"] = {
+                "slide_disjoint": False,
+                "basis": "carved at random from the same patches without slide ids: the two may share slides",
+            }
     return facts
 
 
-def _assign(index: np.ndarray, labels: np.ndarray, slides: np.ndarray | None,
-            ratios: tuple[float, ...], seed: int) -> dict[str, np.ndarray]:
+def _assign(
+    index: np.ndarray, labels: np.ndarray, slides: np.ndarray | None, ratios: tuple[float, ...], seed: int
+) -> dict[str, np.ndarray]:
     """Positions ``index`` (with ``labels``, optional ``slides``) dealt into the three splits."""
     rng = np.random.default_rng(seed)
     if slides is None:
@@ -203,8 +239,10 @@ def _assign(index: np.ndarray, labels: np.ndarray, slides: np.ndarray | None,
     choice = np.empty(len(names), dtype=np.int64)
     for slide in rng.permutation(len(names)):
         c = per_slide[slide]
-        cost = [float((((current[k] + c - target[k]) ** 2 - (current[k] - target[k]) ** 2) * weight[k]).sum())
-                for k in open_splits]
+        cost = [
+            float((((current[k] + c - target[k]) ** 2 - (current[k] - target[k]) ** 2) * weight[k]).sum())
+            for k in open_splits
+        ]
         k = open_splits[int(np.argmin(cost))]
         current[k] += c
         choice[slide] = k
@@ -239,8 +277,9 @@ def _validate(data: dict[str, Any], where: Path) -> None:
         if ratios[k] == 0 and not idx:
             continue
         if not idx:
-            raise DataError(f"{where}: split {s!r} is empty (ratio {ratios[k]}); the dataset is too small "
-                            f"for these ratios")
+            raise DataError(
+                f"{where}: split {s!r} is empty (ratio {ratios[k]}); the dataset is too small for these ratios"
+            )
         missing = [label for label in ("0", "1") if counts[label] == 0]
         if missing:
             grouped = " (grouped by slide: too few slides?)" if data.get("grouped_by_slide") else ""
@@ -271,14 +310,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ratios", type=finite_float, nargs=3, default=None, metavar=("TRAIN", "VALID", "TEST"))
     parser.add_argument("--seed", type=integer, default=None)
     parser.add_argument("--force", action="store_true", help="replace --out even if it is not a pcam split")
-    parser.add_argument("--config", default=None, help="experiment YAML: its split section and seed supply the defaults")
+    parser.add_argument(
+        "--config", default=None, help="experiment YAML: its split section and seed supply the defaults"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from pcam.config import load_config
 
     cfg = load_config(args.config, {"split.mode": args.mode, "split.ratios": args.ratios, "seed": args.seed})
-    result = split_dataset(args.dataset, args.out, mode=cfg.split.mode, ratios=cfg.split.ratios, seed=cfg.seed,
-                           force=args.force)
+    result = split_dataset(
+        args.dataset, args.out, mode=cfg.split.mode, ratios=cfg.split.ratios, seed=cfg.seed, force=args.force
+    )
     print(f"{args.out}: {result['counts']}")
     return 0

@@ -59,6 +59,7 @@ def _env_float(name: str, default: float) -> float:
 
 # ---------------------------------------------------------------- URIs
 
+
 def is_gcs(uri: str | os.PathLike[str]) -> bool:
     return str(uri).startswith("gs://")
 
@@ -66,12 +67,12 @@ def is_gcs(uri: str | os.PathLike[str]) -> bool:
 def local(uri: str | os.PathLike[str]) -> Path:
     """The local path of a plain path or ``file://`` URI."""
     text = str(uri)
-    return Path(text[len("file://"):] if text.startswith("file://") else text).expanduser()
+    return Path(text[len("file://") :] if text.startswith("file://") else text).expanduser()
 
 
 def split_gcs(uri: str) -> tuple[str, str]:
     """``gs://bucket/a/b`` -> (``bucket``, ``a/b``)."""
-    bucket, _, key = uri[len("gs://"):].partition("/")
+    bucket, _, key = uri[len("gs://") :].partition("/")
     if not bucket:
         raise DataError(f"{uri}: no bucket name in the gs:// URI")
     return bucket, key.strip("/")
@@ -112,8 +113,9 @@ def _client() -> Any:
 def _retry() -> Any:
     from google.cloud.storage.retry import DEFAULT_RETRY
 
-    return DEFAULT_RETRY.with_delay(initial=_env_float("PCAM_GCS_RETRY_INITIAL", 1.0), maximum=30.0,
-                                    multiplier=2.0).with_timeout(_env_float("PCAM_GCS_RETRY_DEADLINE", 120.0))
+    return DEFAULT_RETRY.with_delay(
+        initial=_env_float("PCAM_GCS_RETRY_INITIAL", 1.0), maximum=30.0, multiplier=2.0
+    ).with_timeout(_env_float("PCAM_GCS_RETRY_DEADLINE", 120.0))
 
 
 def _identity() -> str:
@@ -154,20 +156,26 @@ def _gcs_errors(uri: str, action: str) -> Iterator[None]:
     except DataError:
         raise
     except DefaultCredentialsError:
-        raise DataError(f"{uri}: no Google Cloud credentials (set GOOGLE_APPLICATION_CREDENTIALS to a "
-                        "service-account key file, or run with Workload Identity)") from None
+        raise DataError(
+            f"{uri}: no Google Cloud credentials (set GOOGLE_APPLICATION_CREDENTIALS to a "
+            "service-account key file, or run with Workload Identity)"
+        ) from None
     except gexc.NotFound:
         bucket = split_gcs(uri)[0]
         if not _bucket_exists(bucket):
             raise DataError(f"{uri}: bucket gs://{bucket} does not exist") from None
         raise DataError(f"{uri}: does not exist") from None
     except (gexc.Forbidden, gexc.Unauthorized) as exc:
-        raise DataError(f"{uri}: permission denied to {action} for {_identity()} (HTTP {exc.code}); grant it "
-                        "roles/storage.objectAdmin on the bucket") from None
+        raise DataError(
+            f"{uri}: permission denied to {action} for {_identity()} (HTTP {exc.code}); grant it "
+            "roles/storage.objectAdmin on the bucket"
+        ) from None
     except gexc.RetryError as exc:
         deadline = _env_float("PCAM_GCS_RETRY_DEADLINE", 120.0)
-        raise DataError(f"{uri}: {action} failed after retrying for {deadline:g} s "
-                        f"(last error: {_first_line(exc.cause) if exc.cause else 'timeout'})") from None
+        raise DataError(
+            f"{uri}: {action} failed after retrying for {deadline:g} s "
+            f"(last error: {_first_line(exc.cause) if exc.cause else 'timeout'})"
+        ) from None
     except gexc.GoogleAPICallError as exc:
         raise DataError(f"{uri}: {action} failed ({_first_line(exc)})") from None
     except GoogleAuthError as exc:
@@ -204,6 +212,7 @@ def _list(uri: str, delimiter: str | None) -> tuple[list[Any], set[str]]:
 
 
 # ---------------------------------------------------------------- queries
+
 
 def is_file(uri: str) -> bool:
     """True when ``uri`` is one object (gs://) or a regular file."""
@@ -256,6 +265,7 @@ def walk(uri: str) -> list[str]:
 
 
 # ---------------------------------------------------------------- bytes
+
 
 def read_bytes(uri: str) -> bytes:
     if not is_gcs(uri):
@@ -340,6 +350,7 @@ def write_if_generation(uri: str, data: bytes, generation: Any) -> bool:
 
 
 # ---------------------------------------------------------------- files and trees
+
 
 def upload_file(src: str | os.PathLike[str], uri: str) -> None:
     """Copy a local file to ``uri`` (whole object, or a temp file renamed locally)."""

@@ -33,8 +33,7 @@ def package_versions() -> dict[str, str]:
     from importlib import metadata
 
     versions = {"python": platform.python_version()}
-    for name in ("pcam", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn", "h5py", "matplotlib",
-                 "kfp"):
+    for name in ("pcam", "tensorflow", "tensorflow-cpu", "keras", "numpy", "scikit-learn", "h5py", "matplotlib", "kfp"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -68,8 +67,9 @@ def step_seconds_from_runs(run_dirs: list[Path]) -> dict[str, float]:
     return totals
 
 
-def run_context(cfg: ExperimentConfig, dataset_dir: Path | str, shards_dir: Path | str,
-                step_seconds: dict[str, float] | None = None) -> dict[str, Any]:
+def run_context(
+    cfg: ExperimentConfig, dataset_dir: Path | str, shards_dir: Path | str, step_seconds: dict[str, float] | None = None
+) -> dict[str, Any]:
     """What the report's model card states: data, split, seeds, hashes, versions, image."""
     manifest = read_json(Path(dataset_dir) / "manifest.json")
     index = read_json(Path(shards_dir) / "index.json")
@@ -95,8 +95,10 @@ def study_identity(cfg: ExperimentConfig) -> dict[str, str]:
     """A digest per config section that decides what a run's checkpoints were trained on."""
     sections = cfg.to_dict()
     sections["train"] = {k: v for k, v in sections["train"].items() if k != "checkpoint_uri"}
-    return {name: hashlib.sha256(json.dumps(sections[name], sort_keys=True).encode()).hexdigest()
-            for name in ("seed", "data", "split", "augment", "shard", "defaults", "models", "train")}
+    return {
+        name: hashlib.sha256(json.dumps(sections[name], sort_keys=True).encode()).hexdigest()
+        for name in ("seed", "data", "split", "augment", "shard", "defaults", "models", "train")
+    }
 
 
 def _check_study_resumable(out: Path, identity: dict[str, str]) -> None:
@@ -110,8 +112,10 @@ def _check_study_resumable(out: Path, identity: dict[str, str]) -> None:
     found = read_json(out / STUDY_FILE).get("identity", {}) if (out / STUDY_FILE).exists() else {}
     differ = sorted(k for k in identity if found.get(k) != identity[k])
     if differ:
-        raise DataError(f"{out}: its checkpoints were trained with other settings ({', '.join(differ)} differ); "
-                        "pass --no-resume to retrain, or use a fresh --out")
+        raise DataError(
+            f"{out}: its checkpoints were trained with other settings ({', '.join(differ)} differ); "
+            "pass --no-resume to retrain, or use a fresh --out"
+        )
 
 
 class _StepTimer:
@@ -128,8 +132,9 @@ class _StepTimer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
 
 
-def run_study(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, resume: bool = True,
-              force: bool = False) -> dict[str, Any]:
+def run_study(
+    cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, resume: bool = True, force: bool = False
+) -> dict[str, Any]:
     """Run every (model, policy) pair of ``cfg`` and build the report; returns the report's summary.
 
     Rerun into the same ``out_dir``, data steps are redone and training resumes from its
@@ -157,8 +162,14 @@ def run_study(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, resume:
 
             source = str(write_synthetic(out / "synthetic-source", cfg.data.synthetic, cfg.seed))
             fmt = "synthetic"
-        ingest.ingest(source, dataset_dir, fmt=fmt, convert=cfg.data.convert,
-                      limit_per_split=cfg.data.limit_per_split, seed=cfg.seed)
+        ingest.ingest(
+            source,
+            dataset_dir,
+            fmt=fmt,
+            convert=cfg.data.convert,
+            limit_per_split=cfg.data.limit_per_split,
+            seed=cfg.seed,
+        )
     with timer.step("split"):
         split.split_dataset(dataset_dir, split_dir, cfg.split.mode, cfg.split.ratios, cfg.seed)
     with timer.step("shard"):
@@ -175,8 +186,7 @@ def run_study(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, resume:
             final_dir = pair_dir / "train"
             if model_name in TRANSFER_MODELS and cfg.model(model_name).finetune_epochs > 0:
                 with timer.step("finetune"):
-                    train.finetune(final_dir, shards_dir, pair_dir / "finetune", cfg, model_name, policy,
-                                   resume=resume)
+                    train.finetune(final_dir, shards_dir, pair_dir / "finetune", cfg, model_name, policy, resume=resume)
                 final_dir = pair_dir / "finetune"
             with timer.step("evaluate"):
                 evaluate.evaluate(final_dir, shards_dir, pair_dir / "evaluate", cfg)
@@ -192,8 +202,14 @@ def run_study(cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, resume:
         with timer.step("promote"):
             best = promote.best_run(run_dirs, cfg.promote.metric)
             model_dir = best / "finetune" if (best / "finetune").exists() else best / "train"
-            summary["promotion"] = promote.promote(best / "evaluate", model_dir, cfg.promote.champion_uri,
-                                                   cfg.promote.metric, shards_dir=shards_dir, cfg=cfg)
+            summary["promotion"] = promote.promote(
+                best / "evaluate",
+                model_dir,
+                cfg.promote.champion_uri,
+                cfg.promote.metric,
+                shards_dir=shards_dir,
+                cfg=cfg,
+            )
     write_json(out / "steps.json", timer.seconds)
     log.info("report: %s", out / "report" / "report.html")
     return summary
@@ -206,9 +222,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", help="override data.format")
     parser.add_argument("--models", help="comma-separated override of train.models")
     parser.add_argument("--policies", help="comma-separated override of train.policies")
-    parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="retrain every pair from scratch (by default a rerun resumes checkpoints made by the "
-                             "same settings and data, and refuses others)")
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="retrain every pair from scratch (by default a rerun resumes checkpoints made by the "
+        "same settings and data, and refuses others)",
+    )
     parser.add_argument("--force", action="store_true", help="write into --out even if it is not a pcam run directory")
 
 

@@ -75,16 +75,19 @@ def write_synthetic(out_dir: str | os.PathLike[str], sizes: SyntheticConfig, see
         if n < 2:
             raise ConfigError(f"config key 'data.synthetic.{split}': need at least 2 patches (one per label), got {n}")
     if sizes.slides < 2 * len(SPLIT_NAMES):
-        raise ConfigError(f"config key 'data.synthetic.slides': need at least {2 * len(SPLIT_NAMES)} "
-                          f"(a tumor and a normal slide per split), got {sizes.slides}")
+        raise ConfigError(
+            f"config key 'data.synthetic.slides': need at least {2 * len(SPLIT_NAMES)} "
+            f"(a tumor and a normal slide per split), got {sizes.slides}"
+        )
     slides_per_split = _slides_per_split(counts, sizes.slides)
     out = Path(out_dir)
     with atomic_dir(out, "synthetic", force=force) as tmp:
         for k, split in enumerate(SPLIT_NAMES):
             rng = np.random.default_rng([seed, k])
             _write_split(tmp, split, counts[split], slides_per_split[split], rng)
-        write_json(tmp / MARKER_FILE, {"generator": "pcam.synth", "seed": seed, "sizes": counts,
-                                       "slides": slides_per_split})
+        write_json(
+            tmp / MARKER_FILE, {"generator": "pcam.synth", "seed": seed, "sizes": counts, "slides": slides_per_split}
+        )
     log.info("synthetic PCam written to %s (%s)", out, counts)
     return out
 
@@ -118,17 +121,20 @@ def _write_split(root: Path, split: str, n: int, n_slides: int, rng: np.random.G
         x = fx.create_dataset("x", shape=(n, SIZE, SIZE, 3), dtype=np.uint8)
         for start in range(0, n, CHUNK):
             stop = min(n, start + CHUNK)
-            x[start:stop] = draw_patches(labels[start:stop], border[start:stop],
-                                         {k: v[slide[start:stop]] for k, v in stains.items()}, rng)
+            x[start:stop] = draw_patches(
+                labels[start:stop], border[start:stop], {k: v[slide[start:stop]] for k, v in stains.items()}, rng
+            )
     with h5py.File(root / y_name, "w") as fy:
         fy.create_dataset("y", data=labels.reshape(n, 1, 1, 1))
-    meta = pd.DataFrame({
-        "coord_y": rng.integers(0, 2000, n) * 96,
-        "coord_x": rng.integers(0, 2000, n) * 96,
-        "tumor_patch": (labels == 1) | border,
-        "center_tumor_patch": labels == 1,
-        "wsi": np.asarray(slide_names)[slide],
-    })
+    meta = pd.DataFrame(
+        {
+            "coord_y": rng.integers(0, 2000, n) * 96,
+            "coord_x": rng.integers(0, 2000, n) * 96,
+            "tumor_patch": (labels == 1) | border,
+            "center_tumor_patch": labels == 1,
+            "wsi": np.asarray(slide_names)[slide],
+        }
+    )
     meta.to_csv(root / meta_name)
 
 
@@ -175,7 +181,9 @@ def _nucleus(a: float, b: float, angle: float, vesicular: bool) -> np.ndarray:
 
 
 _LYMPH_RADII = (1.7, 1.9, 2.1, 2.3, 2.5)
-_TUMOUR_SHAPES = tuple((a, a * ratio, k * np.pi / 8) for a in (4.0, 4.7, 5.4) for ratio in (0.55, 0.75) for k in range(8))
+_TUMOUR_SHAPES = tuple(
+    (a, a * ratio, k * np.pi / 8) for a in (4.0, 4.7, 5.4) for ratio in (0.55, 0.75) for k in range(8)
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -194,8 +202,9 @@ _H_SCALE, _E_SCALE = 63.5, 48.0
 """Optical densities are quantised (with dither) and coloured through a per-slide lookup table."""
 
 
-def draw_patches(labels: np.ndarray, border: np.ndarray, stains: dict[str, np.ndarray],
-                 rng: np.random.Generator) -> np.ndarray:
+def draw_patches(
+    labels: np.ndarray, border: np.ndarray, stains: dict[str, np.ndarray], rng: np.random.Generator
+) -> np.ndarray:
     """Draw one chunk of patches, vectorised: (n, 96, 96, 3) uint8.
 
     ``labels[i] == 1``: a tumour region covers the centre 32x32 window.
@@ -248,8 +257,10 @@ def draw_patches(labels: np.ndarray, border: np.ndarray, stains: dict[str, np.nd
     eq = np.clip((eosin * f32(_E_SCALE) + dither[1]).astype(np.int32), 0, _E_LEVELS - 1)
     h_od = np.arange(_H_LEVELS, dtype=f32) / f32(_H_SCALE)
     e_od = np.arange(_E_LEVELS, dtype=f32) / f32(_E_SCALE)
-    od = (h_od[None, :, None, None] * stains["h_vec"][:, None, None, :]
-          + e_od[None, None, :, None] * stains["e_vec"][:, None, None, :])
+    od = (
+        h_od[None, :, None, None] * stains["h_vec"][:, None, None, :]
+        + e_od[None, None, :, None] * stains["e_vec"][:, None, None, :]
+    )
     table = np.clip(np.rint(255.0 * np.exp(-od)), 0, 255).astype(np.uint8).reshape(-1, 3)
     index = (np.arange(n, dtype=np.int32)[:, None, None] * _H_LEVELS + hq) * _E_LEVELS + eq
     return table[index]
@@ -269,8 +280,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pcam.config import load_config
 
-    cfg = load_config(None, {"seed": args.seed, "data.synthetic": {
-        "train": args.train, "valid": args.valid, "test": args.test, "slides": args.slides}})
+    cfg = load_config(
+        None,
+        {
+            "seed": args.seed,
+            "data.synthetic": {"train": args.train, "valid": args.valid, "test": args.test, "slides": args.slides},
+        },
+    )
     out = write_synthetic(args.out, cfg.data.synthetic, cfg.seed, force=args.force)
     print(out)
     return 0

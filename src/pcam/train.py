@@ -72,8 +72,19 @@ from pcam.fsutil import (
 
 log = logging.getLogger(__name__)
 
-HISTORY_COLUMNS = ("epoch", "stage", "loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc",
-                   "lr", "seconds", "images_per_second")
+HISTORY_COLUMNS = (
+    "epoch",
+    "stage",
+    "loss",
+    "accuracy",
+    "auc",
+    "val_loss",
+    "val_accuracy",
+    "val_auc",
+    "lr",
+    "seconds",
+    "images_per_second",
+)
 MODEL_FILE = "model.keras"
 PARTIAL_MODEL_FILE = "model.partial.keras"
 
@@ -87,7 +98,10 @@ def verbosity() -> int:
 
 
 def compile_model(model: Any, model_cfg: ModelConfig, xla: bool = False) -> None:
-    """Binary cross-entropy (label-smoothed if asked), accuracy + AUC; Adam, or SGD (momentum 0.9) for ``optimizer: sgd``."""
+    """Compile with binary cross-entropy (label-smoothed if asked), accuracy and AUC.
+
+    The optimizer is Adam, or SGD (momentum 0.9) for ``optimizer: sgd``.
+    """
     import keras
 
     if model_cfg.optimizer == "sgd":
@@ -96,10 +110,14 @@ def compile_model(model: Any, model_cfg: ModelConfig, xla: bool = False) -> None
         optimizer = keras.optimizers.Adam(learning_rate=model_cfg.learning_rate)
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
-    loss = (keras.losses.BinaryCrossentropy(label_smoothing=model_cfg.label_smoothing)
-            if model_cfg.label_smoothing > 0 else "binary_crossentropy")
-    model.compile(optimizer=optimizer, loss=loss,
-                  metrics=["accuracy", keras.metrics.AUC(name="auc")], jit_compile=bool(xla))
+    loss = (
+        keras.losses.BinaryCrossentropy(label_smoothing=model_cfg.label_smoothing)
+        if model_cfg.label_smoothing > 0
+        else "binary_crossentropy"
+    )
+    model.compile(
+        optimizer=optimizer, loss=loss, metrics=["accuracy", keras.metrics.AUC(name="auc")], jit_compile=bool(xla)
+    )
     # Create the optimizer's slots now, eagerly. Left to Keras, they are made inside the
     # first traced train step, where each variable costs ~30 ms: 15 s of MobileNetV2's
     # first epoch on a 2-core CPU (a third of a demo-sized epoch; bench/RESULTS.md).
@@ -122,7 +140,9 @@ def strategy_for_devices() -> Any:
 
 
 def _reseed_epoch(seed: int) -> None:
-    """Python's and NumPy's global RNGs at the start of an epoch, so a resumed run draws what an uninterrupted one would.
+    """Reseed Python's and NumPy's global RNGs at the start of an epoch.
+
+    A resumed run then draws what an uninterrupted one would.
 
     Not TensorFlow's global seed (``keras.utils.set_random_seed`` sets it):
     ``tf.random.set_seed`` clears TensorFlow's kernel cache, so every epoch re-optimised
@@ -151,9 +171,14 @@ def _precision(mixed: bool) -> Iterator[None]:
 # (saving, loading and listing them: pcam.checkpoint, on top of pcam.storage)
 
 
-def run_identity(cfg: ExperimentConfig, model_name: str, policy: str, stage: str,
-                 shards_dir: str | os.PathLike[str], start_model: str | os.PathLike[str] | None = None
-                 ) -> dict[str, str]:
+def run_identity(
+    cfg: ExperimentConfig,
+    model_name: str,
+    policy: str,
+    stage: str,
+    shards_dir: str | os.PathLike[str],
+    start_model: str | os.PathLike[str] | None = None,
+) -> dict[str, str]:
     """What a checkpoint must have been made by for a rerun to resume from it.
 
     One digest per part, so a refusal can say which part differs: the model and its
@@ -161,12 +186,19 @@ def run_identity(cfg: ExperimentConfig, model_name: str, policy: str, stage: str
     augmentation settings (not where checkpoints live), the data (index.json, which
     holds every shard's sha256), and for fine-tuning the stage-1 model file.
     """
-    train_cfg = {k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in ("checkpoint_uri", "models",
-                                                                                     "policies")}
-    settings = {"model": dataclasses.asdict(cfg.model(model_name)), "train": train_cfg,
-                "augment": dataclasses.asdict(cfg.augment)}
+    train_cfg = {
+        k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in ("checkpoint_uri", "models", "policies")
+    }
+    settings = {
+        "model": dataclasses.asdict(cfg.model(model_name)),
+        "train": train_cfg,
+        "augment": dataclasses.asdict(cfg.augment),
+    }
     parts = {
-        "model": model_name, "policy": policy, "stage": stage, "seed": str(cfg.seed),
+        "model": model_name,
+        "policy": policy,
+        "stage": stage,
+        "seed": str(cfg.seed),
         "config": _digest(settings),
         "data": file_sha256(_existing(Path(shards_dir) / "index.json")),
     }
@@ -189,10 +221,15 @@ def check_identity(ckpt_root: str, found: dict[str, str] | None, expected: dict[
     """Refuse to resume from a checkpoint another run made; name what differs."""
     if found == expected:
         return
-    what = (f"{', '.join(sorted(k for k in expected if found.get(k) != expected[k]))} differ" if found
-            else "it records no settings: an older pcam")
-    raise DataError(f"{ckpt_root}: checkpoint made by another run ({what}); "
-                    "pass --no-resume to train from scratch, or use a fresh --out")
+    what = (
+        f"{', '.join(sorted(k for k in expected if found.get(k) != expected[k]))} differ"
+        if found
+        else "it records no settings: an older pcam"
+    )
+    raise DataError(
+        f"{ckpt_root}: checkpoint made by another run ({what}); "
+        "pass --no-resume to train from scratch, or use a fresh --out"
+    )
 
 
 def check_resumable(ckpt_root: str, identity: dict[str, str]) -> None:
@@ -248,16 +285,22 @@ def _write_tensorboard(log_dir: Path, row: dict[str, Any]) -> None:
     from tensorflow.core.framework import summary_pb2
 
     metadata = summary_pb2.SummaryMetadata(plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
-    groups = {"train": ("loss", "accuracy", "auc", "lr", "images_per_second"),
-              "validation": ("val_loss", "val_accuracy", "val_auc")}
+    groups = {
+        "train": ("loss", "accuracy", "auc", "lr", "images_per_second"),
+        "validation": ("val_loss", "val_accuracy", "val_auc"),
+    }
     for group, keys in groups.items():
         writer = tf.summary.create_file_writer(str(log_dir / group))
         with writer.as_default():
             for key in keys:
                 value = row.get(key)
                 if value is not None and math.isfinite(value):
-                    tf.summary.write(f"epoch_{key.removeprefix('val_')}", tf.constant(float(value), tf.float32),
-                                     step=int(row["epoch"]), metadata=metadata)
+                    tf.summary.write(
+                        f"epoch_{key.removeprefix('val_')}",
+                        tf.constant(float(value), tf.float32),
+                        step=int(row["epoch"]),
+                        metadata=metadata,
+                    )
         writer.close()
 
 
@@ -323,8 +366,10 @@ def fit_model(
             if identity is not None:
                 check_identity(ckpt_root, state.get("identity"), identity)
             if state.get("stage") != stage or int(state["offset"]) != offset:
-                raise DataError(f"{ckpt_root}: checkpoint belongs to stage {state.get('stage')!r} "
-                                f"(offset {state.get('offset')}), not {stage!r} (offset {offset})")
+                raise DataError(
+                    f"{ckpt_root}: checkpoint belongs to stage {state.get('stage')!r} "
+                    f"(offset {state.get('offset')}), not {stage!r} (offset {offset})"
+                )
             policy.load_state(state["policy"])
             history = [row for row in state["history"] if row["stage"] == stage]
             best, best_epoch = state["best"], int(state["best_epoch"])
@@ -346,17 +391,31 @@ def fit_model(
         dataset = train_data(epoch) if callable(train_data) else train_data
         step_lr = _step_lr(policy, i * steps_per_epoch)
         t0 = time.perf_counter()
-        result = model.fit(dataset, validation_data=val_ds, initial_epoch=epoch - 1, epochs=epoch,
-                           steps_per_epoch=steps_per_epoch if fixed_steps else None,
-                           callbacks=[step_lr], verbose=verbose, shuffle=False)  # tf.data shuffles
+        result = model.fit(
+            dataset,
+            validation_data=val_ds,
+            initial_epoch=epoch - 1,
+            epochs=epoch,
+            steps_per_epoch=steps_per_epoch if fixed_steps else None,
+            callbacks=[step_lr],
+            verbose=verbose,
+            shuffle=False,
+        )  # tf.data shuffles
         seconds = time.perf_counter() - t0
         logs = {k: float(v[-1]) for k, v in result.history.items()}
         if not math.isfinite(logs.get("loss", float("nan"))):
             best_path.unlink(missing_ok=True)
-            raise DataError(f"{out}: training diverged: loss {logs.get('loss')} in epoch {epoch}; no model written "
-                            "(lower the learning rate, or check the data)")
-        row = {"epoch": epoch, "stage": stage, "lr": step_lr.first_lr, "seconds": round(seconds, 3),
-               "images_per_second": round(train_images / max(step_lr.train_seconds, 1e-9), 2)}
+            raise DataError(
+                f"{out}: training diverged: loss {logs.get('loss')} in epoch {epoch}; no model written "
+                "(lower the learning rate, or check the data)"
+            )
+        row = {
+            "epoch": epoch,
+            "stage": stage,
+            "lr": step_lr.first_lr,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(train_images / max(step_lr.train_seconds, 1e-9), 2),
+        }
         row.update({k: logs.get(k, float("nan")) for k in HISTORY_COLUMNS if k not in row})
         policy.on_epoch_end(epoch, logs)
         value = logs.get(monitor, float("nan"))
@@ -368,11 +427,22 @@ def fit_model(
         history.append(row)
         _write_tensorboard(out / "tensorboard", row)
         _write_history(out, prior + history)
-        save_checkpoint(ckpt_root, model, {
-            "epoch": epoch, "stage": stage, "offset": offset, "history": history,
-            "policy": policy.state(), "best": best, "best_epoch": best_epoch,
-            "resumed_from": resumed_from, "seed": seed, "identity": identity,
-        })
+        save_checkpoint(
+            ckpt_root,
+            model,
+            {
+                "epoch": epoch,
+                "stage": stage,
+                "offset": offset,
+                "history": history,
+                "policy": policy.state(),
+                "best": best,
+                "best_epoch": best_epoch,
+                "resumed_from": resumed_from,
+                "seed": seed,
+                "identity": identity,
+            },
+        )
     if not history:
         raise DataError(f"{out}: no epochs to train (epochs={epochs})")
     if not best_path.exists():
@@ -410,34 +480,53 @@ def _check_names(model_name: str, policy: str) -> None:
         raise ConfigError(f"unknown policy {policy!r}; expected one of {', '.join(POLICY_NAMES)}")
 
 
-def _datasets(shards_dir: str | os.PathLike[str], cfg: ExperimentConfig, batch_size: int
-              ) -> tuple[Callable[[int], Any], Any, int, int, bool]:
+def _datasets(
+    shards_dir: str | os.PathLike[str], cfg: ExperimentConfig, batch_size: int
+) -> tuple[Callable[[int], Any], Any, int, int, bool]:
     """(epoch -> train dataset, valid dataset, steps per epoch, train images, fixed steps)."""
     from pcam.input import dataset_size, make_dataset
 
     n_train = dataset_size(shards_dir, "train")
     n_valid = dataset_size(shards_dir, "valid")
     if n_train == 0 or n_valid == 0:
-        raise DataError(f"{shards_dir}: training needs non-empty train and valid splits "
-                        f"(train {n_train}, valid {n_valid})")
+        raise DataError(
+            f"{shards_dir}: training needs non-empty train and valid splits (train {n_train}, valid {n_valid})"
+        )
     fixed = cfg.train.steps_per_epoch > 0
     steps = cfg.train.steps_per_epoch if fixed else math.ceil(n_train / batch_size)
     augment = cfg.augment if cfg.augment.online else None
 
     def train_ds(epoch: int) -> Any:
-        return make_dataset(shards_dir, "train", batch_size, training=True, augment_cfg=augment,
-                            seed=cfg.seed * 1000 + epoch, shuffle_buffer=cfg.train.shuffle_buffer,
-                            repeat=fixed)
+        return make_dataset(
+            shards_dir,
+            "train",
+            batch_size,
+            training=True,
+            augment_cfg=augment,
+            seed=cfg.seed * 1000 + epoch,
+            shuffle_buffer=cfg.train.shuffle_buffer,
+            repeat=fixed,
+        )
 
     val_ds = make_dataset(shards_dir, "valid", batch_size, training=False)
     images = steps * batch_size if fixed else n_train
     return train_ds, val_ds, steps, images, fixed
 
 
-def _summary(out: Path, cfg: ExperimentConfig, model_name: str, policy: str, model: Any,
-             model_cfg: ModelConfig, fit: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+def _summary(
+    out: Path,
+    cfg: ExperimentConfig,
+    model_name: str,
+    policy: str,
+    model: Any,
+    model_cfg: ModelConfig,
+    fit: dict[str, Any],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
     summary = {
-        "model": model_name, "policy": policy, **fit,
+        "model": model_name,
+        "policy": policy,
+        **fit,
         "params": int(model.count_params()),
         "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
         "weights": model_cfg.weights,
@@ -469,8 +558,16 @@ def _output_dir(out_dir: str | os.PathLike[str], kind: str, inputs: list[Any], f
         raise
 
 
-def train(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], cfg: ExperimentConfig,
-          model_name: str, policy: str, *, resume: bool = True, force: bool = False) -> dict[str, Any]:
+def train(
+    shards_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    cfg: ExperimentConfig,
+    model_name: str,
+    policy: str,
+    *,
+    resume: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
     """Stage 1: build ``model_name`` (transfer bases frozen) and train it under ``policy``."""
 
     from pcam.models import build_model, is_pretrained, set_trainable_for_stage
@@ -488,25 +585,55 @@ def train(shards_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], c
             set_trainable_for_stage(model, model_name, "train", pretrained=is_pretrained(model_cfg))
             compile_model(model, model_cfg, cfg.train.xla)
         lr_policy = make_policy(policy, model_cfg, model_cfg.epochs, cfg.train, steps)
-        fit = fit_model(model, train_ds, val_ds, out_dir=out, policy=lr_policy, epochs=model_cfg.epochs,
-                        steps_per_epoch=steps, train_images=images, monitor=cfg.train.monitor,
-                        seed=cfg.seed, resume=resume, stage="train", fixed_steps=fixed, identity=identity,
-                        checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, "train"))
-    return _summary(out, cfg, model_name, policy, model, model_cfg, fit,
-                    {"learning_rate": model_cfg.learning_rate, "max_learning_rate": model_cfg.max_learning_rate})
+        fit = fit_model(
+            model,
+            train_ds,
+            val_ds,
+            out_dir=out,
+            policy=lr_policy,
+            epochs=model_cfg.epochs,
+            steps_per_epoch=steps,
+            train_images=images,
+            monitor=cfg.train.monitor,
+            seed=cfg.seed,
+            resume=resume,
+            stage="train",
+            fixed_steps=fixed,
+            identity=identity,
+            checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, "train"),
+        )
+    return _summary(
+        out,
+        cfg,
+        model_name,
+        policy,
+        model,
+        model_cfg,
+        fit,
+        {"learning_rate": model_cfg.learning_rate, "max_learning_rate": model_cfg.max_learning_rate},
+    )
 
 
 def finetune_config(model_cfg: ModelConfig) -> ModelConfig:
     """Stage 2 hyper-parameters: the fine-tune LR, one-cycle peak scaled by the same ratio as stage 1."""
     ratio = model_cfg.max_learning_rate / model_cfg.learning_rate
     lr = model_cfg.finetune_learning_rate
-    return dataclasses.replace(model_cfg, learning_rate=lr, max_learning_rate=lr * ratio,
-                               epochs=model_cfg.finetune_epochs)
+    return dataclasses.replace(
+        model_cfg, learning_rate=lr, max_learning_rate=lr * ratio, epochs=model_cfg.finetune_epochs
+    )
 
 
-def finetune(trained_dir: str | os.PathLike[str], shards_dir: str | os.PathLike[str],
-             out_dir: str | os.PathLike[str], cfg: ExperimentConfig, model_name: str, policy: str,
-             *, resume: bool = True, force: bool = False) -> dict[str, Any]:
+def finetune(
+    trained_dir: str | os.PathLike[str],
+    shards_dir: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    cfg: ExperimentConfig,
+    model_name: str,
+    policy: str,
+    *,
+    resume: bool = True,
+    force: bool = False,
+) -> dict[str, Any]:
     """Stage 2: load ``trained_dir/model.keras``, unfreeze the top layers, train on under ``policy``."""
     import keras
 
@@ -531,8 +658,7 @@ def finetune(trained_dir: str | os.PathLike[str], shards_dir: str | os.PathLike[
     identity = run_identity(cfg, model_name, policy, "finetune", shards_dir, start_model=model_path)
     if resume:
         check_resumable(checkpoint_root(out_dir, cfg, model_name, policy, "finetune"), identity)
-    with _output_dir(out_dir, "finetune", [shards_dir, trained], force) as out, \
-            _precision(cfg.train.mixed_precision):
+    with _output_dir(out_dir, "finetune", [shards_dir, trained], force) as out, _precision(cfg.train.mixed_precision):
         train_ds, val_ds, steps, images, fixed = _datasets(shards_dir, cfg, model_cfg.batch_size)
         with strategy_for_devices().scope():
             keras.utils.set_random_seed(cfg.seed)
@@ -540,13 +666,34 @@ def finetune(trained_dir: str | os.PathLike[str], shards_dir: str | os.PathLike[
             set_trainable_for_stage(model, model_name, "finetune")
             compile_model(model, model_cfg, cfg.train.xla)
         lr_policy = make_policy(policy, model_cfg, model_cfg.epochs, cfg.train, steps)
-        fit = fit_model(model, train_ds, val_ds, out_dir=out, policy=lr_policy, epochs=model_cfg.epochs,
-                        steps_per_epoch=steps, train_images=images, monitor=cfg.train.monitor,
-                        seed=cfg.seed, resume=resume, stage="finetune", prior_history=prior,
-                        fixed_steps=fixed, identity=identity,
-                        checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, "finetune"))
-    return _summary(out, cfg, model_name, policy, model, model_cfg, fit,
-                    {"learning_rate": model_cfg.learning_rate, "trained_dir": str(trained)})
+        fit = fit_model(
+            model,
+            train_ds,
+            val_ds,
+            out_dir=out,
+            policy=lr_policy,
+            epochs=model_cfg.epochs,
+            steps_per_epoch=steps,
+            train_images=images,
+            monitor=cfg.train.monitor,
+            seed=cfg.seed,
+            resume=resume,
+            stage="finetune",
+            prior_history=prior,
+            fixed_steps=fixed,
+            identity=identity,
+            checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, "finetune"),
+        )
+    return _summary(
+        out,
+        cfg,
+        model_name,
+        policy,
+        model,
+        model_cfg,
+        fit,
+        {"learning_rate": model_cfg.learning_rate, "trained_dir": str(trained)},
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -558,11 +705,16 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML")
     parser.add_argument("--model", required=True, help="logreg, cnn, mobilenetv2 or resnet50")
     parser.add_argument("--policy", required=True, help="constant, onecycle or plateau")
-    parser.add_argument("--no-resume", dest="resume", action="store_false",
-                        help="start from scratch even if a checkpoint exists (a rerun of the same command resumes; "
-                             "a checkpoint made with other settings or data is refused without this flag)")
-    parser.add_argument("--force", action="store_true",
-                        help="write into --out even if it is not a pcam training directory")
+    parser.add_argument(
+        "--no-resume",
+        dest="resume",
+        action="store_false",
+        help="start from scratch even if a checkpoint exists (a rerun of the same command resumes; "
+        "a checkpoint made with other settings or data is refused without this flag)",
+    )
+    parser.add_argument(
+        "--force", action="store_true", help="write into --out even if it is not a pcam training directory"
+    )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -572,6 +724,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     summary = train(args.shards, args.out, cfg, args.model, args.policy, resume=args.resume, force=args.force)
-    print(f"trained {summary['model']}/{summary['policy']}: best {summary['monitor']} "
-          f"{summary['best']} at epoch {summary['best_epoch']}; model {summary['model_path']}")
+    print(
+        f"trained {summary['model']}/{summary['policy']}: best {summary['monitor']} "
+        f"{summary['best']} at epoch {summary['best_epoch']}; model {summary['model_path']}"
+    )
     return 0

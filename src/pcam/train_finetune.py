@@ -18,8 +18,11 @@ def run(args: argparse.Namespace) -> int:
     from pcam.train import finetune
 
     cfg = load_config(args.config)
-    summary = finetune(args.trained, args.shards, args.out, cfg, args.model, args.policy, resume=args.resume,
-                       force=args.force)
-    print(f"fine-tuned {summary['model']}/{summary['policy']}: best {summary['monitor']} "
-          f"{summary['best']} at epoch {summary['best_epoch']}; model {summary['model_path']}")
+    summary = finetune(
+        args.trained, args.shards, args.out, cfg, args.model, args.policy, resume=args.resume, force=args.force
+    )
+    print(
+        f"fine-tuned {summary['model']}/{summary['policy']}: best {summary['monitor']} "
+        f"{summary['best']} at epoch {summary['best_epoch']}; model {summary['model_path']}"
+    )
     return 0

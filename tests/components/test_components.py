@@ -27,16 +27,32 @@ from components.train import train_op
 from pcam.config import config_from_dict
 
 # kfp.local says, rightly, that the image name and the cluster settings do nothing here.
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning"),
+]
 LIMIT = 60  # per source split: 60 train + 60 valid real patches
 
 
 def _configure(config: dict, **overrides):
-    args = dict(config_yaml=yaml.safe_dump(config), source=config["data"]["source"], data_format="folders",
-                split_mode="random", split_ratios=[0.7, 0.2, 0.1], seed=3, epochs=1, finetune_epochs=1,
-                batch_size=16, learning_rate=0.0, finetune_learning_rate=0.0, weights_uri="",
-                tta_views=["identity", "hflip", "rot90"], target_sensitivity=0.9, champion_uri="")
+    args = dict(
+        config_yaml=yaml.safe_dump(config),
+        source=config["data"]["source"],
+        data_format="folders",
+        split_mode="random",
+        split_ratios=[0.7, 0.2, 0.1],
+        seed=3,
+        epochs=1,
+        finetune_epochs=1,
+        batch_size=16,
+        learning_rate=0.0,
+        finetune_learning_rate=0.0,
+        weights_uri="",
+        tta_views=["identity", "hflip", "rot90"],
+        target_sensitivity=0.9,
+        champion_uri="",
+    )
     return configure_op(**{**args, **overrides})
 
 
@@ -56,27 +72,50 @@ def component_chain(config_yaml: str) -> Chain:
     """ingest → split → shard → train → finetune → evaluate; kfp.local passes input artifacts only inside a pipeline."""
     data = ingest_op(config_yaml=config_yaml)
     parts = split_op(dataset=data.outputs["dataset"], config_yaml=config_yaml)
-    shards = shard_op(dataset=data.outputs["dataset"], split_index=parts.outputs["split_index"],
-                      config_yaml=config_yaml).outputs["shards"]
+    shards = shard_op(
+        dataset=data.outputs["dataset"], split_index=parts.outputs["split_index"], config_yaml=config_yaml
+    ).outputs["shards"]
     stage1 = train_op(shards=shards, config_yaml=config_yaml, model_name="mobilenetv2", policy="constant")
-    stage2 = finetune_op(trained=stage1.outputs["model"], shards=shards, config_yaml=config_yaml,
-                         model_name="mobilenetv2", policy="constant")
-    scored = evaluate_op(model=stage2.outputs["model"], shards=shards, config_yaml=config_yaml,
-                         model_name="mobilenetv2", policy="constant", stage="finetune")
-    return Chain(dataset=data.outputs["dataset"], split_index=parts.outputs["split_index"], shards=shards,
-                 stage1=stage1.outputs["model"], stage2=stage2.outputs["model"], run=scored.outputs["run"],
-                 metrics=scored.outputs["metrics"], classification=scored.outputs["classification"])
+    stage2 = finetune_op(
+        trained=stage1.outputs["model"],
+        shards=shards,
+        config_yaml=config_yaml,
+        model_name="mobilenetv2",
+        policy="constant",
+    )
+    scored = evaluate_op(
+        model=stage2.outputs["model"],
+        shards=shards,
+        config_yaml=config_yaml,
+        model_name="mobilenetv2",
+        policy="constant",
+        stage="finetune",
+    )
+    return Chain(
+        dataset=data.outputs["dataset"],
+        split_index=parts.outputs["split_index"],
+        shards=shards,
+        stage1=stage1.outputs["model"],
+        stage2=stage2.outputs["model"],
+        run=scored.outputs["run"],
+        metrics=scored.outputs["metrics"],
+        classification=scored.outputs["classification"],
+    )
 
 
 @pytest.fixture(scope="module")
 def chain(pcam_sample, tmp_path_factory):
     """Every single-output component once, each feeding the next: {name: output}."""
-    local.init(runner=local.SubprocessRunner(use_venv=False),
-               pipeline_root=str(tmp_path_factory.mktemp("kfp_components")))
-    config = {"name": "components", "data": {"source": str(pcam_sample), "limit_per_split": LIMIT},
-              "shard": {"records_per_shard": 32},
-              "models": {"mobilenetv2": {"epochs": 5, "learning_rate": 0.0005}, "cnn": {"batch_size": 8}},
-              "train": {"models": ["cnn", "mobilenetv2"], "policies": ["constant"], "steps_per_epoch": 2}}
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path_factory.mktemp("kfp_components"))
+    )
+    config = {
+        "name": "components",
+        "data": {"source": str(pcam_sample), "limit_per_split": LIMIT},
+        "shard": {"records_per_shard": 32},
+        "models": {"mobilenetv2": {"epochs": 5, "learning_rate": 0.0005}, "cnn": {"batch_size": 8}},
+        "train": {"models": ["cnn", "mobilenetv2"], "policies": ["constant"], "steps_per_epoch": 2},
+    }
     cfg_yaml = _configure(config).output
     return {"config_yaml": cfg_yaml, **component_chain(config_yaml=cfg_yaml).outputs}
 
@@ -101,8 +140,10 @@ def test_configure_rejects_a_bad_parameter_naming_the_key(chain, capfd):
 def test_select_pairs_splits_the_grid_by_fine_tuning(chain):
     grid = [{"model": m, "policy": p} for m in ("cnn", "mobilenetv2") for p in ("constant", "plateau")]
     transfer = select_pairs_op(grid=grid, config_yaml=chain["config_yaml"], transfer=True)
-    assert [(p["model"], p["policy"]) for p in transfer.output] == [("mobilenetv2", "constant"),
-                                                                    ("mobilenetv2", "plateau")]
+    assert [(p["model"], p["policy"]) for p in transfer.output] == [
+        ("mobilenetv2", "constant"),
+        ("mobilenetv2", "plateau"),
+    ]
     assert all(p["config_yaml"] == chain["config_yaml"] for p in transfer.output)
 
 
@@ -122,8 +163,7 @@ def test_train_then_finetune_continue_one_history(chain):
     stage1, stage2 = chain["stage1"], chain["stage2"]
     for model in (stage1, stage2):
         assert os.path.getsize(f"{model.path}/model.keras") > 1_000_000
-    assert stage2.metadata == {"model": "mobilenetv2", "policy": "constant", "stage": "finetune",
-                               "framework": "keras"}
+    assert stage2.metadata == {"model": "mobilenetv2", "policy": "constant", "stage": "finetune", "framework": "keras"}
     h1 = json.loads(open(f"{stage1.path}/history.json").read())
     h2 = json.loads(open(f"{stage2.path}/history.json").read())
     assert len(h2) == len(h1) + 1 and h2[-1]["stage"] == "finetune"

@@ -50,15 +50,23 @@ def file_size_limit(limit: int) -> Callable[[], None]:
 
 
 def run_pcam(args: list[str], *, fsize: int | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run(pcam_command(*args), cwd=REPO, env=child_env(), capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=file_size_limit(fsize) if fsize else None)
+    return subprocess.run(
+        pcam_command(*args),
+        cwd=REPO,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=file_size_limit(fsize) if fsize else None,
+    )
 
 
 def spawn(command: list[str], log: Path) -> subprocess.Popen:
     """Start ``command`` in its own process group (so a kill takes its children too, like a pod's)."""
     with open(log, "wb") as handle:  # the child keeps its own copy of the descriptor
-        return subprocess.Popen(command, cwd=REPO, env=child_env(), stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, cwd=REPO, env=child_env(), stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], log: Path, timeout: float = 180) -> None:
@@ -75,8 +83,10 @@ def kill_when(proc: subprocess.Popen, ready: Callable[[], bool], log: Path, time
                 proc.wait(timeout=30)
                 return
             if proc.poll() is not None:
-                pytest.fail(f"process ended (exit {proc.returncode}) before it could be killed mid-write:\n"
-                            + log.read_text(errors="replace")[-3000:])
+                pytest.fail(
+                    f"process ended (exit {proc.returncode}) before it could be killed mid-write:\n"
+                    + log.read_text(errors="replace")[-3000:]
+                )
             time.sleep(0.005)
         pytest.fail(f"nothing to kill within {timeout} s:\n" + log.read_text(errors="replace")[-3000:])
     finally:
@@ -103,8 +113,11 @@ def partial_file_in_temp(out: Path, pattern: str, min_bytes: int = 1) -> bool:
 
 def tree_digest(root: Path) -> dict[str, str]:
     """{relative path: sha256} of every data file under ``root`` (not pcam's kind marker, the same in every run)."""
-    return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file() and p.name != KIND_FILE}
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != KIND_FILE
+    }
 
 
 @pytest.fixture(scope="session")

@@ -31,8 +31,21 @@ INGEST_LIMIT = 1000
 
 def test_ingest_killed_mid_write_leaves_nothing_accepted_and_rerun_matches(pcam_sample, tmp_path):
     out = tmp_path / "data" / "dataset"
-    args = ["ingest", "--source", str(pcam_sample), "--format", "folders", "--limit-per-split", str(INGEST_LIMIT),
-            "--workers", "1", "--out", str(out), "--cache-dir", str(tmp_path / "cache")]
+    args = [
+        "ingest",
+        "--source",
+        str(pcam_sample),
+        "--format",
+        "folders",
+        "--limit-per-split",
+        str(INGEST_LIMIT),
+        "--workers",
+        "1",
+        "--out",
+        str(out),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
     log = tmp_path / "killed.log"
     # kill once images.npy holds more than its header: patches are being written
     kill_when(spawn(pcam_command(*args), log), lambda: partial_file_in_temp(out, "images.npy", min_bytes=1 << 20), log)
@@ -55,8 +68,17 @@ def test_shard_killed_mid_write_leaves_nothing_accepted_and_rerun_matches(fault_
     config = tmp_path / "config.yaml"
     config.write_text("seed: 5\naugment: {copies: 1}\nshard: {records_per_shard: 200}\n")
     out = tmp_path / "shards"
-    args = ["shard", "--dataset", str(fault_dataset), "--split", str(fault_split), "--out", str(out),
-            "--config", str(config)]
+    args = [
+        "shard",
+        "--dataset",
+        str(fault_dataset),
+        "--split",
+        str(fault_split),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+    ]
     log = tmp_path / "killed.log"
     kill_when(spawn(pcam_command(*args), log), lambda: partial_file_in_temp(out, "*.tfrecord"), log)
 

@@ -70,11 +70,17 @@ class Env:
         path.write_text(text)
         return path
 
-    def ingest_case(self, source: Path | str, *names: str, extra: tuple[str, ...] = (),
-                    fsize: int | None = None) -> Case:
+    def ingest_case(
+        self, source: Path | str, *names: str, extra: tuple[str, ...] = (), fsize: int | None = None
+    ) -> Case:
         out, cache = self.tmp / "out" / "dataset", self.tmp / "cache"
-        return Case(["ingest", "--source", str(source), "--out", str(out), "--cache-dir", str(cache), *extra],
-                    list(names), out, fsize=fsize, cache=cache)
+        return Case(
+            ["ingest", "--source", str(source), "--out", str(out), "--cache-dir", str(cache), *extra],
+            list(names),
+            out,
+            fsize=fsize,
+            cache=cache,
+        )
 
 
 # ----------------------------------------------------------------------------- data builders
@@ -106,7 +112,7 @@ def _damaged_h5(env: Env, *, gz: bool, damage: str) -> Case:
         data = data[: len(data) // 2]
     elif gz:  # flip bytes inside the deflate stream: the gzip CRC (or zlib) catches it
         middle = len(data) // 2
-        data[middle:middle + 64] = bytes(b ^ 0x5A for b in data[middle:middle + 64])
+        data[middle : middle + 64] = bytes(b ^ 0x5A for b in data[middle : middle + 64])
     else:  # wipe the HDF5 superblock (raw pixel bytes carry no checksum, the header does)
         data[:64] = bytes(64)
     x_path.write_bytes(bytes(data))
@@ -210,8 +216,9 @@ def _split_case(env: Env, dataset: Path, *extra: str, names: tuple[str, ...], fs
 def _empty_split(env: Env) -> Case:
     # 4 patches per label: 0.9 / 0.05 / 0.05 rounds valid and test down to nothing
     dataset = _small_dataset(env, {"train": [0, 0, 0, 0, 1, 1, 1, 1]})
-    return _split_case(env, dataset, "--mode", "random", "--ratios", "0.9", "0.05", "0.05",
-                       names=("split.json", "'valid' is empty"))
+    return _split_case(
+        env, dataset, "--mode", "random", "--ratios", "0.9", "0.05", "0.05", names=("split.json", "'valid' is empty")
+    )
 
 
 def _split_missing_class(env: Env) -> Case:
@@ -227,8 +234,9 @@ def _config_case(env: Env, yaml_text: str, key: str) -> Case:
 
 def _shard_case(env: Env, dataset: Path, split: Path, *names: str, fsize: int | None = None) -> Case:
     out = env.tmp / "out" / "shards"
-    return Case(["shard", "--dataset", str(dataset), "--split", str(split), "--out", str(out)], list(names), out,
-                fsize=fsize)
+    return Case(
+        ["shard", "--dataset", str(dataset), "--split", str(split), "--out", str(out)], list(names), out, fsize=fsize
+    )
 
 
 def _truncated_dataset(env: Env) -> Case:
@@ -253,8 +261,23 @@ def _split_file_missing_class(env: Env) -> Case:
 def _train_case(env: Env, yaml_text: str, model: str, *names: str) -> Case:
     out = env.tmp / "out" / "train"
     config = env.config(yaml_text)
-    return Case(["train", "--shards", str(env.fixture("tiny_shards")), "--out", str(out), "--config", str(config),
-                 "--model", model, "--policy", "constant"], [*names], out)
+    return Case(
+        [
+            "train",
+            "--shards",
+            str(env.fixture("tiny_shards")),
+            "--out",
+            str(out),
+            "--config",
+            str(config),
+            "--model",
+            model,
+            "--policy",
+            "constant",
+        ],
+        [*names],
+        out,
+    )
 
 
 def _weights_of_another_architecture(env: Env) -> Case:
@@ -263,8 +286,13 @@ def _weights_of_another_architecture(env: Env) -> Case:
 
     weights = env.tmp / "cnn.weights.h5"
     build_model("cnn", ModelConfig()).save_weights(weights)
-    return _train_case(env, f"defaults: {{epochs: 1, batch_size: 16}}\nmodels:\n  mobilenetv2: {{weights: '{weights}'}}\n",
-                       "mobilenetv2", str(weights), "mobilenetv2")
+    return _train_case(
+        env,
+        f"defaults: {{epochs: 1, batch_size: 16}}\nmodels:\n  mobilenetv2: {{weights: '{weights}'}}\n",
+        "mobilenetv2",
+        str(weights),
+        "mobilenetv2",
+    )
 
 
 def _corrupt_shard(env: Env) -> Case:
@@ -284,8 +312,11 @@ def _corrupt_shard(env: Env) -> Case:
     build_model("logreg", ModelConfig()).save(model_dir / "model.keras")
     out = env.tmp / "out" / "evaluate"
     config = env.config("evaluate: {tta_views: [identity]}\n")
-    return Case(["evaluate", "--model", str(model_dir), "--shards", str(shards), "--out", str(out),
-                 "--config", str(config)], [victim.name, "sha256"], out)
+    return Case(
+        ["evaluate", "--model", str(model_dir), "--shards", str(shards), "--out", str(out), "--config", str(config)],
+        [victim.name, "sha256"],
+        out,
+    )
 
 
 CASES: dict[str, Callable[[Env], Case]] = {
@@ -312,10 +343,13 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "split-missing-class": _split_missing_class,
     "split-file-missing-class": _split_file_missing_class,
     # a config with unknown keys, wrong types or negative epochs
-    "config-unknown-key": lambda e: _config_case(e, "split:\n  mode: random\n  ratio: [0.7, 0.2, 0.1]\n", "split.ratio"),
+    "config-unknown-key": lambda e: _config_case(
+        e, "split:\n  mode: random\n  ratio: [0.7, 0.2, 0.1]\n", "split.ratio"
+    ),
     "config-wrong-type": lambda e: _config_case(e, "split:\n  ratios: '0.7,0.2,0.1'\n", "split.ratios"),
-    "config-negative-epochs": lambda e: _train_case(e, "models:\n  cnn: {epochs: -2}\n", "cnn", "config.yaml",
-                                                    "'models.cnn.epochs'"),
+    "config-negative-epochs": lambda e: _train_case(
+        e, "models:\n  cnn: {epochs: -2}\n", "cnn", "config.yaml", "'models.cnn.epochs'"
+    ),
     # a weights file for another architecture
     "weights-other-architecture": _weights_of_another_architecture,
     # unreachable gs:// or https source
@@ -325,12 +359,15 @@ CASES: dict[str, Callable[[Env], Case]] = {
     "dataset-truncated": _truncated_dataset,
     "shard-corrupt": _corrupt_shard,
     # a disk-full write (RLIMIT_FSIZE in a child process)
-    "disk-full-ingest": lambda e: e.ingest_case(e.fixture("pcam_sample"), "out/dataset", "File too large",
-                                                extra=("--limit-per-split", "20"), fsize=256 * 1024),
-    "disk-full-split": lambda e: _split_case(e, e.fixture("tiny_dataset"), names=("out/split", "File too large"),
-                                             fsize=64),
-    "disk-full-shard": lambda e: _shard_case(e, e.fixture("tiny_dataset"), e.fixture("tiny_split"),
-                                             "out/shards", "File too large", fsize=256 * 1024),
+    "disk-full-ingest": lambda e: e.ingest_case(
+        e.fixture("pcam_sample"), "out/dataset", "File too large", extra=("--limit-per-split", "20"), fsize=256 * 1024
+    ),
+    "disk-full-split": lambda e: _split_case(
+        e, e.fixture("tiny_dataset"), names=("out/split", "File too large"), fsize=64
+    ),
+    "disk-full-shard": lambda e: _shard_case(
+        e, e.fixture("tiny_dataset"), e.fixture("tiny_split"), "out/shards", "File too large", fsize=256 * 1024
+    ),
 }
 
 

@@ -62,17 +62,30 @@ def run_pipeline(root: Path, dataset: Path, split: Path) -> Dataset:
 
 def _shard_outputs(root: Path) -> list[Path]:
     """Every shard artifact directory path kfp.local chose under ``root`` (complete or not)."""
-    return sorted({tmp.parent / tmp.name.split(".")[1] for tmp in root.rglob(".shards.*.tmp")}
-                  | set(root.rglob("shards")))
+    return sorted(
+        {tmp.parent / tmp.name.split(".")[1] for tmp in root.rglob(".shards.*.tmp")} | set(root.rglob("shards"))
+    )
 
 
 @pytest.mark.slow
-def test_shard_component_killed_mid_write_then_retried_equals_uninterrupted_run(fault_dataset, fault_split,
-                                                                                 tmp_path):
+def test_shard_component_killed_mid_write_then_retried_equals_uninterrupted_run(fault_dataset, fault_split, tmp_path):
     root = tmp_path / "pipeline_root"
     log = tmp_path / "killed.log"
-    child = spawn([sys.executable, "-m", "tests.faults.test_kfp_retry", "shard", "--root", str(root),
-                   "--dataset", str(fault_dataset), "--split", str(fault_split)], log)
+    child = spawn(
+        [
+            sys.executable,
+            "-m",
+            "tests.faults.test_kfp_retry",
+            "shard",
+            "--root",
+            str(root),
+            "--dataset",
+            str(fault_dataset),
+            "--split",
+            str(fault_split),
+        ],
+        log,
+    )
     kill_when(child, lambda: any(partial_file_in_temp(out, "*.tfrecord") for out in _shard_outputs(root)), log)
 
     killed = _shard_outputs(root)
@@ -104,10 +117,12 @@ PAIR = ("logreg", "onecycle")
 
 def train_config(checkpoint_root: Path) -> str:
     """The resolved config the pipeline's configure step would hand on (checkpoint_root applied)."""
-    return (f"seed: 5\ndefaults: {{epochs: {TRAIN_EPOCHS}, batch_size: 16}}\n"
-            "models: {logreg: {optimizer: sgd, learning_rate: 0.0001, max_learning_rate: 0.001}}\n"
-            f"train: {{shuffle_buffer: 64, checkpoint_uri: '{checkpoint_root}'}}\n"
-            "evaluate: {tta_views: [identity, hflip], split: valid}\n")
+    return (
+        f"seed: 5\ndefaults: {{epochs: {TRAIN_EPOCHS}, batch_size: 16}}\n"
+        "models: {logreg: {optimizer: sgd, learning_rate: 0.0001, max_learning_rate: 0.001}}\n"
+        f"train: {{shuffle_buffer: 64, checkpoint_uri: '{checkpoint_root}'}}\n"
+        "evaluate: {tta_views: [identity, hflip], split: valid}\n"
+    )
 
 
 @dsl.pipeline(name="train-retry")
@@ -118,11 +133,24 @@ def train_then_evaluate(shards_uri: str, config_yaml: str) -> Dataset:
 
     shards = dsl.importer(artifact_uri=shards_uri, artifact_class=Dataset, reimport=False)
     run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
-    trained = _gpu_step(train_op(shards=shards.output, config_yaml=config_yaml, model_name=PAIR[0],
-                                 policy=PAIR[1], run_id=run_id), retry=TRAIN_RETRY, gpu=GpuPool())
-    scored = _gpu_step(evaluate_op(model=trained.outputs["model"], shards=shards.output, config_yaml=config_yaml,
-                                   model_name=PAIR[0], policy=PAIR[1], stage="train", run_id=run_id),
-                       retry=False, gpu=GpuPool())
+    trained = _gpu_step(
+        train_op(shards=shards.output, config_yaml=config_yaml, model_name=PAIR[0], policy=PAIR[1], run_id=run_id),
+        retry=TRAIN_RETRY,
+        gpu=GpuPool(),
+    )
+    scored = _gpu_step(
+        evaluate_op(
+            model=trained.outputs["model"],
+            shards=shards.output,
+            config_yaml=config_yaml,
+            model_name=PAIR[0],
+            policy=PAIR[1],
+            stage="train",
+            run_id=run_id,
+        ),
+        retry=False,
+        gpu=GpuPool(),
+    )
     return scored.outputs["run"]
 
 
@@ -151,8 +179,21 @@ def _run_killed_train_pipeline(tmp_path: Path, shards: Path) -> tuple[Path, str,
     """
     ckpt_root = tmp_path / "checkpoints"
     log = tmp_path / "killed.log"
-    child = spawn([sys.executable, "-m", "tests.faults.test_kfp_retry", "train", "--root", str(tmp_path / "root"),
-                   "--shards", str(shards), "--checkpoints", str(ckpt_root)], log)
+    child = spawn(
+        [
+            sys.executable,
+            "-m",
+            "tests.faults.test_kfp_retry",
+            "train",
+            "--root",
+            str(tmp_path / "root"),
+            "--shards",
+            str(shards),
+            "--checkpoints",
+            str(ckpt_root),
+        ],
+        log,
+    )
     pair_dir = f"*/{PAIR[0]}-{PAIR[1]}-train"
     deadline = time.monotonic() + 300
     while not list(ckpt_root.glob(f"{pair_dir}/epoch-*/state.json")):

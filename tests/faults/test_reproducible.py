@@ -43,9 +43,28 @@ def _chain_commands(config: Path, root: Path, seed: int | None = None) -> list[l
     seed_args = ["--seed", str(seed)] if seed is not None else []
     return [
         ["ingest", "--config", str(config), "--out", str(root / "dataset"), "--cache-dir", str(root.parent / "cache")],
-        ["split", "--config", str(config), "--dataset", str(root / "dataset"), "--out", str(root / "split"), *seed_args],
-        ["shard", "--config", str(config), "--dataset", str(root / "dataset"), "--split", str(root / "split"),
-         "--out", str(root / "shards"), *seed_args],
+        [
+            "split",
+            "--config",
+            str(config),
+            "--dataset",
+            str(root / "dataset"),
+            "--out",
+            str(root / "split"),
+            *seed_args,
+        ],
+        [
+            "shard",
+            "--config",
+            str(config),
+            "--dataset",
+            str(root / "dataset"),
+            "--split",
+            str(root / "split"),
+            "--out",
+            str(root / "shards"),
+            *seed_args,
+        ],
     ]
 
 
@@ -56,11 +75,18 @@ def run_in_child(commands: list[list[str]], hash_seed: int) -> None:
     iterates a hash-ordered container (protobuf maps included) differs between
     processes with different hash seeds, and 1 and 2 give different orders.
     """
-    script = ("import json, sys\nfrom pcam.cli import main\n"
-              "for argv in json.loads(sys.argv[1]):\n    code = main(argv)\n    if code: sys.exit(code)\n")
-    done = subprocess.run([sys.executable, "-c", script, json.dumps(commands)], cwd=REPO,
-                          env={**child_env(), "PYTHONHASHSEED": str(hash_seed)}, capture_output=True, text=True,
-                          timeout=600)
+    script = (
+        "import json, sys\nfrom pcam.cli import main\n"
+        "for argv in json.loads(sys.argv[1]):\n    code = main(argv)\n    if code: sys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, json.dumps(commands)],
+        cwd=REPO,
+        env={**child_env(), "PYTHONHASHSEED": str(hash_seed)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -73,8 +99,13 @@ def chains(pcam_sample, tmp_path_factory):
     config.write_text(CONFIG.format(source=pcam_sample))
     a, b = base / "a", base / "b"
     run_in_child(_chain_commands(config, a), hash_seed=1)
-    run_in_child([*_chain_commands(config, b), [*TRAIN_ARGS, "--config", str(config), "--shards", str(b / "shards"),
-                                                "--out", str(b / "train")]], hash_seed=2)
+    run_in_child(
+        [
+            *_chain_commands(config, b),
+            [*TRAIN_ARGS, "--config", str(config), "--shards", str(b / "shards"), "--out", str(b / "train")],
+        ],
+        hash_seed=2,
+    )
     return config, a, b
 
 
@@ -103,8 +134,10 @@ def _weights(run: Path) -> list[np.ndarray]:
 
 def _losses(run: Path) -> list[dict]:
     """history.json without the wall-clock columns."""
-    return [{k: v for k, v in row.items() if k not in ("seconds", "images_per_second")}
-            for row in json.loads((run / "history.json").read_text())]
+    return [
+        {k: v for k, v in row.items() if k not in ("seconds", "images_per_second")}
+        for row in json.loads((run / "history.json").read_text())
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -139,8 +172,22 @@ def test_report_is_a_model_card_a_reviewer_can_check(chains, trained, tmp_path, 
     pair.mkdir(parents=True)
     write_json(pair / "pair.json", {"model": "cnn", "policy": "onecycle"})
     (pair / "train").symlink_to(here, target_is_directory=True)
-    assert main(["evaluate", "--model", str(here), "--shards", str(a / "shards"), "--out", str(pair / "evaluate"),
-                 "--config", str(config)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(here),
+                "--shards",
+                str(a / "shards"),
+                "--out",
+                str(pair / "evaluate"),
+                "--config",
+                str(config),
+            ]
+        )
+        == 0
+    )
     monkeypatch.setenv("PCAM_IMAGE", IMAGE_TAG)
     cfg = load_config(config)
     build_report([pair], tmp_path / "report", run_context(cfg, a / "dataset", a / "shards"))

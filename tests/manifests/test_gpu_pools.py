@@ -35,15 +35,24 @@ def test_pipeline_compiled_for_an_overlays_pool_agrees_with_it(overlay, tmp_path
     compiled = compile_pipeline(tmp_path / "p.yaml", image="r/pcam-gpu:1", gpu=pool)
     for name, (container, k8s) in gpu_tasks(compiled).items():
         assert k8s["nodeSelector"]["labels"] == {data["gpu-node-label-key"]: data["gpu-node-label-value"]}, name
-        assert k8s["tolerations"] == [{"key": data["gpu-taint-key"], "operator": "Equal",
-                                       "value": data["gpu-taint-value"], "effect": data["gpu-taint-effect"]}]
+        assert k8s["tolerations"] == [
+            {
+                "key": data["gpu-taint-key"],
+                "operator": "Equal",
+                "value": data["gpu-taint-value"],
+                "effect": data["gpu-taint-effect"],
+            }
+        ]
         assert container["resources"]["accelerator"]["resourceType"] == data["gpu-resource"]
         env = {e["name"]: e["value"] for e in container["env"]}
-        assert env == {"CUDA_CACHE_PATH": f"{data['cuda-cache-root']}/{data['gpu-node-label-value']}",
-                       "CUDA_CACHE_MAXSIZE": data["cuda-cache-maxsize"]}
+        assert env == {
+            "CUDA_CACHE_PATH": f"{data['cuda-cache-root']}/{data['gpu-node-label-value']}",
+            "CUDA_CACHE_MAXSIZE": data["cuda-cache-maxsize"],
+        }
         # The cache and the checkpoints live on the volume the overlay creates, mounted where it says.
-        assert [(m["constant"], m["mountPath"]) for m in k8s["pvcMount"]] == [(data["pvc-name"],
-                                                                               data["data-mount-path"])]
+        assert [(m["constant"], m["mountPath"]) for m in k8s["pvcMount"]] == [
+            (data["pvc-name"], data["data-mount-path"])
+        ]
         assert data["cuda-cache-root"].startswith(data["data-mount-path"] + "/")
         assert data["checkpoint-root"].startswith(data["data-mount-path"] + "/")
 
@@ -55,31 +64,56 @@ def test_kind_cluster_gpu_worker_carries_the_kind_overlays_pool():
     (worker,) = [n for n in config["nodes"] if n.get("labels")]
     assert worker["labels"] == pool.node_selector()
     (join,) = [p for p in map(yaml.safe_load, worker["kubeadmConfigPatches"]) if p["kind"] == "JoinConfiguration"]
-    assert join["nodeRegistration"]["taints"] == [{"key": pool.taint_key, "value": pool.taint_value,
-                                                   "effect": pool.taint_effect}]
+    assert join["nodeRegistration"]["taints"] == [
+        {"key": pool.taint_key, "value": pool.taint_value, "effect": pool.taint_effect}
+    ]
 
 
 def test_make_compile_gpu_options_reach_the_compiled_pipeline(tmp_path):
     out = tmp_path / "p.yaml"
-    subprocess.run([sys.executable, "-m", "pipelines.pcam_training", "--image", "r/pcam-gpu:1", "--output", str(out),
-                    "--gpu-label", "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3",
-                    "--gpu-taint", "dedicated=gpu:NoExecute"], cwd=REPO, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipelines.pcam_training",
+            "--image",
+            "r/pcam-gpu:1",
+            "--output",
+            str(out),
+            "--gpu-label",
+            "nvidia.com/gpu.product=NVIDIA-H100-80GB-HBM3",
+            "--gpu-taint",
+            "dedicated=gpu:NoExecute",
+        ],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
     for container, k8s in gpu_tasks(out).values():
         assert k8s["nodeSelector"]["labels"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
         assert k8s["tolerations"] == [{"key": "dedicated", "operator": "Equal", "value": "gpu", "effect": "NoExecute"}]
-        assert {"name": "CUDA_CACHE_PATH", "value": f"{cluster.CUDA_CACHE_ROOT}/NVIDIA-H100-80GB-HBM3"} in container["env"]
+        assert {"name": "CUDA_CACHE_PATH", "value": f"{cluster.CUDA_CACHE_ROOT}/NVIDIA-H100-80GB-HBM3"} in container[
+            "env"
+        ]
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--gpu", "nvidia l4"], "--gpu: 'nvidia l4' is not a valid Kubernetes label value"),
-    (["--gpu", "nvidia-l4", "--gpu-label", "a=b"], "--gpu and --gpu-label: give one"),
-    (["--gpu-label", "no-equals"], "--gpu-label: expected key=value, got 'no-equals'"),
-    (["--gpu-taint", "nvidia.com/gpu=present"], "--gpu-taint: expected key=value:Effect"),
-    (["--gpu-taint", "nvidia.com/gpu=present:Sometimes"], "--gpu-taint: effect 'Sometimes' is not one of"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--gpu", "nvidia l4"], "--gpu: 'nvidia l4' is not a valid Kubernetes label value"),
+        (["--gpu", "nvidia-l4", "--gpu-label", "a=b"], "--gpu and --gpu-label: give one"),
+        (["--gpu-label", "no-equals"], "--gpu-label: expected key=value, got 'no-equals'"),
+        (["--gpu-taint", "nvidia.com/gpu=present"], "--gpu-taint: expected key=value:Effect"),
+        (["--gpu-taint", "nvidia.com/gpu=present:Sometimes"], "--gpu-taint: effect 'Sometimes' is not one of"),
+    ],
+)
 def test_bad_gpu_options_exit_2_naming_the_option(tmp_path, args, message):
-    result = subprocess.run([sys.executable, "-m", "pipelines.pcam_training", "--output", str(tmp_path / "p.yaml"),
-                             *args], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "pipelines.pcam_training", "--output", str(tmp_path / "p.yaml"), *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "p.yaml").exists()
 

@@ -34,8 +34,7 @@ CLUSTER_SCOPED = {"PriorityClass", "Namespace", "ClusterRole", "ClusterRoleBindi
 def kustomize(path: str) -> list[dict]:
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl (with its built-in kustomize) is needed to render manifests/"
-    result = subprocess.run([kubectl, "kustomize", str(MANIFESTS / path)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run([kubectl, "kustomize", str(MANIFESTS / path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, f"kubectl kustomize {path} failed:\n{result.stderr}"
     docs = [d for d in yaml.safe_load_all(result.stdout) if d]
     assert docs, f"{path} rendered nothing"
@@ -76,8 +75,9 @@ def test_strict_validation_rejects_a_misspelt_field(rendered):
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
 def test_objects_live_in_the_pipeline_namespace_and_commit_no_secret(rendered, path):
     kinds = sorted(d["kind"] for d in rendered[path])
-    assert kinds == sorted(["ConfigMap", "PersistentVolumeClaim", "PriorityClass", "Role",
-                            "RoleBinding", "ServiceAccount"])
+    assert kinds == sorted(
+        ["ConfigMap", "PersistentVolumeClaim", "PriorityClass", "Role", "RoleBinding", "ServiceAccount"]
+    )
     for doc in rendered[path]:
         meta = doc["metadata"]
         assert meta["labels"]["app.kubernetes.io/part-of"] == "pcam"
@@ -102,10 +102,14 @@ def test_names_match_pcam_cluster(rendered, path):
     assert by_kind(docs, "PriorityClass")["metadata"]["name"] == cluster.PRIORITY_CLASS
     binding = by_kind(docs, "RoleBinding")
     role = by_kind(docs, "Role")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                                  "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": cluster.SERVICE_ACCOUNT,
-                                    "namespace": cluster.NAMESPACE}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": cluster.SERVICE_ACCOUNT, "namespace": cluster.NAMESPACE}
+    ]
 
 
 @pytest.mark.parametrize("path", KUSTOMIZATIONS)
@@ -146,8 +150,14 @@ def test_role_is_least_privilege(rendered):
     writes = {"create", "update", "patch", "delete", "deletecollection"}
     assert {r for r, verbs in granted.items() if verbs & writes} == {"workflowtaskresults"}
     assert "pods/exec" not in granted
-    assert set(granted) == {"workflowtaskresults", "pods", "pods/log", "configmaps", "secrets",
-                            "persistentvolumeclaims"}
+    assert set(granted) == {
+        "workflowtaskresults",
+        "pods",
+        "pods/log",
+        "configmaps",
+        "secrets",
+        "persistentvolumeclaims",
+    }
 
 
 def test_priority_class_is_low_but_still_scales_the_gpu_pool(rendered):
@@ -202,8 +212,9 @@ def test_gpu_selector_and_toleration_are_valid_pod_fields():
             "priorityClassName": cluster.PRIORITY_CLASS,
             "nodeSelector": cluster.gpu_node_selector(),
             "tolerations": [cluster.gpu_toleration()],
-            "containers": [{"name": "main", "image": "pcam-gpu:0123abcd",
-                            "resources": {"limits": {cluster.GPU_RESOURCE: 1}}}],
+            "containers": [
+                {"name": "main", "image": "pcam-gpu:0123abcd", "resources": {"limits": {cluster.GPU_RESOURCE: 1}}}
+            ],
             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": cluster.PVC_NAME}}],
         },
     }

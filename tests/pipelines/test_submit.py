@@ -28,14 +28,38 @@ def server():
 
 
 def _common(server, package):
-    return ["--host", server.url, "--experiment", "pcam-test", "--package", str(package),
-            "--param", "seed=7", "--param", f"grid={json.dumps(GRID)}", "--param", "source=gs://bucket/pcam",
-            "--param", "learning_rate=0.0005"]
+    return [
+        "--host",
+        server.url,
+        "--experiment",
+        "pcam-test",
+        "--package",
+        str(package),
+        "--param",
+        "seed=7",
+        "--param",
+        f"grid={json.dumps(GRID)}",
+        "--param",
+        "source=gs://bucket/pcam",
+        "--param",
+        "learning_rate=0.0005",
+    ]
 
 
 def test_run_sends_the_compiled_spec_platform_spec_and_parameters(server, package, capsys):
-    assert submit.main(["run", *_common(server, package), "--run-name", "nightly-1",
-                        "--config", str(REPO / "configs" / "demo.yaml")]) == 0
+    assert (
+        submit.main(
+            [
+                "run",
+                *_common(server, package),
+                "--run-name",
+                "nightly-1",
+                "--config",
+                str(REPO / "configs" / "demo.yaml"),
+            ]
+        )
+        == 0
+    )
     (run,) = server.posted("/runs")
     experiment = server.posted("/experiments")[0]
     assert experiment["display_name"] == "pcam-test"
@@ -66,8 +90,11 @@ def test_schedule_creates_a_recurring_run_with_cron_one_at_a_time_and_no_catchup
     assert "platform_spec" in recurring["pipeline_spec"]
     # scheduled retraining re-reads the source: every task's cache is switched off
     tasks = recurring["pipeline_spec"]["pipeline_spec"]["root"]["dag"]["tasks"]
-    assert {name: t.get("cachingOptions", {}).get("enableCache", False) for name, t in tasks.items()
-            if "cachingOptions" in t} == {name: False for name, t in tasks.items() if "cachingOptions" in t}
+    assert {
+        name: t.get("cachingOptions", {}).get("enableCache", False)
+        for name, t in tasks.items()
+        if "cachingOptions" in t
+    } == {name: False for name, t in tasks.items() if "cachingOptions" in t}
     assert any("cachingOptions" in t for t in tasks.values())
 
 

@@ -20,8 +20,11 @@ from pcam import storage
 from pcam.config import config_from_dict
 from pipelines import run_local
 
-pytestmark = [pytest.mark.slow, pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning"),
-              pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.filterwarnings("ignore:.*non-Python base image:RuntimeWarning"),
+    pytest.mark.filterwarnings("ignore:.*have no effect in the current local runner:UserWarning"),
+]
 
 
 def test_pipeline_with_source_checkpoints_and_champion_on_gcs(pcam_sample, gcs, tmp_path, monkeypatch):
@@ -33,31 +36,38 @@ def test_pipeline_with_source_checkpoints_and_champion_on_gcs(pcam_sample, gcs, 
             for path in sorted((pcam_sample / split / label).glob("*.jpg"))[:n]:
                 (source / split / label / path.name).write_bytes(path.read_bytes())
     storage.upload_tree(source, f"{gcs}/raw")
-    cfg = config_from_dict({
-        "name": "gcs-pipeline-test", "seed": 5,
-        "data": {"source": f"{gcs}/raw", "format": "folders"},
-        "shard": {"records_per_shard": 64},
-        "defaults": {"epochs": 1, "batch_size": 16, "finetune_epochs": 1},
-        "models": {"mobilenetv2": {"image_size": 32}},
-        "train": {"models": ["logreg", "mobilenetv2"], "policies": ["constant"], "checkpoint_uri": f"{gcs}/ckpt"},
-        "evaluate": {"tta_views": ["identity", "hflip"]},
-        "promote": {"champion_uri": f"{gcs}/champion"},
-    })
+    cfg = config_from_dict(
+        {
+            "name": "gcs-pipeline-test",
+            "seed": 5,
+            "data": {"source": f"{gcs}/raw", "format": "folders"},
+            "shard": {"records_per_shard": 64},
+            "defaults": {"epochs": 1, "batch_size": 16, "finetune_epochs": 1},
+            "models": {"mobilenetv2": {"image_size": 32}},
+            "train": {"models": ["logreg", "mobilenetv2"], "policies": ["constant"], "checkpoint_uri": f"{gcs}/ckpt"},
+            "evaluate": {"tta_views": ["identity", "hflip"]},
+            "promote": {"champion_uri": f"{gcs}/champion"},
+        }
+    )
     report, _ = run_local.run_local(cfg, tmp_path / "run")
     assert report.is_file()
 
     # checkpoints: one folder per (model, policy, stage), each holding its last complete epoch
-    assert storage.list_dir(f"{gcs}/ckpt") == ["logreg-constant-train", "mobilenetv2-constant-finetune",
-                                               "mobilenetv2-constant-train"]
+    assert storage.list_dir(f"{gcs}/ckpt") == [
+        "logreg-constant-train",
+        "mobilenetv2-constant-finetune",
+        "mobilenetv2-constant-train",
+    ]
     for folder in storage.list_dir(f"{gcs}/ckpt"):
-        assert storage.walk(f"{gcs}/ckpt/{folder}") == ["epoch-00001/state.json", "epoch-00001/variables.npz"] \
-            or storage.walk(f"{gcs}/ckpt/{folder}") == ["epoch-00002/state.json", "epoch-00002/variables.npz"]
+        assert storage.walk(f"{gcs}/ckpt/{folder}") == [
+            "epoch-00001/state.json",
+            "epoch-00001/variables.npz",
+        ] or storage.walk(f"{gcs}/ckpt/{folder}") == ["epoch-00002/state.json", "epoch-00002/variables.npz"]
     assert not list((tmp_path / "run").glob("**/checkpoint/epoch-*"))  # none in the pipeline root
 
     # the champion: published on gs:// and readable whole
     (promote_dir,) = report.parents[1].glob("**/promote")
-    decision = json.loads(json.loads((promote_dir / "executor_output.json").read_text())
-                          ["parameterValues"]["Output"])
+    decision = json.loads(json.loads((promote_dir / "executor_output.json").read_text())["parameterValues"]["Output"])
     assert decision["promoted"] is True and decision["champion_uri"] == f"{gcs}/champion"
     pointer = C.fetch(f"{gcs}/champion", tmp_path / "reader")
     assert pointer["model"] in ("logreg", "mobilenetv2") and pointer["version"] == decision["version"]

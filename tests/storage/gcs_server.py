@@ -46,12 +46,30 @@ class FakeGcs:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> FakeGcs:
-        backend = ["-backend", "filesystem", "-filesystem-root", str(self.root)] if self.root else ["-backend", "memory"]
+        backend = (
+            ["-backend", "filesystem", "-filesystem-root", str(self.root)] if self.root else ["-backend", "memory"]
+        )
         public = f"127.0.0.1:{self.public_port}"
         self.proc = subprocess.Popen(
-            [str(_get_binary_path()), "-scheme", "http", *backend, "-host", "127.0.0.1", "-port", str(self.port),
-             "-public-host", public, "-external-url", f"http://{public}", "-log-level", "error"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                str(_get_binary_path()),
+                "-scheme",
+                "http",
+                *backend,
+                "-host",
+                "127.0.0.1",
+                "-port",
+                str(self.port),
+                "-public-host",
+                public,
+                "-external-url",
+                f"http://{public}",
+                "-log-level",
+                "error",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + 15
         while True:
             try:
@@ -70,8 +88,12 @@ class FakeGcs:
 
     def create_bucket(self, name: str) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        conn.request("POST", "/storage/v1/b?project=pcam", body=json.dumps({"name": name}),
-                     headers={"Content-Type": "application/json"})
+        conn.request(
+            "POST",
+            "/storage/v1/b?project=pcam",
+            body=json.dumps({"name": name}),
+            headers={"Content-Type": "application/json"},
+        )
         response = conn.getresponse()
         body = response.read()
         assert response.status in (200, 409), (response.status, body)
@@ -109,8 +131,15 @@ class FaultProxy:
                     fault = proxy.faults.pop(0) if proxy.faults and is_object(self.path) else None
                 if fault is not None:
                     self.rfile.read(length)
-                    body = json.dumps({"error": {"code": fault, "message": f"injected {fault}",
-                                                 "errors": [{"reason": "injected", "message": f"injected {fault}"}]}})
+                    body = json.dumps(
+                        {
+                            "error": {
+                                "code": fault,
+                                "message": f"injected {fault}",
+                                "errors": [{"reason": "injected", "message": f"injected {fault}"}],
+                            }
+                        }
+                    )
                     self._answer(fault, body.encode(), {"Content-Type": "application/json"})
                     return
                 body = b""
@@ -136,8 +165,11 @@ class FaultProxy:
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)  # upstream gone: drop the client too
                     return
-                keep = {k: v for k, v in response.getheaders()
-                        if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+                keep = {
+                    k: v
+                    for k, v in response.getheaders()
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length")
+                }
                 self._answer(response.status, data, keep)
 
             def _answer(self, status: int, data: bytes, headers: dict[str, str]) -> None:

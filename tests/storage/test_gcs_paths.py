@@ -105,8 +105,22 @@ train: {{shuffle_buffer: 256, checkpoint_uri: "{uri}"}}
 
 
 def _train(shards: Path, out: Path, config: Path) -> list[str]:
-    return [sys.executable, "-m", "pcam.cli", "train", "--shards", str(shards), "--out", str(out),
-            "--config", str(config), "--model", "logreg", "--policy", "onecycle"]
+    return [
+        sys.executable,
+        "-m",
+        "pcam.cli",
+        "train",
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--model",
+        "logreg",
+        "--policy",
+        "onecycle",
+    ]
 
 
 def _epochs(root: str) -> list[int]:
@@ -124,8 +138,9 @@ def test_sigkill_with_checkpoints_on_gcs_then_resume_equals_uninterrupted(tiny_s
         config.write_text(CONFIG.format(epochs=EPOCHS, uri=f"{gcs}/ckpt-{name}"))
         runs[name] = (config, tmp_path / name, f"{gcs}/ckpt-{name}/logreg-onecycle-train")
     config, out, root = runs["killed"]
-    proc = subprocess.Popen(_train(tiny_shards, out, config), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train(tiny_shards, out, config), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while not _epochs(root) or _epochs(root)[-1] < 2:
         assert proc.poll() is None, "training ended before its second checkpoint"
@@ -141,8 +156,9 @@ def test_sigkill_with_checkpoints_on_gcs_then_resume_equals_uninterrupted(tiny_s
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"epoch {killed_at} done" in resumed.stderr and root in resumed.stderr
     assert json.loads((out / "train.json").read_text())["resumed_from"] == [killed_at]
-    clean = subprocess.run(_train(tiny_shards, runs["clean"][1], runs["clean"][0]), env=env, capture_output=True,
-                           text=True, timeout=600)
+    clean = subprocess.run(
+        _train(tiny_shards, runs["clean"][1], runs["clean"][0]), env=env, capture_output=True, text=True, timeout=600
+    )
     assert clean.returncode == 0, clean.stderr[-2000:]
 
     keys = ("epoch", "lr", "loss", "accuracy", "auc", "val_loss", "val_accuracy", "val_auc")
@@ -159,6 +175,7 @@ def test_sigkill_with_checkpoints_on_gcs_then_resume_equals_uninterrupted(tiny_s
 
 # ------------------------------------------------------------ champion on gs:// through faults
 
+
 def _candidate(root: Path, name: str, auc: float, size: int = 2048) -> Path:
     from pcam.fsutil import file_sha256
 
@@ -166,8 +183,9 @@ def _candidate(root: Path, name: str, auc: float, size: int = 2048) -> Path:
     model = root / name / "train" / "model.keras"
     model.write_bytes(os.urandom(size))
     (root / name / "evaluate").mkdir()
-    (root / name / "evaluate" / "metrics.json").write_text(json.dumps(
-        {"tta": {"auc": auc}, "model": name, "model_sha256": file_sha256(model)}))
+    (root / name / "evaluate" / "metrics.json").write_text(
+        json.dumps({"tta": {"auc": auc}, "model": name, "model_sha256": file_sha256(model)})
+    )
     return root / name
 
 
@@ -197,12 +215,21 @@ def test_promotion_to_a_missing_bucket_or_forbidden_is_one_line(faulty_gcs, tmp_
 
     _, proxy, bucket = faulty_gcs
     cand = _candidate(tmp_path, "c", 0.7)
-    args = ["promote", "--eval", str(cand / "evaluate"), "--model", str(cand / "train"), "--out", str(tmp_path / "d"),
-            "--no-serving-export"]
+    args = [
+        "promote",
+        "--eval",
+        str(cand / "evaluate"),
+        "--model",
+        str(cand / "train"),
+        "--out",
+        str(tmp_path / "d"),
+        "--no-serving-export",
+    ]
     assert main([*args, "--champion", "gs://pcam-no-such-bucket/champion"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "gs://pcam-no-such-bucket/champion: bucket gs://pcam-no-such-bucket " \
-                              "does not exist" in err[0]
+    assert (
+        len(err) == 1 and "gs://pcam-no-such-bucket/champion: bucket gs://pcam-no-such-bucket does not exist" in err[0]
+    )
     proxy.faults = [403]
     assert main([*args, "--champion", f"{bucket}/champion"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -224,8 +251,9 @@ def test_a_champion_on_gcs_is_served_and_predicted_from_its_promoted_version(gcs
     (run / "evaluate").mkdir()
     build_model("logreg", ModelConfig(), seed=1).save(run / "train" / "model.keras")
     sha = file_sha256(run / "train" / "model.keras")
-    (run / "evaluate" / "metrics.json").write_text(json.dumps({"tta": {"auc": 0.7}, "single": {"auc": 0.7},
-                                                               "model": "logreg", "model_sha256": sha}))
+    (run / "evaluate" / "metrics.json").write_text(
+        json.dumps({"tta": {"auc": 0.7}, "single": {"auc": 0.7}, "model": "logreg", "model_sha256": sha})
+    )
     uri = f"{gcs}/champion"
     decision = P.promote(run / "evaluate", run / "train", uri, out_dir=tmp_path / "d")
     assert decision["promoted"] and decision["serving"] == f"{uri}/versions/{decision['version']}/serving"

@@ -34,8 +34,13 @@ def _candidate(root: Path, name: str, auc: float) -> Path:
     model = root / name / "train" / "model.keras"
     model.write_bytes(os.urandom(2048) + name.encode())
     (root / name / "evaluate").mkdir()
-    metrics = {"tta": {"auc": auc}, "single": {"auc": auc}, "model": name, "policy": "constant",
-               "model_sha256": file_sha256(model)}
+    metrics = {
+        "tta": {"auc": auc},
+        "single": {"auc": auc},
+        "model": name,
+        "policy": "constant",
+        "model_sha256": file_sha256(model),
+    }
     (root / name / "evaluate" / "metrics.json").write_text(json.dumps(metrics))
     return root / name
 
@@ -72,8 +77,10 @@ def _race(uri: str, tmp_path: Path, rounds: int, racers: int, promote_all) -> No
     reader.start()
     try:
         for r in range(rounds):
-            runs = [(s / 1000, _candidate(tmp_path / "c", f"r{r}-{i}", s / 1000))
-                    for i, s in enumerate(scores[r * racers:(r + 1) * racers])]
+            runs = [
+                (s / 1000, _candidate(tmp_path / "c", f"r{r}-{i}", s / 1000))
+                for i, s in enumerate(scores[r * racers : (r + 1) * racers])
+            ]
             promote_all([run for _, run in runs])
             best = max([*([best] if best else []), *runs])
             pointer, _ = C.read_pointer(uri)
@@ -95,8 +102,14 @@ def test_threads_racing(kind, request, tmp_path):
 
     def promote_all(runs):
         with ThreadPoolExecutor(len(runs)) as pool:
-            list(pool.map(lambda run: P.promote(run / "evaluate", run / "train", uri,
-                                                out_dir=run / "decision", serving=False), runs))
+            list(
+                pool.map(
+                    lambda run: P.promote(
+                        run / "evaluate", run / "train", uri, out_dir=run / "decision", serving=False
+                    ),
+                    runs,
+                )
+            )
 
     _race(uri, tmp_path, rounds=12, racers=3, promote_all=promote_all)
 
@@ -123,10 +136,16 @@ def test_processes_racing(kind, request, tmp_path):
 
     def promote_all(runs):
         go = runs[0].parent / f"go-{runs[0].name}"
-        procs = [subprocess.Popen([sys.executable, "-c", RACER, str(go), uri, str(run / "evaluate"),
-                                   str(run / "train"), str(run / "d")],
-                                  env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for run in runs]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", RACER, str(go), uri, str(run / "evaluate"), str(run / "train"), str(run / "d")],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for run in runs
+        ]
         time.sleep(2.5)  # let every racer import and connect
         go.touch()
         for proc in procs:

@@ -1,4 +1,7 @@
-"""pcam.storage against a real GCS-protocol server (fake-gcs-server on 127.0.0.1) and locally: same API, same answers."""
+"""pcam.storage against a real GCS-protocol server (fake-gcs-server on 127.0.0.1) and locally.
+
+Same API, same answers.
+"""
 
 from __future__ import annotations
 
@@ -61,9 +64,16 @@ def test_write_if_generation_is_a_compare_and_swap(root):
 
 def test_missing_bucket_is_one_line(gcs):
     uri = "gs://pcam-no-such-bucket/x/y.bin"
-    for call in (lambda: storage.read_bytes(uri), lambda: storage.list_dir(uri), lambda: storage.write_bytes(uri, b"x")):
-        with pytest.raises(DataError, match=r"^gs://pcam-no-such-bucket/x/y.bin: bucket gs://pcam-no-such-bucket "
-                                            r"does not exist$"):
+    for call in (
+        lambda: storage.read_bytes(uri),
+        lambda: storage.list_dir(uri),
+        lambda: storage.write_bytes(uri, b"x"),
+    ):
+        with pytest.raises(
+            DataError,
+            match=r"^gs://pcam-no-such-bucket/x/y.bin: bucket gs://pcam-no-such-bucket "
+            r"does not exist$",
+        ):
             call()
 
 
@@ -79,8 +89,11 @@ def test_burst_of_503_is_retried_with_backoff(faulty_gcs):
 def test_503_beyond_the_deadline_is_one_line_and_nothing_written(faulty_gcs, tmp_path):
     _, proxy, bucket = faulty_gcs
     proxy.faults = [503] * 1000
-    with pytest.raises(DataError, match=r"^gs://faulty/b.bin: write failed after retrying for 3 s "
-                                        r"\(last error: HTTP 503: injected 503\)$"):
+    with pytest.raises(
+        DataError,
+        match=r"^gs://faulty/b.bin: write failed after retrying for 3 s "
+        r"\(last error: HTTP 503: injected 503\)$",
+    ):
         storage.write_bytes(f"{bucket}/b.bin", b"x")
     proxy.faults = []
     assert storage.list_dir(bucket) == []
@@ -89,8 +102,11 @@ def test_503_beyond_the_deadline_is_one_line_and_nothing_written(faulty_gcs, tmp
 def test_403_names_the_identity_and_is_not_retried(faulty_gcs):
     _, proxy, bucket = faulty_gcs
     proxy.faults = [403, 403]
-    with pytest.raises(DataError, match=r"^gs://faulty/c.bin: permission denied to write for anonymous "
-                                        r"\(STORAGE_EMULATOR_HOST=.*\) \(HTTP 403\); grant it roles/storage"):
+    with pytest.raises(
+        DataError,
+        match=r"^gs://faulty/c.bin: permission denied to write for anonymous "
+        r"\(STORAGE_EMULATOR_HOST=.*\) \(HTTP 403\); grant it roles/storage",
+    ):
         storage.write_bytes(f"{bucket}/c.bin", b"x")
     assert _object_statuses(proxy) == [403]  # not transient: not retried
 
@@ -102,8 +118,11 @@ def test_server_stopped_mid_upload_leaves_no_complete_tree(faulty_gcs, tmp_path)
     (src / "variables.npz").write_bytes(os.urandom(3 << 20))
     (src / "state.json").write_text("{}")
     proxy.on_body_bytes = (1 << 20, server.stop)  # kill the server 1 MiB into the first upload
-    with pytest.raises(DataError, match=r"^gs://faulty/run/epoch-00001/variables.npz: upload failed after "
-                                        r"retrying for 3 s \(last error: .*\)$"):
+    with pytest.raises(
+        DataError,
+        match=r"^gs://faulty/run/epoch-00001/variables.npz: upload failed after "
+        r"retrying for 3 s \(last error: .*\)$",
+    ):
         storage.upload_tree(src, f"{bucket}/run/epoch-00001", marker="state.json")
     server.start()  # same filesystem root: what was stored survives the restart
     assert storage.walk(f"{bucket}/run") == []  # no partial object, no marker
@@ -114,8 +133,11 @@ def test_server_stopped_mid_upload_leaves_no_complete_tree(faulty_gcs, tmp_path)
 def test_server_gone_is_one_line(faulty_gcs):
     server, _, bucket = faulty_gcs
     server.stop()
-    with pytest.raises(DataError, match=r"^gs://faulty/x: list failed after retrying for 3 s "
-                                        r"\(last error: .*\)$"):
+    with pytest.raises(
+        DataError,
+        match=r"^gs://faulty/x: list failed after retrying for 3 s "
+        r"\(last error: .*\)$",
+    ):
         storage.list_dir(f"{bucket}/x")
 
 

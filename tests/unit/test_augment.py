@@ -62,8 +62,11 @@ def test_float_input_stays_float_and_exact(images):
 def test_each_switch_alone_gives_only_its_own_views(images, switch):
     cfg = dataclasses.replace(OFF, **{switch: True})
     out = A.augment_batch(images, cfg, seed=11).numpy()
-    allowed = {"hflip": lambda x: [x, x[:, ::-1]], "vflip": lambda x: [x, x[::-1]],
-               "rot90": lambda x: [np.rot90(x, k) for k in range(4)]}[switch]
+    allowed = {
+        "hflip": lambda x: [x, x[:, ::-1]],
+        "vflip": lambda x: [x, x[::-1]],
+        "rot90": lambda x: [np.rot90(x, k) for k in range(4)],
+    }[switch]
     changed = 0
     for a, o in zip(out, images, strict=True):
         assert any(np.array_equal(a, view) for view in allowed(o))

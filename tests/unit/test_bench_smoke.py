@@ -26,27 +26,41 @@ def test_run_all_quick_memory_prints_figure_lines(shared_dir: Path, monkeypatch:
     # captured stdout, which other tests' libraries may have re-wrapped in a full run).
     got = memory_bench.run(quick=True, sizes=(96, 192))
     figures = {m.group(1): m for m in (LINE.match(fig.line()) for fig in got) if m}
-    assert set(figures) == {"ingest_peak_rss_96", "ingest_peak_anon_rss_96", "ingest_hdf5_96_images_per_s",
-                            "ingest_peak_rss_192", "ingest_peak_anon_rss_192", "ingest_hdf5_192_images_per_s",
-                            "ingest_peak_rss_growth_96_to_192"}
+    assert set(figures) == {
+        "ingest_peak_rss_96",
+        "ingest_peak_anon_rss_96",
+        "ingest_hdf5_96_images_per_s",
+        "ingest_peak_rss_192",
+        "ingest_peak_anon_rss_192",
+        "ingest_hdf5_192_images_per_s",
+        "ingest_peak_rss_growth_96_to_192",
+    }
     rss = float(figures["ingest_peak_rss_192"].group(2))
     assert 10 < rss < 1536, rss  # a real child's peak, in MiB
     assert figures["ingest_peak_rss_192"].group(3) == "MiB"
     # run_local's step table is what the demo bench parses.
-    assert step_times("step times (kfp.local, one subprocess per step):\n  ingest      12.5 s\n"
-                      "  train       40.0 s (4 runs)\n  total      99.0 s\n") == {"ingest": 12.5, "train": 40.0}
+    assert step_times(
+        "step times (kfp.local, one subprocess per step):\n  ingest      12.5 s\n"
+        "  train       40.0 s (4 runs)\n  total      99.0 s\n"
+    ) == {"ingest": 12.5, "train": 40.0}
 
 
 @pytest.mark.slow
-def test_real_cnn_runs_sample_yaml_through_the_product_path(shared_dir: Path, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_real_cnn_runs_sample_yaml_through_the_product_path(
+    shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """configs/sample.yaml end to end (shrunk: 40 patches per source split, 1 epoch) via bench.real_cnn."""
     from bench import real_cnn
     from pcam.fsutil import read_json
 
     monkeypatch.setenv("PCAM_SHARED", str(shared_dir))
-    extra = {"data.limit_per_split": 40, "defaults.epochs": 1, "defaults.batch_size": 16,
-             "shard.records_per_shard": 64, "split.ratios": [0.75, 0.25, 0.0]}
+    extra = {
+        "data.limit_per_split": 40,
+        "defaults.epochs": 1,
+        "defaults.batch_size": 16,
+        "shard.records_per_shard": 64,
+        "split.ratios": [0.75, 0.25, 0.0],
+    }
     figures = {f.name: f for f in real_cnn.run_variant("sample", real_cnn.CONFIG, tmp_path, extra)}
     assert {"real_sample_auc_tta", "real_sample_train_minutes", "real_sample_process_cpu_minutes"} <= set(figures)
     assert 0 <= figures["real_sample_auc_tta"].value <= 1 and figures["real_sample_process_cpu_minutes"].value > 0

@@ -15,6 +15,9 @@ def test_top_level_help_lists_every_command(capsys):
 
 
 def test_console_script_runs_without_tensorflow():
-    code = "import sys; from pcam.cli import main; main(['--version']) if False else None; print('tensorflow' in sys.modules)"
+    code = (
+        "import sys; from pcam.cli import main; main(['--version']) if False else None; "
+        "print('tensorflow' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"

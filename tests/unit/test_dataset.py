@@ -37,8 +37,9 @@ def test_duplicates_are_exact_even_when_checksums_collide(tmp_path, monkeypatch,
     near[48, 48, 0] ^= 1  # one bit from images[0]: not a duplicate
     writer = DatasetWriter(tmp_path / "ds", capacity=10)
     writer.add(np.concatenate([images[:3], images[1:2]]), np.zeros(4, np.uint8), ["a", "b", "c", "b2"], "train")
-    writer.add(np.stack([near, images[2], images[0], images[5]]), np.zeros(4, np.uint8),
-               ["near", "c2", "a2", "f"], "valid")
+    writer.add(
+        np.stack([near, images[2], images[0], images[5]]), np.zeros(4, np.uint8), ["near", "c2", "a2", "f"], "valid"
+    )
     writer.add(images[3:5], np.zeros(2, np.uint8), ["d", "e"], "test")
     manifest = writer.finish("mem://", "test")
     assert manifest["duplicates"] == {"count": 3, "examples": [("b", "b2"), ("c", "c2"), ("a", "a2")]}

@@ -35,8 +35,11 @@ PREFIX = "/apis/serving.kserve.io/v1beta1/namespaces/"
 def strict(node):
     """Forbid fields the CRD does not list (the CRD itself never does; see tests/data/kserve/README.md)."""
     if isinstance(node, dict):
-        if "properties" in node and "additionalProperties" not in node \
-                and not node.get("x-kubernetes-preserve-unknown-fields"):
+        if (
+            "properties" in node
+            and "additionalProperties" not in node
+            and not node.get("x-kubernetes-preserve-unknown-fields")
+        ):
             node["additionalProperties"] = False
         for value in node.values():
             strict(value)
@@ -63,21 +66,35 @@ class FakeKube:
         self.owner_conflicts: dict[tuple[str, str], str] = {}  # (ns, name) -> other manager owning storageUri
 
     def status(self, code: int, reason: str, message: str) -> tuple[int, dict]:
-        return code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
-                      "message": message, "code": code}
+        return code, {
+            "kind": "Status",
+            "apiVersion": "v1",
+            "status": "Failure",
+            "reason": reason,
+            "message": message,
+            "code": code,
+        }
 
     def apply(self, ns: str, name: str, query: dict, body: dict) -> tuple[int, dict]:
         manager = query.get("fieldManager", [""])[0]
         if not manager:
             return self.status(422, "Invalid", "PATCH apply requests need a fieldManager")
         if self.forbidden:
-            return self.status(403, "Forbidden", f'inferenceservices.serving.kserve.io "{name}" is forbidden: '
-                               f'User "system:serviceaccount:kubeflow:pcam-pipeline-runner" cannot patch '
-                               f'resource "inferenceservices" in API group "serving.kserve.io" in the namespace "{ns}"')
+            return self.status(
+                403,
+                "Forbidden",
+                f'inferenceservices.serving.kserve.io "{name}" is forbidden: '
+                f'User "system:serviceaccount:kubeflow:pcam-pipeline-runner" cannot patch '
+                f'resource "inferenceservices" in API group "serving.kserve.io" in the namespace "{ns}"',
+            )
         other = self.owner_conflicts.get((ns, name))
         if other and query.get("force", ["False"])[0].lower() != "true":
-            return self.status(409, "Conflict", f'Apply failed with 1 conflict: conflict with "{other}" using '
-                               "serving.kserve.io/v1beta1: .spec.predictor.model.storageUri")
+            return self.status(
+                409,
+                "Conflict",
+                f'Apply failed with 1 conflict: conflict with "{other}" using '
+                "serving.kserve.io/v1beta1: .spec.predictor.model.storageUri",
+            )
         self.owner_conflicts.pop((ns, name), None)
         self.reads = 0
         current = self.objects.get((ns, name))
@@ -98,13 +115,23 @@ class FakeKube:
             return self.status(404, "NotFound", f'inferenceservices.serving.kserve.io "{name}" not found')
         self.reads += 1
         if self.ready_after is not None and self.reads >= self.ready_after:
-            obj["status"] = {"observedGeneration": obj["metadata"]["generation"],
-                             "url": f"http://{name}.{ns}.example.com",
-                             "conditions": [{"type": "Ready", "status": "True"}]}
+            obj["status"] = {
+                "observedGeneration": obj["metadata"]["generation"],
+                "url": f"http://{name}.{ns}.example.com",
+                "conditions": [{"type": "Ready", "status": "True"}],
+            }
         elif self.ready_after is None:
-            obj["status"] = {"observedGeneration": obj["metadata"]["generation"], "conditions": [
-                {"type": "Ready", "status": "False", "reason": "RevisionFailed",
-                 "message": "Revision failed: container kserve-container is waiting"}]}
+            obj["status"] = {
+                "observedGeneration": obj["metadata"]["generation"],
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "False",
+                        "reason": "RevisionFailed",
+                        "message": "Revision failed: container kserve-container is waiting",
+                    }
+                ],
+            }
         return 200, obj
 
 
@@ -125,10 +152,17 @@ def kube():
             url = urlparse(self.path)
             length = int(self.headers.get("Content-Length", 0))
             raw = self.rfile.read(length) if length else b""
-            state.requests.append({"method": method, "path": url.path, "query": parse_qs(url.query),
-                                   "content_type": self.headers.get("Content-Type"),
-                                   "authorization": self.headers.get("Authorization"), "body": raw})
-            parts = url.path[len(PREFIX):].split("/") if url.path.startswith(PREFIX) else []
+            state.requests.append(
+                {
+                    "method": method,
+                    "path": url.path,
+                    "query": parse_qs(url.query),
+                    "content_type": self.headers.get("Content-Type"),
+                    "authorization": self.headers.get("Authorization"),
+                    "body": raw,
+                }
+            )
+            parts = url.path[len(PREFIX) :].split("/") if url.path.startswith(PREFIX) else []
             if len(parts) != 3 or parts[1] != "inferenceservices":
                 return self._answer(*state.status(404, "NotFound", "the server could not find the requested resource"))
             ns, _, name = parts
@@ -175,8 +209,10 @@ def deploy(kube: FakeKube, **kwargs):
 
 # ---------------------------------------------------------------- rendering
 
-@pytest.mark.parametrize("options", [{}, {"gpu": True, "canary_percent": 10, "revision": "ab" * 32},
-                                     {"namespace": "serving"}])
+
+@pytest.mark.parametrize(
+    "options", [{}, {"gpu": True, "canary_percent": 10, "revision": "ab" * 32}, {"namespace": "serving"}]
+)
 def test_rendered_service_validates_against_the_kserve_crd(validator, options):
     from pcam.deploy import TF_SERVING_VERSION, render_inference_service
 
@@ -203,11 +239,14 @@ def test_strict_schema_catches_a_misspelt_field(validator):
     assert any("storageURI" in e.message for e in validator.iter_errors(isvc))
 
 
-@pytest.mark.parametrize("name, uri, canary, words", [
-    ("Pcam_Champion", "gs://b/serving", 100, "lower-case"),
-    ("pcam", "gs://b/serving", 0, "1..100"),
-    ("pcam", "/tmp/champion/serving", 100, "cannot fetch"),
-])
+@pytest.mark.parametrize(
+    "name, uri, canary, words",
+    [
+        ("Pcam_Champion", "gs://b/serving", 100, "lower-case"),
+        ("pcam", "gs://b/serving", 0, "1..100"),
+        ("pcam", "/tmp/champion/serving", 100, "cannot fetch"),
+    ],
+)
 def test_bad_parameters_are_config_errors_naming_them(name, uri, canary, words):
     from pcam.deploy import render_inference_service
 
@@ -216,12 +255,15 @@ def test_bad_parameters_are_config_errors_naming_them(name, uri, canary, words):
 
 
 def test_library_imports_kubernetes_only_when_deploying():
-    code = "import sys, pcam.deploy; pcam.deploy.render_inference_service('a', 'gs://b/c'); " \
-           "assert 'kubernetes' not in sys.modules, 'kubernetes imported'"
+    code = (
+        "import sys, pcam.deploy; pcam.deploy.render_inference_service('a', 'gs://b/c'); "
+        "assert 'kubernetes' not in sys.modules, 'kubernetes imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO, timeout=60)
 
 
 # ---------------------------------------------------------------- API calls
+
 
 def test_first_deploy_creates_by_server_side_apply_and_waits_for_ready(kube):
     result = deploy(kube)
@@ -277,27 +319,36 @@ def test_forbidden_names_the_role_to_apply(kube):
 
 # ---------------------------------------------------------------- RBAC
 
+
 def test_serving_rbac_grants_exactly_what_deploy_calls():
     import kubernetes_validate
 
     kubectl = shutil.which("kubectl")
     assert kubectl, "kubectl (with its built-in kustomize) is needed to render manifests/"
-    out = subprocess.run([kubectl, "kustomize", str(REPO / "manifests" / "serving")],
-                         capture_output=True, text=True, check=True, timeout=60).stdout
+    out = subprocess.run(
+        [kubectl, "kustomize", str(REPO / "manifests" / "serving")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     docs = {d["kind"]: d for d in yaml.safe_load_all(out) if d}
     assert set(docs) == {"Role", "RoleBinding"}
     for doc in docs.values():
         for version in ("1.31.0", "1.37.0"):
             kubernetes_validate.validate(doc, version, strict=True)
         assert doc["metadata"]["namespace"] == cluster.NAMESPACE
-    assert docs["Role"]["rules"] == [{"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"],
-                                      "verbs": ["get", "create", "patch"]}]
-    assert docs["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": cluster.SERVICE_ACCOUNT,
-                                                "namespace": cluster.NAMESPACE}]
+    assert docs["Role"]["rules"] == [
+        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "create", "patch"]}
+    ]
+    assert docs["RoleBinding"]["subjects"] == [
+        {"kind": "ServiceAccount", "name": cluster.SERVICE_ACCOUNT, "namespace": cluster.NAMESPACE}
+    ]
     assert docs["RoleBinding"]["roleRef"]["name"] == docs["Role"]["metadata"]["name"]
 
 
 # ---------------------------------------------------------------- pipeline wiring
+
 
 def test_gate_reads_promotes_decision():
     from pcam.deploy import should_deploy
@@ -317,8 +368,10 @@ def test_pipeline_deploys_after_promote_only_when_it_promoted(tmp_path):
     assert root["deploy-gate"]["dependentTasks"] == ["promote"]
     gate_input = root["deploy-gate"]["inputs"]["parameters"]["decision"]["taskOutputParameter"]
     assert gate_input == {"producerTask": "promote", "outputParameterKey": "Output"}
-    (name, branch), = [(n, t) for n, t in root.items() if "triggerPolicy" in t]
-    assert branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--deploy-gate-Output'] == true"
+    ((name, branch),) = [(n, t) for n, t in root.items() if "triggerPolicy" in t]
+    assert (
+        branch["triggerPolicy"]["condition"] == "inputs.parameter_values['pipelinechannel--deploy-gate-Output'] == true"
+    )
     inner = spec["components"][branch["componentRef"]["name"]]["dag"]["tasks"]
     assert list(inner) == ["deploy"]
     params = spec["root"]["inputDefinitions"]["parameters"]
@@ -339,8 +392,9 @@ def test_deploy_champion_needs_the_export_and_reads_the_model_revision(kube, tmp
     with pytest.raises(DataError, match="no serving export"):
         deploy_champion(promoted, str(champion), "pcam-champion", api_client=api_client(kube))
     serving = champion / "versions" / "v1" / "serving"
-    (champion / "champion.json").write_text(json.dumps({"model_sha256": "c" * 64, "version": "v1",
-                                                        "serving": str(serving)}))
+    (champion / "champion.json").write_text(
+        json.dumps({"model_sha256": "c" * 64, "version": "v1", "serving": str(serving)})
+    )
     with pytest.raises(DataError, match="serving folder is missing"):
         deploy_champion(promoted, str(champion), "pcam-champion", api_client=api_client(kube))
     (serving / "1").mkdir(parents=True)

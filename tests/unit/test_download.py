@@ -84,7 +84,18 @@ def test_missing_file_and_unreachable_host_name_the_url(http_server, tmp_path):
 
 def test_cli_unreachable_exits_2(tmp_path, capsys):
     url = closed_port_url()
-    code = main(["download", "--dest", str(tmp_path), "--base-url", url,
-                 "--files", "camelyonpatch_level_2_split_test_y.h5.gz", "--retries", "0"])
+    code = main(
+        [
+            "download",
+            "--dest",
+            str(tmp_path),
+            "--base-url",
+            url,
+            "--files",
+            "camelyonpatch_level_2_split_test_y.h5.gz",
+            "--retries",
+            "0",
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and url in err

@@ -69,7 +69,7 @@ def test_tta_views_match_numpy_and_are_view_major(real_patches):
     stacked = np.asarray(E.tta_views(images, names))
     assert stacked.shape == (len(names) * 4, 96, 96, 3)
     for v, name in enumerate(names):
-        np.testing.assert_array_equal(stacked[v * 4:(v + 1) * 4], NUMPY_VIEWS[name](images))
+        np.testing.assert_array_equal(stacked[v * 4 : (v + 1) * 4], NUMPY_VIEWS[name](images))
 
 
 def test_eight_views_are_the_eight_symmetries_of_the_square(real_patches):
@@ -95,10 +95,7 @@ def test_batched_predictions_equal_per_view_predictions(real_patches):
 
 
 def test_vote_is_majority_with_ties_positive():
-    probs = np.array([[0.9, 0.1, 0.6, 0.2],
-                      [0.8, 0.2, 0.4, 0.7],
-                      [0.1, 0.3, 0.5, 0.1],
-                      [0.2, 0.9, 0.1, 0.1]])
+    probs = np.array([[0.9, 0.1, 0.6, 0.2], [0.8, 0.2, 0.4, 0.7], [0.1, 0.3, 0.5, 0.1], [0.2, 0.9, 0.1, 0.1]])
     labels, votes = E.vote(probs, 0.5)
     assert votes.tolist() == [2, 1, 2, 1]
     assert labels.tolist() == [1, 0, 1, 0]  # 2 of 4 is a tie: positive
@@ -123,12 +120,12 @@ def test_evaluate_arrays_metrics_agree_with_sklearn(real_patches):
 def test_identity_is_scored_even_when_not_a_voting_view(real_patches):
     images, labels, ids = real_patches
     model = _flat_model()
-    out = E.evaluate_arrays(model, images[:20], labels[:20], ids[:20], views=("hflip", "vflip"),
-                            progress=False)
+    out = E.evaluate_arrays(model, images[:20], labels[:20], ids[:20], views=("hflip", "vflip"), progress=False)
     direct = model.predict(images[:20].astype(np.float32), verbose=0)[:, 0]
     np.testing.assert_allclose(out["_arrays"]["single_probability"], direct, atol=1e-5)
-    hv = np.stack([model.predict(NUMPY_VIEWS[n](images[:20]).astype(np.float32), verbose=0)[:, 0]
-                   for n in ("hflip", "vflip")])
+    hv = np.stack(
+        [model.predict(NUMPY_VIEWS[n](images[:20]).astype(np.float32), verbose=0)[:, 0] for n in ("hflip", "vflip")]
+    )
     np.testing.assert_allclose(out["_arrays"]["probability"], hv.mean(axis=0), atol=1e-5)
 
 
@@ -156,8 +153,13 @@ def test_evaluate_writes_all_outputs_from_shards(tiny_shards, tmp_path):
     cfg: ExperimentConfig = config_from_dict({"evaluate": {"batch_size": 64}})
     out = tmp_path / "eval"
     result = E.evaluate(model_dir, tiny_shards, out, cfg, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == [".pcam-kind", "confusion.json", "metrics.json", "predictions.csv",
-                                                     "roc.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".pcam-kind",
+        "confusion.json",
+        "metrics.json",
+        "predictions.csv",
+        "roc.json",
+    ]
     saved = json.loads((out / "metrics.json").read_text())
     assert saved == json.loads(json.dumps(result))
     assert saved["split"] == "test" and saved["views"] == list(VIEWS5) and saved["n"] == len(labels)
@@ -181,8 +183,19 @@ def test_cli_evaluate_reports_a_missing_model(tmp_path, capsys):
 
     config = tmp_path / "c.yaml"
     config.write_text("name: t\n")
-    code = main(["evaluate", "--model", str(tmp_path / "nope"), "--shards", str(tmp_path / "shards"),
-                 "--out", str(tmp_path / "o"), "--config", str(config)])
+    code = main(
+        [
+            "evaluate",
+            "--model",
+            str(tmp_path / "nope"),
+            "--shards",
+            str(tmp_path / "shards"),
+            "--out",
+            str(tmp_path / "o"),
+            "--config",
+            str(config),
+        ]
+    )
     assert code == 2
     assert "model.keras: model file missing" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()

@@ -28,7 +28,10 @@ def test_layout_is_what_tf_serving_loads(exported):
 
     assert exported.name == "1"
     assert (exported / "saved_model.pb").is_file()
-    assert list((exported / "variables").glob("variables.data-*")) and (exported / "variables" / "variables.index").is_file()
+    assert (
+        list((exported / "variables").glob("variables.data-*"))
+        and (exported / "variables" / "variables.index").is_file()
+    )
     meta = read_meta(exported)
     assert meta["views"] == list(VIEWS) and meta["input"]["encodings"] == ["png", "jpeg"]
     assert meta["ops"] == graph_ops(exported)
@@ -87,10 +90,27 @@ def test_unreadable_model_leaves_no_version_folder(tmp_path):
 
 
 def test_cli_bad_view_is_one_line_and_exit_2(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pcam.cli", "export", "--model", str(tmp_path),
-                             "--out", str(tmp_path / "serving"), "--views", "identity", "upside"],
-                            capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pcam.cli",
+            "export",
+            "--model",
+            str(tmp_path),
+            "--out",
+            str(tmp_path / "serving"),
+            "--views",
+            "identity",
+            "upside",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "pcam export: error: export: unknown TTA view 'upside'; expected one of "
-        "identity, hflip, vflip, rot90, rot180, rot270, transpose, transverse"]
+        "identity, hflip, vflip, rot90, rot180, rot270, transpose, transverse"
+    ]

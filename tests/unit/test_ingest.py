@@ -58,8 +58,9 @@ def _write_h5(root, split, x, y, slides=None, gz=False):
                 shutil.copyfileobj(src, dst)
             path.unlink()
     if slides is not None:
-        pd.DataFrame({"coord_y": 0, "coord_x": 0, "tumor_patch": y == 1, "center_tumor_patch": y == 1,
-                      "wsi": slides}).to_csv(root / f"{PREFIX}_{split}_meta.csv")
+        pd.DataFrame(
+            {"coord_y": 0, "coord_x": 0, "tumor_patch": y == 1, "center_tumor_patch": y == 1, "wsi": slides}
+        ).to_csv(root / f"{PREFIX}_{split}_meta.csv")
 
 
 def _no_leftovers(out, cache=None):
@@ -157,8 +158,13 @@ def test_synthetic_dir_and_literal(synthetic_dataset, tmp_path):
     ds = open_dataset(synthetic_dataset)
     assert ds.manifest["synthetic"] is True and ds.manifest["format"] == "synthetic"
     assert ds.manifest["counts"]["train"] == {"0": 48, "1": 48} and ds.slides is not None
-    manifest = ingest("synthetic", tmp_path / "s", seed=5, cache_dir=tmp_path / "c",
-                      synthetic=SyntheticConfig(train=8, valid=4, test=4, slides=6))
+    manifest = ingest(
+        "synthetic",
+        tmp_path / "s",
+        seed=5,
+        cache_dir=tmp_path / "c",
+        synthetic=SyntheticConfig(train=8, valid=4, test=4, slides=6),
+    )
     assert manifest["synthetic"] is True and manifest["count"] == 16
     assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith("ingest-")] == []
 
@@ -189,7 +195,9 @@ def test_convert_fixes_mode_and_size(pcam_sample, tmp_path):
     with Image.open(root / "train" / "0" / "gray.png") as g:
         np.testing.assert_array_equal(by_id["train/0/gray.png"], np.asarray(g.convert("RGB")))
     with Image.open(root / "train" / "1" / "small.png") as s:
-        np.testing.assert_array_equal(by_id["train/1/small.png"], np.asarray(s.resize((96, 96), Image.Resampling.BILINEAR)))
+        np.testing.assert_array_equal(
+            by_id["train/1/small.png"], np.asarray(s.resize((96, 96), Image.Resampling.BILINEAR))
+        )
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -313,8 +321,9 @@ def test_unreachable_gcs_names_the_uri_quickly(tmp_path, monkeypatch):
 def test_gfile_copy_of_a_tree(kaggle_sample, tmp_path):
     """The gs:// copy code, run by tf.io.gfile on a local tree (gfile treats both alike)."""
     copied = ingest_module._copy_gcs(str(kaggle_sample), tmp_path / "copy")
-    assert sorted(p.relative_to(copied).as_posix() for p in copied.rglob("*.tif")) == \
-        sorted(p.relative_to(kaggle_sample).as_posix() for p in kaggle_sample.rglob("*.tif"))
+    assert sorted(p.relative_to(copied).as_posix() for p in copied.rglob("*.tif")) == sorted(
+        p.relative_to(kaggle_sample).as_posix() for p in kaggle_sample.rglob("*.tif")
+    )
     assert (copied / "train_labels.csv").read_bytes() == (kaggle_sample / "train_labels.csv").read_bytes()
 
 
@@ -331,16 +340,39 @@ def test_https_mirror_is_md5_checked(http_server, tmp_path):
 
 def test_cli_bad_input_exits_2_with_one_line(pcam_sample, tmp_path, capsys):
     bad = _folder_with(pcam_sample, tmp_path / "src", "gray.png", lambda im: im.convert("L"))
-    code = main(["ingest", "--source", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
-                 "--cache-dir", str(tmp_path / "c")])
+    code = main(
+        [
+            "ingest",
+            "--source",
+            str(tmp_path / "src"),
+            "--out",
+            str(tmp_path / "out"),
+            "--cache-dir",
+            str(tmp_path / "c"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and str(bad) in err
     assert not (tmp_path / "out").exists()
 
 
 def test_cli_ingests(kaggle_sample, tmp_path, capsys):
-    assert main(["ingest", "--source", str(kaggle_sample), "--out", str(tmp_path / "k"),
-                 "--limit-per-split", "6", "--cache-dir", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            [
+                "ingest",
+                "--source",
+                str(kaggle_sample),
+                "--out",
+                str(tmp_path / "k"),
+                "--limit-per-split",
+                "6",
+                "--cache-dir",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     assert "6 patches" in capsys.readouterr().out
     assert isinstance(open_dataset(tmp_path / "k").manifest, dict)
 

@@ -81,8 +81,11 @@ def test_operating_point_on_a_hand_worked_case():
     y = np.array([0, 0, 1, 1, 0, 1])
     score = np.array([0.1, 0.4, 0.35, 0.8, 0.7, 0.9])
     # target 2/3: the two top positives (0.9, 0.8) suffice; nothing negative above 0.8
-    assert M.operating_point(y, score, 0.6) == {"threshold": 0.8, "sensitivity": pytest.approx(2 / 3),
-                                                 "specificity": 1.0}
+    assert M.operating_point(y, score, 0.6) == {
+        "threshold": 0.8,
+        "sensitivity": pytest.approx(2 / 3),
+        "specificity": 1.0,
+    }
     # target 1.0 needs threshold 0.35: negatives 0.4 and 0.7 are above it
     point = M.operating_point(y, score, 1.0)
     assert point["threshold"] == 0.35 and point["specificity"] == pytest.approx(1 / 3)

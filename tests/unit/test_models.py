@@ -91,7 +91,7 @@ def test_mobilenetv2_structure_stages_and_step(real_batch):
     model = build_model("mobilenetv2", cfg)
     base = base_network(model, "mobilenetv2")
     assert base.input_shape == (None, 96, 96, 3) and len(base.layers) == 154
-    head = [type(layer).__name__ for layer in model.layers[model.layers.index(base) + 1:]]
+    head = [type(layer).__name__ for layer in model.layers[model.layers.index(base) + 1 :]]
     assert head == ["GlobalAveragePooling2D", "Dropout", "Dense"]
     # preprocessing maps 0..255 to -1..1
     pre = model.get_layer("preprocess")

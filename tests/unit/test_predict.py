@@ -39,8 +39,13 @@ def test_score_images_tta_is_the_mean_over_views(real_patches):
     model = _asymmetric_model()
     images = real_patches[0][:10]
     mean, single = score_images(model, images, views=5, batch_size=4)
-    views = [images, images[:, :, ::-1], images[:, ::-1], np.rot90(images, 1, axes=(1, 2)),
-             np.rot90(images, 3, axes=(1, 2))]
+    views = [
+        images,
+        images[:, :, ::-1],
+        images[:, ::-1],
+        np.rot90(images, 1, axes=(1, 2)),
+        np.rot90(images, 3, axes=(1, 2)),
+    ]
     each = [model.predict(np.ascontiguousarray(v).astype(np.float32), verbose=0)[:, 0] for v in views]
     np.testing.assert_allclose(single, each[0], atol=1e-5)
     np.testing.assert_allclose(mean, np.mean(each, axis=0), atol=1e-5)
@@ -58,9 +63,12 @@ def champion(mean_model_dir: Path, tmp_path_factory) -> Path:
     out.mkdir()
     shutil.copy(mean_model_dir / "model.keras", out / "model.keras")
     sha = file_sha256(out / "model.keras")
-    metrics = {"model_sha256": sha, "views": ["identity", "hflip", "vflip", "rot90", "rot270"],
-               "tta": {"sensitivity_threshold": 0.6, "target_sensitivity": 0.95},
-               "single": {"sensitivity_threshold": 0.61, "target_sensitivity": 0.95}}
+    metrics = {
+        "model_sha256": sha,
+        "views": ["identity", "hflip", "vflip", "rot90", "rot270"],
+        "tta": {"sensitivity_threshold": 0.6, "target_sensitivity": 0.95},
+        "single": {"sensitivity_threshold": 0.61, "target_sensitivity": 0.95},
+    }
     (out / "metrics.json").write_text(json.dumps(metrics))
     return out
 
@@ -88,8 +96,15 @@ def test_predict_patch_sources(champion, patch_inputs, real_patches, tmp_path):
     out = tmp_path / "out"
     summary = predict(str(champion), [str(p) for p in patch_inputs.values()], out, progress=False)
     rows = _rows(out / "predictions.csv")
-    assert list(rows[0]) == ["source", "id", "probability", "single_probability", "label_at_0.5",
-                             "label_at_operating_point", "true_label"]
+    assert list(rows[0]) == [
+        "source",
+        "id",
+        "probability",
+        "single_probability",
+        "label_at_0.5",
+        "label_at_operating_point",
+        "true_label",
+    ]
     assert len(rows) == 24 + 10 + 15 + 11 == summary["patches"]["patches"]
     assert summary["patches"]["operating_point"] == 0.6 and summary["patches"]["views"][-1] == "rot270"
     for r in rows:
@@ -129,8 +144,14 @@ def test_model_locations_and_operating_point(champion, mean_model_dir, tmp_path)
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}:{REPO}", "TF_CPP_MIN_LOG_LEVEL": "3"}
-    return subprocess.run([sys.executable, "-m", "pcam.cli", "predict", *args], capture_output=True, text=True,
-                          env=env, timeout=300, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-m", "pcam.cli", "predict", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        cwd=REPO,
+    )
 
 
 def _assert_one_line_error(result: subprocess.CompletedProcess, names: str, out: Path) -> None:
@@ -160,13 +181,16 @@ def bad_inputs(test_slide, real_patches, tmp_path_factory) -> dict[str, Path]:
     return {"truncated": truncated, "notes": notes, "garbage": garbage, "nompp": nompp, "empty": empty}
 
 
-@pytest.mark.parametrize("case, expect", [
-    ("truncated", "truncated.tif: corrupt or truncated slide"),
-    ("notes", "notes.txt: unsupported format"),
-    ("garbage", "garbage.svs: unsupported slide format"),
-    ("nompp", "nompp.tif: no resolution"),
-    ("empty", "empty: empty folder"),
-])
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("truncated", "truncated.tif: corrupt or truncated slide"),
+        ("notes", "notes.txt: unsupported format"),
+        ("garbage", "garbage.svs: unsupported slide format"),
+        ("nompp", "nompp.tif: no resolution"),
+        ("empty", "empty: empty folder"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(case, expect, bad_inputs, mean_model_dir, tmp_path):
     out = tmp_path / "out"
     result = _cli("--model", str(mean_model_dir), "--input", str(bad_inputs[case]), "--out", str(out))
@@ -183,7 +207,8 @@ def test_bad_models_are_one_line_exit_2(test_slide, pcam_sample, tmp_path):
     small.mkdir()
     inputs = keras.Input((64, 64, 3))
     keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(inputs))).save(
-        small / "model.keras")
+        small / "model.keras"
+    )
     other_size = _cli("--model", str(small), "--input", str(test_slide.path), "--out", str(out))
     _assert_one_line_error(other_size, "model.keras: model expects input (None, 64, 64, 3)", out)
 
@@ -195,8 +220,17 @@ def test_cli_predicts_a_folder_of_slides_and_patches(test_slide, mean_model_dir,
     for p in sorted((kaggle_sample / "test").iterdir())[:3]:
         shutil.copy(p, folder / p.name)
     out = tmp_path / "out"
-    result = _cli("--model", str(mean_model_dir), "--input", str(folder), "--out", str(out), "--no-progress",
-                  "--operating-point", "0.55")
+    result = _cli(
+        "--model",
+        str(mean_model_dir),
+        "--input",
+        str(folder),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--operating-point",
+        "0.55",
+    )
     assert result.returncode == 0, result.stderr
     assert len(_rows(out / "predictions.csv")) == 3
     slides = _rows(out / "slides.csv")

@@ -47,9 +47,15 @@ def _candidate(root, name, model, images, labels, ids):
     model_dir.mkdir(parents=True)
     model.save(model_dir / "model.keras")
     result = E.evaluate_arrays(model, images, labels, ids, views=VIEWS, progress=False)
-    result.update({"split": "test", "model": name, "policy": "constant",
-                   "data_fingerprint": E.data_fingerprint(ids, labels),
-                   "model_sha256": file_sha256(model_dir / "model.keras")})
+    result.update(
+        {
+            "split": "test",
+            "model": name,
+            "policy": "constant",
+            "data_fingerprint": E.data_fingerprint(ids, labels),
+            "model_sha256": file_sha256(model_dir / "model.keras"),
+        }
+    )
     E.write_evaluation(root / name / "evaluate", result)
     write_json(root / name / "pair.json", {"model": name, "policy": "constant"})
     return root / name
@@ -85,8 +91,12 @@ def test_first_run_promotes_then_better_replaces_and_worse_or_equal_do_not(candi
     assert sorted(p.name for p in champion.iterdir()) == ["champion.json", "champion.json.lock", "versions"]
     pointer, sha, metrics = _current(champion, tmp_path)
     assert sha == file_sha256(bad / "train" / "model.keras") == pointer["model_sha256"] == metrics["model_sha256"]
-    assert sorted(p.name for p in (champion / "versions" / first["version"]).iterdir()) == \
-        ["metrics.json", "model.keras", "serving", "version.json"]
+    assert sorted(p.name for p in (champion / "versions" / first["version"]).iterdir()) == [
+        "metrics.json",
+        "model.keras",
+        "serving",
+        "version.json",
+    ]
     assert pointer["serving"] == first["serving"] == str(champion / "versions" / first["version"] / "serving")
     assert (Path(pointer["serving"]) / "1" / "saved_model.pb").is_file()  # what KServe / pcam serve load
 
@@ -125,7 +135,7 @@ def test_old_versions_age_out_of_the_history(candidates, tmp_path):
     finally:
         metrics_path.write_text(original)
     kept = sorted(p.name for p in (champion / "versions").iterdir())
-    assert kept == sorted(versions[-(C.KEEP_VERSIONS + 1):])  # the champion + KEEP_VERSIONS before it
+    assert kept == sorted(versions[-(C.KEEP_VERSIONS + 1) :])  # the champion + KEEP_VERSIONS before it
 
 
 def test_model_must_be_the_one_the_evaluation_scored(candidates, tmp_path, capsys):
@@ -133,11 +143,25 @@ def test_model_must_be_the_one_the_evaluation_scored(candidates, tmp_path, capsy
 
     good, bad = candidates
     champion = tmp_path / "champion"
-    with pytest.raises(DataError, match=r"good/evaluate/metrics.json scored another model \(sha256 .*\) than "
-                                        r".*bad/train/model.keras .*evaluate this model first"):
+    with pytest.raises(
+        DataError,
+        match=r"good/evaluate/metrics.json scored another model \(sha256 .*\) than "
+        r".*bad/train/model.keras .*evaluate this model first",
+    ):
         P.promote(good / "evaluate", bad / "train", str(champion), out_dir=tmp_path / "d")
-    code = main(["promote", "--eval", str(good / "evaluate"), "--model", str(bad / "train"),
-                 "--champion", str(champion), "--out", str(tmp_path / "d")])
+    code = main(
+        [
+            "promote",
+            "--eval",
+            str(good / "evaluate"),
+            "--model",
+            str(bad / "train"),
+            "--champion",
+            str(champion),
+            "--out",
+            str(tmp_path / "d"),
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "scored another model" in err
     assert not champion.exists() and not (tmp_path / "d").exists()
@@ -148,8 +172,11 @@ def test_champion_location_that_is_not_a_champion_is_refused_unless_forced(candi
     champion = tmp_path / "thesis"
     champion.mkdir()
     (champion / "thesis.tex").write_text("years of work")
-    with pytest.raises(DataError, match=r"thesis: not empty and not a pcam champion \(no champion.json; holds "
-                                        r"'thesis.tex'\); choose another --champion, or pass --force"):
+    with pytest.raises(
+        DataError,
+        match=r"thesis: not empty and not a pcam champion \(no champion.json; holds "
+        r"'thesis.tex'\); choose another --champion, or pass --force",
+    ):
         _promote(good, champion, tmp_path)
     assert sorted(p.name for p in champion.iterdir()) == ["thesis.tex"]
     assert _promote(good, champion, tmp_path, force=True)["promoted"] is True
@@ -240,8 +267,9 @@ def test_cli_promote_best_of_runs(candidates, tmp_path, capsys):
     from pcam.cli import main
 
     good, bad = candidates
-    code = main(["promote", "--runs", str(bad), str(good), "--champion", str(tmp_path / "champ"),
-                 "--out", str(tmp_path / "d")])
+    code = main(
+        ["promote", "--runs", str(bad), str(good), "--champion", str(tmp_path / "champ"), "--out", str(tmp_path / "d")]
+    )
     assert code == 0 and capsys.readouterr().out.strip().startswith("promoted: no champion yet")
     assert json.loads((tmp_path / "champ" / "champion.json").read_text())["model"] == "good"
     assert C.fetch(str(tmp_path / "champ"), tmp_path / "reader")["model"] == "good"
@@ -261,14 +289,23 @@ def test_cli_refusals_as_a_subprocess(candidates, tmp_path):
     thesis.mkdir()
     (thesis / "thesis.tex").write_text("years of work")
     cases = [
-        (["--eval", str(good / "evaluate"), "--model", str(bad / "train"), "--champion", str(tmp_path / "c")],
-         "scored another model"),
-        (["--eval", str(good / "evaluate"), "--model", str(good / "train"), "--champion", str(thesis)],
-         "not empty and not a pcam champion"),
+        (
+            ["--eval", str(good / "evaluate"), "--model", str(bad / "train"), "--champion", str(tmp_path / "c")],
+            "scored another model",
+        ),
+        (
+            ["--eval", str(good / "evaluate"), "--model", str(good / "train"), "--champion", str(thesis)],
+            "not empty and not a pcam champion",
+        ),
     ]
     for args, message in cases:
-        proc = subprocess.run([sys.executable, "-m", "pcam.cli", "promote", *args, "--out", str(tmp_path / "d")],
-                              env=env, capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pcam.cli", "promote", *args, "--out", str(tmp_path / "d")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
         assert lines[0].startswith("pcam promote: error: ")

@@ -66,7 +66,9 @@ def test_uncompressed_files_are_byte_identical_to_tensorflows_writer(patches, tm
     import tensorflow as tf
 
     images, labels, ids = patches
-    records = [R.encode_example(image, label, pid, "raw") for image, label, pid in zip(images, labels, ids, strict=True)]
+    records = [
+        R.encode_example(image, label, pid, "raw") for image, label, pid in zip(images, labels, ids, strict=True)
+    ]
     with R.TFRecordFileWriter(tmp_path / "ours.tfrecord", "none") as writer:
         for record in records:
             writer.write(record)
@@ -97,8 +99,9 @@ def test_encodings_are_deterministic_and_raw_is_the_plain_bytes(patches):
     assert R.encode_example(image, 1, "a", "png") == R.encode_example(image.copy(), 1, "a", "png")
 
 
-@pytest.mark.parametrize("bad", [np.zeros((96, 96), np.uint8), np.zeros((96, 96, 3), np.float32),
-                                 np.zeros((64, 64, 3), np.uint8)])
+@pytest.mark.parametrize(
+    "bad", [np.zeros((96, 96), np.uint8), np.zeros((96, 96, 3), np.float32), np.zeros((64, 64, 3), np.uint8)]
+)
 def test_wrong_image_shape_or_dtype_is_rejected(bad):
     with pytest.raises(DataError, match="expected a uint8"):
         R.encode_example(bad, 0, "x", "raw")

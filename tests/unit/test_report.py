@@ -38,10 +38,22 @@ def _model(seed):
 
 def _history(epochs, stage, start=1, seconds=2.0):
     rng = np.random.default_rng(epochs + start)
-    return [{"epoch": start + i, "stage": stage, "loss": 0.7 - 0.05 * i, "accuracy": 0.6 + 0.03 * i,
-             "auc": 0.65 + 0.03 * i, "val_loss": 0.72 - 0.04 * i + rng.random() * 0.01,
-             "val_accuracy": 0.58 + 0.03 * i, "val_auc": 0.6 + 0.03 * i, "lr": 1e-3,
-             "seconds": seconds, "images_per_second": 100.0} for i in range(epochs)]
+    return [
+        {
+            "epoch": start + i,
+            "stage": stage,
+            "loss": 0.7 - 0.05 * i,
+            "accuracy": 0.6 + 0.03 * i,
+            "auc": 0.65 + 0.03 * i,
+            "val_loss": 0.72 - 0.04 * i + rng.random() * 0.01,
+            "val_accuracy": 0.58 + 0.03 * i,
+            "val_auc": 0.6 + 0.03 * i,
+            "lr": 1e-3,
+            "seconds": seconds,
+            "images_per_second": 100.0,
+        }
+        for i in range(epochs)
+    ]
 
 
 def make_run(root, model, policy, seed, patches, *, finetune=False, one_class=False):
@@ -55,10 +67,10 @@ def make_run(root, model, policy, seed, patches, *, finetune=False, one_class=Fa
     write_json(run / "train" / "train.json", {"model": model, "policy": policy, "seconds": 6.5, "params": 1234})
     if finetune:
         # as the fine-tune step writes it: the stage-1 rows, then its own
-        write_json(run / "finetune" / "history.json",
-                   _history(3, "train") + _history(2, "finetune", start=4, seconds=3.0))
-        write_json(run / "finetune" / "train.json", {"model": model, "policy": policy, "seconds": 6.0,
-                                                     "params": 1234})
+        write_json(
+            run / "finetune" / "history.json", _history(3, "train") + _history(2, "finetune", start=4, seconds=3.0)
+        )
+        write_json(run / "finetune" / "train.json", {"model": model, "policy": policy, "seconds": 6.0, "params": 1234})
     result = E.evaluate_arrays(_model(seed), images, labels, ids, views=VIEWS, progress=False)
     result.update({"split": "test", "model": model, "policy": policy})
     E.write_evaluation(run / "evaluate", result)
@@ -78,10 +90,17 @@ def runs(tmp_path_factory, patches):
 
 
 CONTEXT = {
-    "experiment": "pcam-test", "source": "synthetic", "format": "synthetic", "split_mode": "random", "seed": 42,
-    "config_digest": "ab" * 32, "image": "localhost/pcam-gpu:abc123", "data_checksums": {"images.npy": "cd" * 32},
+    "experiment": "pcam-test",
+    "source": "synthetic",
+    "format": "synthetic",
+    "split_mode": "random",
+    "seed": 42,
+    "config_digest": "ab" * 32,
+    "image": "localhost/pcam-gpu:abc123",
+    "data_checksums": {"images.npy": "cd" * 32},
     "step_seconds": {"evaluate": 4.0, "ingest": 1.5, "train": 30.0},  # sorted by name, as steps.json is
-    "versions": {"kfp": "2.17.3"}, "notes": ["tiny test run"],
+    "versions": {"kfp": "2.17.3"},
+    "notes": ["tiny test run"],
 }
 
 
@@ -95,10 +114,24 @@ def test_summary_csv_has_one_sorted_row_per_pair(built, runs):
     out, summary = built
     with open(out / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0])[:10] == ["model", "policy", "split", "tta", "f1", "auc", "recall", "precision",
-                                  "accuracy", "train_seconds"]
+    assert list(rows[0])[:10] == [
+        "model",
+        "policy",
+        "split",
+        "tta",
+        "f1",
+        "auc",
+        "recall",
+        "precision",
+        "accuracy",
+        "train_seconds",
+    ]
     assert [(r["model"], r["policy"]) for r in rows] == [
-        ("logreg", "constant"), ("cnn", "constant"), ("cnn", "plateau"), ("mobilenetv2", "onecycle")]
+        ("logreg", "constant"),
+        ("cnn", "constant"),
+        ("cnn", "plateau"),
+        ("mobilenetv2", "onecycle"),
+    ]
     assert {r["tta"] for r in rows} == {"5"} and {r["split"] for r in rows} == {"test"}
     metrics = json.loads((runs[2] / "evaluate" / "metrics.json").read_text())  # cnn constant
     assert float(rows[1]["auc"]) == pytest.approx(metrics["tta"]["auc"])
@@ -121,9 +154,23 @@ def test_html_is_self_contained_and_states_provenance(built):
     page = (out / "report.html").read_text()
     # an old-style context without split facts: the page says it cannot tell, never that it is disjoint
     assert "SYNTHETIC DATA" in page and "does not say whether the evaluated split &#x27;test&#x27;" in page
-    for needle in ("ab" * 32, "localhost/pcam-gpu:abc123", "cd" * 32, "kfp 2.17.3", "keras ", "numpy ",
-                   "scikit-learn ", "tensorflow ", "0.985", "0.944", "0.622", "slide-disjoint", "tiny test run",
-                   'class="best"', "one class only"):
+    for needle in (
+        "ab" * 32,
+        "localhost/pcam-gpu:abc123",
+        "cd" * 32,
+        "kfp 2.17.3",
+        "keras ",
+        "numpy ",
+        "scikit-learn ",
+        "tensorflow ",
+        "0.985",
+        "0.944",
+        "0.622",
+        "slide-disjoint",
+        "tiny test run",
+        'class="best"',
+        "one class only",
+    ):
         assert needle in page, needle
     assert not re.search(r'src="(?!data:image/png;base64,)', page)  # every image embedded
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
@@ -134,7 +181,7 @@ def test_html_is_self_contained_and_states_provenance(built):
     assert sorted(p.name for p in (out / "plots").iterdir()) == summary["plots"]
     assert "history-mobilenetv2-onecycle.png" in summary["plots"]
     assert "fine-tuning from epoch 4" in page
-    steps = page[page.index("Step timings"):]
+    steps = page[page.index("Step timings") :]
     assert steps.index(">ingest<") < steps.index(">train<") < steps.index(">evaluate<")  # pipeline order
 
 
@@ -174,33 +221,44 @@ def test_cli_report(runs, tmp_path, capsys):
 
     ctx = tmp_path / "context.json"
     ctx.write_text(json.dumps(CONTEXT))
-    assert main(["report", "--runs", str(runs[1]), "--out", str(tmp_path / "o"),
-                 "--context", str(ctx)]) == 0
+    assert main(["report", "--runs", str(runs[1]), "--out", str(tmp_path / "o"), "--context", str(ctx)]) == 0
     assert str(tmp_path / "o" / "report.html") in capsys.readouterr().out
 
 
 CARVED_TEST = {  # split.json facts of a source with train only, test carved at random (no slide ids)
-    "origin": {"train": {"from": "train", "carved": True, "text": "source train minus the carved valid and test"},
-               "valid": {"from": "train", "carved": True, "text": "carved from source train (20.0%)"},
-               "test": {"from": "train", "carved": True, "text": "carved from source train (10.0%)"}},
-    "pairs": {f"{a}|{b}": {"slide_disjoint": False, "basis": "carved at random from the same patches without "
-                           "slide ids: the two may share slides"} for a, b in R.PAIR_NAMES},
+    "origin": {
+        "train": {"from": "train", "carved": True, "text": "source train minus the carved valid and test"},
+        "valid": {"from": "train", "carved": True, "text": "carved from source train (20.0%)"},
+        "test": {"from": "train", "carved": True, "text": "carved from source train (10.0%)"},
+    },
+    "pairs": {
+        f"{a}|{b}": {
+            "slide_disjoint": False,
+            "basis": "carved at random from the same patches without slide ids: the two may share slides",
+        }
+        for a, b in R.PAIR_NAMES
+    },
 }
 HELD_OUT_TEST = {  # the sample's case: test = source valid, valid carved from train
-    "origin": {"train": {"from": "train", "carved": True, "text": "source train minus the carved valid"},
-               "valid": {"from": "train", "carved": True, "text": "carved from source train (10.0%)"},
-               "test": {"from": "valid", "carved": False, "text": "source valid"}},
-    "pairs": {"train|valid": {"slide_disjoint": False, "basis": "carved at random"},
-              "train|test": {"slide_disjoint": True, "basis": "different split folders of the source"},
-              "valid|test": {"slide_disjoint": True, "basis": "different split folders of the source"}},
+    "origin": {
+        "train": {"from": "train", "carved": True, "text": "source train minus the carved valid"},
+        "valid": {"from": "train", "carved": True, "text": "carved from source train (10.0%)"},
+        "test": {"from": "valid", "carved": False, "text": "source valid"},
+    },
+    "pairs": {
+        "train|valid": {"slide_disjoint": False, "basis": "carved at random"},
+        "train|test": {"slide_disjoint": True, "basis": "different split folders of the source"},
+        "valid|test": {"slide_disjoint": True, "basis": "different split folders of the source"},
+    },
 }
 
 
 def test_evaluated_split_sharing_slides_with_train_is_flagged_beside_the_numbers(runs, tmp_path):
-    summary = R.build_report(runs[1:2], tmp_path / "r", {"source": "/data/kaggle", "split_mode": "official",
-                                                         "split_facts": CARVED_TEST})
+    summary = R.build_report(
+        runs[1:2], tmp_path / "r", {"source": "/data/kaggle", "split_mode": "official", "split_facts": CARVED_TEST}
+    )
     page = (tmp_path / "r" / "report.html").read_text()
-    comparison = page[page.index("<h2>Comparison</h2>"):]
+    comparison = page[page.index("<h2>Comparison</h2>") :]
     # beside the numbers (before the table), at the top, and in the model card's Run table
     assert comparison.index("NOT slide-disjoint from train") < comparison.index("<table")
     assert page.count("NOT slide-disjoint from train") == 2
@@ -216,8 +274,9 @@ def test_evaluated_split_sharing_slides_with_train_is_flagged_beside_the_numbers
 
 
 def test_slide_disjoint_evaluation_states_its_basis_without_warning(runs, tmp_path):
-    summary = R.build_report(runs[1:2], tmp_path / "r", {"source": "/data/sample", "split_mode": "official",
-                                                         "split_facts": HELD_OUT_TEST})
+    summary = R.build_report(
+        runs[1:2], tmp_path / "r", {"source": "/data/sample", "split_mode": "official", "split_facts": HELD_OUT_TEST}
+    )
     page = (tmp_path / "r" / "report.html").read_text()
     assert "NOT slide-disjoint" not in page and "test (slide-disjoint from train: yes)" in page
     assert "train / test: slide-disjoint (different split folders of the source)" in page

@@ -25,8 +25,22 @@ train: {{shuffle_buffer: 256}}
 
 
 def _command(shards: Path, out: Path, config: Path) -> list[str]:
-    return [sys.executable, "-m", "pcam.cli", "train", "--shards", str(shards), "--out", str(out),
-            "--config", str(config), "--model", "logreg", "--policy", "onecycle"]
+    return [
+        sys.executable,
+        "-m",
+        "pcam.cli",
+        "train",
+        "--shards",
+        str(shards),
+        "--out",
+        str(out),
+        "--config",
+        str(config),
+        "--model",
+        "logreg",
+        "--policy",
+        "onecycle",
+    ]
 
 
 def _env() -> dict[str, str]:
@@ -52,8 +66,9 @@ def test_sigkill_then_rerun_equals_uninterrupted(tiny_shards, tmp_path):
     config.write_text(CONFIG)
     killed_out, clean_out = tmp_path / "killed", tmp_path / "clean"
 
-    proc = subprocess.Popen(_command(tiny_shards, killed_out, config), env=_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _command(tiny_shards, killed_out, config), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.monotonic() + 300
     while len(_checkpoint_epochs(killed_out)) == 0 or _checkpoint_epochs(killed_out)[-1] < 2:
         assert proc.poll() is None, "training ended before its second checkpoint"
@@ -64,15 +79,17 @@ def test_sigkill_then_rerun_equals_uninterrupted(tiny_shards, tmp_path):
     killed_at = _checkpoint_epochs(killed_out)[-1]
     assert 2 <= killed_at < EPOCHS and not (killed_out / "train.json").exists()
 
-    resumed = subprocess.run(_command(tiny_shards, killed_out, config), env=_env(), capture_output=True,
-                             text=True, timeout=600)
+    resumed = subprocess.run(
+        _command(tiny_shards, killed_out, config), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"epoch {killed_at} done" in resumed.stderr  # the log says where it resumed
     summary = json.loads((killed_out / "train.json").read_text())
     assert summary["resumed_from"] == [killed_at] and summary["epochs"] == EPOCHS
 
-    clean = subprocess.run(_command(tiny_shards, clean_out, config), env=_env(), capture_output=True,
-                           text=True, timeout=600)
+    clean = subprocess.run(
+        _command(tiny_shards, clean_out, config), env=_env(), capture_output=True, text=True, timeout=600
+    )
     assert clean.returncode == 0, clean.stderr[-2000:]
 
     h_killed, v_killed = _final(killed_out)

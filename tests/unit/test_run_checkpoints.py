@@ -12,8 +12,10 @@ def test_run_id_narrows_the_root_and_nothing_else(tmp_path):
     run = for_run(cfg, "8f1c2e")
     assert run.train.checkpoint_uri == f"{tmp_path}/ckpt/8f1c2e"
     assert run.seed == 7 and run.train.models == cfg.train.models
-    assert pair_checkpoint_uris(run, "cnn", "plateau") == [f"{tmp_path}/ckpt/8f1c2e/cnn-plateau-train",
-                                                           f"{tmp_path}/ckpt/8f1c2e/cnn-plateau-finetune"]
+    assert pair_checkpoint_uris(run, "cnn", "plateau") == [
+        f"{tmp_path}/ckpt/8f1c2e/cnn-plateau-train",
+        f"{tmp_path}/ckpt/8f1c2e/cnn-plateau-finetune",
+    ]
 
 
 def test_no_root_or_no_run_id_keeps_the_config():
@@ -36,6 +38,9 @@ def test_cleanup_removes_only_this_pairs_checkpoints(tmp_path):
         (tmp_path / "42" / pair / "epoch-00001").mkdir(parents=True)
         (tmp_path / "42" / pair / "epoch-00001" / "state.json").write_text("{}")
     removed = remove_pair_checkpoints(run, "resnet50", "plateau")
-    assert removed == [str(tmp_path / "42" / "resnet50-plateau-train"), str(tmp_path / "42" / "resnet50-plateau-finetune")]
+    assert removed == [
+        str(tmp_path / "42" / "resnet50-plateau-train"),
+        str(tmp_path / "42" / "resnet50-plateau-finetune"),
+    ]
     assert sorted(p.name for p in (tmp_path / "42").iterdir()) == ["cnn-plateau-train"]
     assert remove_pair_checkpoints(run, "resnet50", "plateau") == []  # idempotent: a retried evaluate

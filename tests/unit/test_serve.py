@@ -56,9 +56,28 @@ def reference(model_dirs, pcam_sample):
 def server(model_dirs):
     port = free_port()
     log = open(model_dirs[1].parent / "serve.log", "w")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen([sys.executable, "-m", "pcam.cli", "serve", "--model", str(model_dirs[1]),
-                             "--host", "127.0.0.1", "--port", str(port), "--max-body-mb", str(MAX_BODY_MB), "--grace-seconds", "90"],
-                            stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env={**os.environ})
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "pcam.cli",
+            "serve",
+            "--model",
+            str(model_dirs[1]),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--max-body-mb",
+            str(MAX_BODY_MB),
+            "--grace-seconds",
+            "90",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env={**os.environ},
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 180
     while True:
@@ -116,8 +135,23 @@ def test_server_answers_equal_pcam_predict(server, model_dirs, pcam_sample, tmp_
     folder.mkdir()
     for i, data in enumerate(jpegs):
         (folder / f"p{i:02d}.jpg").write_bytes(data)
-    assert main(["predict", "--model", str(model_dirs[0]), "--input", str(folder), "--out", str(tmp_path / "pred"),
-                 "--views", str(len(VIEWS)), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model_dirs[0]),
+                "--input",
+                str(folder),
+                "--out",
+                str(tmp_path / "pred"),
+                "--views",
+                str(len(VIEWS)),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     with open(tmp_path / "pred" / "predictions.csv") as handle:
         rows = {Path(r["id"]).stem: r for r in csv.DictReader(handle)}
     answer = post(url, "/v1/models/pcam:predict", json=v1(jpegs))
@@ -131,8 +165,16 @@ def test_server_answers_equal_pcam_predict(server, model_dirs, pcam_sample, tmp_
 def test_v2_infer_equals_keras_tta(server, reference):
     url, _ = server
     jpegs, _, probs = reference
-    body = {"inputs": [{"name": "image_bytes", "shape": [len(jpegs)], "datatype": "BYTES",
-                        "data": [base64.b64encode(b).decode() for b in jpegs]}]}
+    body = {
+        "inputs": [
+            {
+                "name": "image_bytes",
+                "shape": [len(jpegs)],
+                "datatype": "BYTES",
+                "data": [base64.b64encode(b).decode() for b in jpegs],
+            }
+        ]
+    }
     answer = post(url, "/v2/models/pcam/infer", json=body)
     assert answer.status_code == 200, answer.text
     outputs = {o["name"]: o for o in answer.json()["outputs"]}
@@ -149,19 +191,45 @@ def _bad_requests(pixels: np.ndarray) -> dict[str, tuple[str, dict, int, str]]:
         "wrong size": ("/v1/models/pcam:predict", {"json": v1([png(pixels[0][:64, :64])])}, 400, "64x64"),
         "empty instances": ("/v1/models/pcam:predict", {"json": {"instances": []}}, 400, "no instances"),
         "not base64": ("/v1/models/pcam:predict", {"json": {"instances": [{"b64": "***"}]}}, 400, "base64"),
-        "not json": ("/v1/models/pcam:predict", {"data": b"{oops", "headers": {"Content-Type": "application/json"}},
-                     400, "request format"),
-        "huge body": ("/v1/models/pcam:predict", {"data": big, "headers": {"Content-Type": "application/json"}},
-                      413, "limit"),
-        "huge chunked body": ("/v1/models/pcam:predict",
-                              {"data": iter([big[:2**19]] * 5), "headers": {"Content-Type": "application/json"}},
-                              413, "limit"),
-        "wrong content type": ("/v1/models/pcam:predict", {"data": b"instances=1", "headers": {"Content-Type": "text/plain"}},
-                               400, "content type"),
-        "v2 binary extension": ("/v2/models/pcam/infer", {"data": b"\x00" * 16, "headers": {
-            "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "8"}}, 400, "content type"),
-        "v2 wrong datatype": ("/v2/models/pcam/infer", {"json": {"inputs": [
-            {"name": "image_bytes", "shape": [1], "datatype": "FP32", "data": [1.0]}]}}, 400, "BYTES"),
+        "not json": (
+            "/v1/models/pcam:predict",
+            {"data": b"{oops", "headers": {"Content-Type": "application/json"}},
+            400,
+            "request format",
+        ),
+        "huge body": (
+            "/v1/models/pcam:predict",
+            {"data": big, "headers": {"Content-Type": "application/json"}},
+            413,
+            "limit",
+        ),
+        "huge chunked body": (
+            "/v1/models/pcam:predict",
+            {"data": iter([big[: 2**19]] * 5), "headers": {"Content-Type": "application/json"}},
+            413,
+            "limit",
+        ),
+        "wrong content type": (
+            "/v1/models/pcam:predict",
+            {"data": b"instances=1", "headers": {"Content-Type": "text/plain"}},
+            400,
+            "content type",
+        ),
+        "v2 binary extension": (
+            "/v2/models/pcam/infer",
+            {
+                "data": b"\x00" * 16,
+                "headers": {"Content-Type": "application/octet-stream", "Inference-Header-Content-Length": "8"},
+            },
+            400,
+            "content type",
+        ),
+        "v2 wrong datatype": (
+            "/v2/models/pcam/infer",
+            {"json": {"inputs": [{"name": "image_bytes", "shape": [1], "datatype": "FP32", "data": [1.0]}]}},
+            400,
+            "BYTES",
+        ),
         "unknown model": ("/v1/models/nope:predict", {"json": v1([png(pixels[0])])}, 400, "nope"),
     }
 
@@ -176,8 +244,9 @@ def test_bad_request_gets_json_error_and_server_keeps_serving(server, reference,
     assert words in answer.json()["error"]
     good = post(url, "/v1/models/pcam:predict", json=v1(jpegs[:2]))
     assert good.status_code == 200 and proc.poll() is None
-    np.testing.assert_allclose([p["probability"] for p in good.json()["predictions"]],
-                               probs.mean(axis=0)[:2], atol=1e-5)
+    np.testing.assert_allclose(
+        [p["probability"] for p in good.json()["predictions"]], probs.mean(axis=0)[:2], atol=1e-5
+    )
 
 
 def test_resize_only_when_asked(model_dirs, pcam_sample):
@@ -193,8 +262,13 @@ def test_resize_only_when_asked(model_dirs, pcam_sample):
 
 
 def test_model_folder_without_savedmodel_is_one_clear_line(model_dirs, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "pcam.cli", "serve", "--model", str(model_dirs[0]),
-                             "--port", "1"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "pcam.cli", "serve", "--model", str(model_dirs[0]), "--port", "1"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].startswith(f"pcam serve: error: {model_dirs[0]}: holds a Keras")
 
@@ -204,12 +278,28 @@ def test_port_in_use_is_one_clear_line(model_dirs):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = subprocess.run([sys.executable, "-m", "pcam.cli", "serve", "--model", str(model_dirs[1]),
-                                 "--host", "127.0.0.1", "--port", str(port)],
-                                capture_output=True, text=True, cwd=REPO, timeout=120)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pcam.cli",
+                "serve",
+                "--model",
+                str(model_dirs[1]),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            timeout=120,
+        )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        f"pcam serve: error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)")
+        f"pcam serve: error: --host 127.0.0.1 --port {port}: cannot listen there (Address already in use)"
+    )
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits_0(server, reference):

@@ -29,8 +29,9 @@ def dihedral(image):
 def augmented(tiny_dataset, tiny_split, tmp_path_factory):
     """Shards with one noiseless augmented copy per training image, 50 records per shard."""
     out = tmp_path_factory.mktemp("aug") / "shards"
-    index = write_shards(tiny_dataset, tiny_split, out, COPIES_NO_NOISE, ShardConfig(records_per_shard=50),
-                         seed=3, progress=False)
+    index = write_shards(
+        tiny_dataset, tiny_split, out, COPIES_NO_NOISE, ShardConfig(records_per_shard=50), seed=3, progress=False
+    )
     return out, index
 
 
@@ -46,7 +47,9 @@ def test_index_lists_every_shard_with_counts(augmented, tiny_dataset, tiny_split
     names = {p.name for p in out.iterdir()} - {"index.json", ".pcam-kind"}
     for name, info in index["splits"].items():
         copies = 1 if name == "train" else 0
-        assert info["records"] == len(split["indices"][name]) * (1 + copies) == sum(s["records"] for s in info["shards"])
+        assert (
+            info["records"] == len(split["indices"][name]) * (1 + copies) == sum(s["records"] for s in info["shards"])
+        )
         assert info["augmented_copies"] == copies and sum(info["labels"].values()) == info["records"]
         n = len(info["shards"])
         assert n == -(-info["records"] // 50)
@@ -96,13 +99,27 @@ def test_valid_and_test_are_originals_in_split_order(augmented, tiny_dataset, ti
 
 def test_same_inputs_and_seed_give_byte_identical_shards(augmented, tiny_dataset, tiny_split, tmp_path):
     out, index = augmented
-    again = write_shards(tiny_dataset, tiny_split, tmp_path / "again", COPIES_NO_NOISE,
-                         ShardConfig(records_per_shard=50), seed=3, progress=False)
+    again = write_shards(
+        tiny_dataset,
+        tiny_split,
+        tmp_path / "again",
+        COPIES_NO_NOISE,
+        ShardConfig(records_per_shard=50),
+        seed=3,
+        progress=False,
+    )
     assert again == index
     for shard in index["splits"]["train"]["shards"]:
         assert (tmp_path / "again" / shard["name"]).read_bytes() == (out / shard["name"]).read_bytes()
-    other = write_shards(tiny_dataset, tiny_split, tmp_path / "other", COPIES_NO_NOISE,
-                         ShardConfig(records_per_shard=50), seed=4, progress=False)
+    other = write_shards(
+        tiny_dataset,
+        tiny_split,
+        tmp_path / "other",
+        COPIES_NO_NOISE,
+        ShardConfig(records_per_shard=50),
+        seed=4,
+        progress=False,
+    )
     assert other["splits"]["train"]["shards"][0]["sha256"] != index["splits"]["train"]["shards"][0]["sha256"]
     assert other["splits"]["valid"] == index["splits"]["valid"]  # eval splits do not depend on the seed
 
@@ -205,10 +222,12 @@ def test_shards_without_copies_are_written_without_importing_tensorflow(tiny_dat
     import subprocess
     import sys
 
-    script = ("import sys; from pcam.config import AugmentConfig, ShardConfig; from pcam.shard import write_shards; "
-              f"write_shards({str(tiny_dataset)!r}, {str(tiny_split)!r}, {str(tmp_path / 'out')!r}, "
-              "AugmentConfig(copies=0), ShardConfig(), 0, progress=False); "
-              "print('tensorflow' in sys.modules)")
+    script = (
+        "import sys; from pcam.config import AugmentConfig, ShardConfig; from pcam.shard import write_shards; "
+        f"write_shards({str(tiny_dataset)!r}, {str(tiny_split)!r}, {str(tmp_path / 'out')!r}, "
+        "AugmentConfig(copies=0), ShardConfig(), 0, progress=False); "
+        "print('tensorflow' in sys.modules)"
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
     assert load_index(tmp_path / "out")["splits"]["train"]["records"] > 0  # verify=True: sha256s match the files

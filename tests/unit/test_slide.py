@@ -86,7 +86,7 @@ def test_tile_coordinates_at_each_level(test_slide, mpp0, level):
         for i, tile in zip(block, tiles, strict=True):
             x, y = grid.origin(int(i) // grid.cols, int(i) % grid.cols)
             u, v = round(x / ds), round(y / ds)
-            np.testing.assert_array_equal(tile, whole[v:v + 96, u:u + 96])
+            np.testing.assert_array_equal(tile, whole[v : v + 96, u : u + 96])
 
 
 def test_resampled_tiles_have_pcam_scale(test_slide):
@@ -144,8 +144,10 @@ def test_predict_slide_outputs_map_back_to_tiles(test_slide, predictor, tmp_path
     geo = json.loads((out / "tumour.geojson").read_text())
     assert geo["type"] == "FeatureCollection"
     positive = probs >= 0.55
-    area = sum(abs(_area(f["geometry"]["coordinates"][0])) - sum(abs(_area(h)) for h in f["geometry"]["coordinates"][1:])
-               for f in geo["features"])
+    area = sum(
+        abs(_area(f["geometry"]["coordinates"][0])) - sum(abs(_area(h)) for h in f["geometry"]["coordinates"][1:])
+        for f in geo["features"]
+    )
     assert area == positive.sum() * 192 * 192
 
 
@@ -159,9 +161,20 @@ def test_geojson_regions_follow_the_tiles():
     from pcam.slide import TileGrid
 
     grid = TileGrid(0, 1.0, 0.972, 96, 100, 100.0, 6, 5, 600, 500)
-    positive = {(0, 0), (0, 1), (1, 0),  # an L
-                (1, 3), (1, 4), (1, 5), (2, 3), (2, 5), (3, 3), (3, 4), (3, 5),  # a ring around (2, 4)
-                (4, 0)}  # alone
+    positive = {
+        (0, 0),
+        (0, 1),
+        (1, 0),  # an L
+        (1, 3),
+        (1, 4),
+        (1, 5),
+        (2, 3),
+        (2, 5),
+        (3, 3),
+        (3, 4),
+        (3, 5),  # a ring around (2, 4)
+        (4, 0),
+    }  # alone
     cells = np.array([r * 6 + c for r in range(5) for c in range(6)])
     probs = np.array([0.9 if (c // 6, c % 6) in positive else 0.1 for c in cells], dtype=np.float32)
     geo = tumour_geojson(grid, cells, probs, 0.5, "s")
@@ -175,8 +188,10 @@ def test_geojson_regions_follow_the_tiles():
     for r in range(5):
         for c in range(6):
             centre = (c * 100 + 50, r * 100 + 50)
-            inside = sum(MplPath(p[0]).contains_point(centre) and not any(MplPath(h).contains_point(centre)
-                                                                          for h in p[1:]) for p in polygons)
+            inside = sum(
+                MplPath(p[0]).contains_point(centre) and not any(MplPath(h).contains_point(centre) for h in p[1:])
+                for p in polygons
+            )
             assert inside == ((r, c) in positive), (r, c)
 
 

@@ -36,8 +36,7 @@ def test_same_seed_same_bytes_other_seed_other_split(tiny_dataset, tmp_path):
 def test_random_split_is_stratified_with_exact_ratio_counts(tiny_dataset, tmp_path):
     result = split_dataset(tiny_dataset, tmp_path / "s", mode="random", ratios=(0.7, 0.2, 0.1), seed=3)
     # 160 patches per label -> 112 / 32 / 16 per label.
-    assert result["counts"] == {"train": {"0": 112, "1": 112}, "valid": {"0": 32, "1": 32},
-                                "test": {"0": 16, "1": 16}}
+    assert result["counts"] == {"train": {"0": 112, "1": 112}, "valid": {"0": 32, "1": 32}, "test": {"0": 16, "1": 16}}
     assert result["grouped_by_slide"] is False and result["mode"] == "random"
     indices = load_split(tmp_path / "s")
     labels = open_dataset(tiny_dataset).labels
@@ -54,7 +53,9 @@ def test_random_split_groups_by_slide(slide_dataset, tmp_path):
     ds = open_dataset(slide_dataset)
     indices = load_split(tmp_path / "s")
     slides = {s: set(ds.slides[indices[s]]) for s in SPLITS}
-    assert not (slides["train"] & slides["valid"] or slides["train"] & slides["test"] or slides["valid"] & slides["test"])
+    assert not (
+        slides["train"] & slides["valid"] or slides["train"] & slides["test"] or slides["valid"] & slides["test"]
+    )
     n = len(ds)
     for s, ratio in zip(SPLITS, (0.7, 0.2, 0.1), strict=True):
         count = result["counts"][s]
@@ -125,8 +126,7 @@ def test_official_files_without_meta_are_disjoint_by_construction(tmp_path):
 def test_train_only_source_carves_both_and_says_they_may_share_slides(pcam_sample, tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train").symlink_to(pcam_sample / "train")
-    ingest(str(tmp_path / "src"), tmp_path / "ds", fmt="folders", limit_per_split=100, seed=0,
-           cache_dir=tmp_path / "c")
+    ingest(str(tmp_path / "src"), tmp_path / "ds", fmt="folders", limit_per_split=100, seed=0, cache_dir=tmp_path / "c")
     data = split_dataset(tmp_path / "ds", tmp_path / "s", mode="official", seed=0)
     assert data["origin"]["test"]["carved"] and data["origin"]["valid"]["carved"]
     assert not any(p["slide_disjoint"] for p in data["pairs"].values())
@@ -147,14 +147,27 @@ def test_too_small_gives_error_and_no_output(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda d: d["indices"].update(valid=[]) or d["counts"].update(valid={"0": 0, "1": 0}), "split 'valid' is empty"),
-    (lambda d: d["counts"]["test"].update({"0": d["counts"]["test"]["0"] + d["counts"]["test"]["1"], "1": 0}),
-     "split 'test' has no patches with label 1"),
-    (lambda d: d["indices"]["test"].append(d["indices"]["train"][0]) or d["counts"]["test"].update(
-        {"0": d["counts"]["test"]["0"] + 1}), "is in split 'test' and an earlier split"),
-    (lambda d: d.pop("indices"), "missing key 'indices'"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda d: d["indices"].update(valid=[]) or d["counts"].update(valid={"0": 0, "1": 0}),
+            "split 'valid' is empty",
+        ),
+        (
+            lambda d: d["counts"]["test"].update({"0": d["counts"]["test"]["0"] + d["counts"]["test"]["1"], "1": 0}),
+            "split 'test' has no patches with label 1",
+        ),
+        (
+            lambda d: (
+                d["indices"]["test"].append(d["indices"]["train"][0])
+                or d["counts"]["test"].update({"0": d["counts"]["test"]["0"] + 1})
+            ),
+            "is in split 'test' and an earlier split",
+        ),
+        (lambda d: d.pop("indices"), "missing key 'indices'"),
+    ],
+)
 def test_load_split_rejects_bad_files(tiny_split, tmp_path, edit, message):
     data = json.loads((tiny_split / SPLIT_FILE).read_text())
     edit(data)
@@ -172,8 +185,26 @@ def test_bad_mode_and_ratios_name_the_key(tiny_dataset, tmp_path):
 
 
 def test_cli(tiny_dataset, tmp_path, capsys):
-    assert main(["split", "--dataset", str(tiny_dataset), "--out", str(tmp_path / "s"), "--mode", "random",
-                 "--ratios", "0.5", "0.25", "0.25", "--seed", "1"]) == 0
+    assert (
+        main(
+            [
+                "split",
+                "--dataset",
+                str(tiny_dataset),
+                "--out",
+                str(tmp_path / "s"),
+                "--mode",
+                "random",
+                "--ratios",
+                "0.5",
+                "0.25",
+                "0.25",
+                "--seed",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "s" / SPLIT_FILE).read_text())["ratios"] == [0.5, 0.25, 0.25]
     assert main(["split", "--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "t")]) == 2
     assert "nothing" in capsys.readouterr().err

@@ -27,7 +27,11 @@ def test_pcam_run_writes_a_row_per_pair_and_a_report_with_plots(tmp_path, pcam_s
     with open(out / "report" / "summary.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted((r["model"], r["policy"]) for r in rows) == [
-        ("cnn", "constant"), ("cnn", "plateau"), ("logreg", "constant"), ("logreg", "plateau")]
+        ("cnn", "constant"),
+        ("cnn", "plateau"),
+        ("logreg", "constant"),
+        ("logreg", "plateau"),
+    ]
     for row in rows:
         assert 0.0 <= float(row["accuracy"]) <= 1.0
         assert row["split"] == "test"
@@ -47,9 +51,14 @@ def test_step_seconds_are_summed_from_the_pairs_outputs(tmp_path):
 
     history = [{"epoch": 1, "stage": "train", "seconds": 10.5}]
     write_json(tmp_path / "cnn-constant" / "train" / "history.json", history)
-    write_json(tmp_path / "resnet50-constant" / "finetune" / "history.json",
-               [*history, {"epoch": 2, "stage": "finetune", "seconds": 7.0}])
+    write_json(
+        tmp_path / "resnet50-constant" / "finetune" / "history.json",
+        [*history, {"epoch": 2, "stage": "finetune", "seconds": 7.0}],
+    )
     for name in ("cnn-constant", "resnet50-constant"):
         write_json(tmp_path / name / "evaluate" / "metrics.json", {"seconds": 2.0})
     assert step_seconds_from_runs([tmp_path / "cnn-constant", tmp_path / "resnet50-constant"]) == {
-        "train": 21.0, "finetune": 7.0, "evaluate": 4.0}
+        "train": 21.0,
+        "finetune": 7.0,
+        "evaluate": 4.0,
+    }

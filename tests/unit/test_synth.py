@@ -31,7 +31,9 @@ def test_official_layout_balanced_and_slide_disjoint(synthetic_h5_dir):
         assert len(slides[split]) >= 2
         # Positives come from tumor slides only, like Camelyon16's normal slides.
         assert not meta.loc[meta["center_tumor_patch"], "wsi"].str.contains("normal").any()
-    assert not (slides["train"] & slides["valid"] or slides["train"] & slides["test"] or slides["valid"] & slides["test"])
+    assert not (
+        slides["train"] & slides["valid"] or slides["train"] & slides["test"] or slides["valid"] & slides["test"]
+    )
     assert (synthetic_h5_dir / MARKER_FILE).exists()
 
 
@@ -59,10 +61,13 @@ def test_deterministic_for_a_seed(tmp_path):
     assert not np.array_equal(_read(a, "train")[0], _read(c, "train")[0])
 
 
-@pytest.mark.parametrize("sizes, key", [
-    (SyntheticConfig(train=100, valid=10, test=10, slides=4), "data.synthetic.slides"),
-    (SyntheticConfig(train=100, valid=1, test=10, slides=12), "data.synthetic.valid"),
-])
+@pytest.mark.parametrize(
+    "sizes, key",
+    [
+        (SyntheticConfig(train=100, valid=10, test=10, slides=4), "data.synthetic.slides"),
+        (SyntheticConfig(train=100, valid=1, test=10, slides=12), "data.synthetic.valid"),
+    ],
+)
 def test_bad_sizes_name_the_key(tmp_path, sizes, key):
     with pytest.raises(ConfigError, match=key):
         write_synthetic(tmp_path / "out", sizes, 0)

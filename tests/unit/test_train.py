@@ -31,8 +31,19 @@ def _fit(real, out, epochs, policy="plateau", resume=True, train_cfg=None):
     model = build_model("logreg", LOGREG, seed=5)
     compile_model(model, LOGREG)
     lr_policy = make_policy(policy, LOGREG, 3, train_cfg or TrainConfig(plateau_patience=1), steps)
-    summary = fit_model(model, train_ds, val_ds, out_dir=out, policy=lr_policy, epochs=epochs,
-                        steps_per_epoch=steps, train_images=len(x) - 16, seed=5, resume=resume, verbose=0)
+    summary = fit_model(
+        model,
+        train_ds,
+        val_ds,
+        out_dir=out,
+        policy=lr_policy,
+        epochs=epochs,
+        steps_per_epoch=steps,
+        train_images=len(x) - 16,
+        seed=5,
+        resume=resume,
+        verbose=0,
+    )
     return model, summary
 
 
@@ -95,13 +106,15 @@ def build_and_compile():
 
 
 def _cfg(tmp_path: Path, **models):
-    return config_from_dict({
-        "seed": 3,
-        "defaults": {"epochs": 2, "batch_size": 32, "learning_rate": 0.001, "max_learning_rate": 0.003},
-        "models": models,
-        "augment": {"online": True, "noise": 0.02},
-        "train": {"shuffle_buffer": 256},
-    })
+    return config_from_dict(
+        {
+            "seed": 3,
+            "defaults": {"epochs": 2, "batch_size": 32, "learning_rate": 0.001, "max_learning_rate": 0.003},
+            "models": models,
+            "augment": {"online": True, "noise": 0.02},
+            "train": {"shuffle_buffer": 256},
+        }
+    )
 
 
 def test_train_cnn_end_to_end_on_tiny_shards(tiny_shards, tmp_path):
@@ -122,8 +135,16 @@ def test_train_cnn_end_to_end_on_tiny_shards(tiny_shards, tmp_path):
 
 
 def test_finetune_mobilenetv2_continues_epochs_with_both_stages(tiny_shards, tmp_path):
-    cfg = _cfg(tmp_path, mobilenetv2={"epochs": 1, "finetune_epochs": 1, "weights": "none", "image_size": 32,
-                                      "finetune_learning_rate": 1e-5})
+    cfg = _cfg(
+        tmp_path,
+        mobilenetv2={
+            "epochs": 1,
+            "finetune_epochs": 1,
+            "weights": "none",
+            "image_size": 32,
+            "finetune_learning_rate": 1e-5,
+        },
+    )
     train(tiny_shards, tmp_path / "train", cfg, "mobilenetv2", "constant")
     summary = finetune(tmp_path / "train", tiny_shards, tmp_path / "ft", cfg, "mobilenetv2", "constant")
     history = json.loads((tmp_path / "ft" / "history.json").read_text())
