@@ -85,10 +85,14 @@ def _cnn(cfg: ModelConfig) -> keras.Model:
 
     ``cfg.cnn_filters`` sets the blocks; ``cfg.cnn_head: gap`` replaces the dense head
     by global average pooling + dropout + the sigmoid unit (fewer parameters to
-    overfit 20,000 patches, the same cost per image in the conv layers).
+    overfit 20,000 patches, the same cost per image in the conv layers). ``cfg.cnn_crop``
+    crops the centre inside the model, so every caller (evaluate, predict, serve) still
+    feeds whole 96-px patches.
     """
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
+    if cfg.cnn_crop:
+        x = layers.CenterCrop(cfg.cnn_crop, cfg.cnn_crop, name="center_crop")(x)
     for i, filters in enumerate(cfg.cnn_filters, start=1):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
         x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{i}")(x)

@@ -56,6 +56,7 @@ def test_round_trip_through_yaml():
         ({"augment": {"hed_shift": -0.1}}, "augment.hed_shift"),
         ({"models": {"cnn": {"cnn_head": "avg"}}}, "models.cnn.cnn_head"),
         ({"defaults": {"cnn_filters": [16, 0]}}, "defaults.cnn_filters"),
+        ({"defaults": {"cnn_crop": 16}}, "defaults.cnn_crop"),
         ({"defaults": {"label_smoothing": 1.0}}, "defaults.label_smoothing"),
     ],
 )

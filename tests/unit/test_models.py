@@ -69,6 +69,23 @@ def test_cnn_gap_head_and_filters_are_configurable_and_train(real_batch):
     assert model.loss.get_config()["label_smoothing"] == pytest.approx(0.1)
 
 
+def test_cnn_centre_crop_sees_only_the_centre_and_trains(real_batch):
+    cfg = ModelConfig(cnn_crop=64)
+    model = build_model("cnn", cfg)
+    assert model.input_shape == (None, 96, 96, 3) and model.get_layer("fc1").input.shape[-1] == 2 * 2 * 256
+    images = real_batch[0][:4].astype(np.float32)
+    border = images.copy()
+    border[:, :16] = 0
+    border[:, -16:] = 255
+    border[:, :, :16] = 255
+    before = model.predict(images, verbose=0)
+    np.testing.assert_allclose(model.predict(border, verbose=0), before, atol=1e-6)  # the border is cropped away
+    inner = images.copy()
+    inner[:, 40:56, 40:56] = 255 - inner[:, 40:56, 40:56]
+    assert np.abs(model.predict(inner, verbose=0) - before).max() > 0  # the centre is seen
+    _one_step(model, cfg, *real_batch)
+
+
 def test_same_seed_same_weights():
     a = build_model("cnn", ModelConfig(), seed=3).get_weights()
     b = build_model("cnn", ModelConfig(), seed=3).get_weights()
