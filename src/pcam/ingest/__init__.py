@@ -167,23 +167,8 @@ def ingest(
         parts, fmt, is_synthetic = _read_parts(
             root, fmt, is_synthetic, limit_per_split, seed, convert, stats, workers, cache, stack
         )
-        manifest = _write(
-            parts,
-            out_dir,
-            force,
-            source,
-            "synthetic" if is_synthetic else fmt,
-            is_synthetic,
-            {
-                "reader": "hdf5" if fmt == "synthetic" else fmt,
-                "convert": convert,
-                "limit_per_split": limit_per_split,
-                "seed": seed,
-                "source_available": {p.split: p.available for p in parts},
-                "notes": [note for p in parts for note in p.notes],
-            },
-            stats,
-        )
+        settings = {"convert": convert, "limit_per_split": limit_per_split, "seed": seed}
+        manifest = _write(parts, out_dir, source, fmt, is_synthetic, settings, stats, force=force)
     dup = manifest["duplicates"]["count"]
     if dup:
         log.warning("%s: %d exact duplicate images (first pairs in manifest.json)", source, dup)
@@ -219,14 +204,21 @@ def _read_parts(
 def _write(
     parts: list[Part],
     out_dir: str | os.PathLike[str],
-    force: bool,
     source: str,
     fmt: str,
     synthetic: bool,
-    extra: dict[str, Any],
+    settings: dict[str, Any],
     stats: Stats,
+    *,
+    force: bool,
 ) -> dict[str, Any]:
     """Stream every part into a :class:`~pcam.dataset.DatasetWriter`; nothing is left behind on failure."""
+    extra = {
+        "reader": "hdf5" if fmt == "synthetic" else fmt,
+        **settings,
+        "source_available": {p.split: p.available for p in parts},
+        "notes": [note for p in parts for note in p.notes],
+    }
     total = sum(p.count for p in parts)
     if total == 0:
         raise DataError(f"{source}: no patches found")
@@ -238,7 +230,7 @@ def _write(
                     writer.add(images, labels, ids, part.split, slides)
                     bar.update(len(images))
         extra["converted"] = stats.converted
-        return writer.finish(source, fmt, synthetic=synthetic, extra=extra)
+        return writer.finish(source, "synthetic" if synthetic else fmt, synthetic=synthetic, extra=extra)
     except BaseException:
         writer.abort()
         raise

@@ -30,7 +30,7 @@ import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import Any, NotRequired, TypedDict, cast
 
 from pcam.errors import DataError
 from pcam.fsutil import atomic_dir, check_output, check_shape, read_json
@@ -104,6 +104,12 @@ class Summary(TypedDict):
     """Added by ``pcam run`` when it promotes the best model (:func:`pcam.promote.promote`)."""
 
 
+def _best(row: Row) -> Best:
+    """The best row's headline numbers."""
+    values = dict(row)
+    return cast(Best, {key: values[key] for key in ("model", "policy", "run", "auc", "accuracy", "f1")})
+
+
 def _write(out: Path, runs: list[Run], rows: list[Row], best: int | None, ctx: Context) -> list[str]:
     """Write every output into ``out``; returns the plot files' names."""
     figs = draw_figures(runs, rows, out / "plots", ctx)
@@ -158,16 +164,7 @@ def build_report(
     top = None if best is None else rows[best]
     return Summary(
         rows=rows,
-        best=None
-        if top is None
-        else Best(
-            model=top["model"],
-            policy=top["policy"],
-            run=top["run"],
-            auc=top["auc"],
-            accuracy=top["accuracy"],
-            f1=top["f1"],
-        ),
+        best=None if top is None else _best(top),
         report_html=str(out / "report.html"),
         summary_csv=str(out / "summary.csv"),
         summary_md=str(out / "summary.md"),

@@ -116,17 +116,17 @@ class Row(TypedDict):
     recall: float | None
     precision: float | None
     accuracy: float | None
+    train_seconds: float | None
     specificity: float | None
+    sensitivity_threshold: float | None
+    specificity_at_target: float | None
     f1_single: float | None
     auc_single: float | None
     recall_single: float | None
     precision_single: float | None
     accuracy_single: float | None
     specificity_single: float | None
-    sensitivity_threshold: float | None
-    specificity_at_target: float | None
     specificity_at_target_single: float | None
-    train_seconds: float | None
     params: int | None
     epochs: int | None
     n: int | None
