@@ -47,6 +47,11 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "run"
 
 
+def recorded(value: object) -> str:
+    """``value`` as text, or ``not recorded`` when it is missing or empty."""
+    return "not recorded" if value in (None, "") else str(value)
+
+
 def yes_no(value: bool | None) -> str:
     """``yes`` / ``NO`` for a recorded fact, ``unknown`` when it was not recorded."""
     return "unknown" if value is None else "yes" if value else "NO"

@@ -7,13 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pcam.report.context import SPLIT_NOTES, Context
-from pcam.report.fmt import fmt, fmt_seconds
+from pcam.report.fmt import fmt, fmt_seconds, recorded
 from pcam.report.load import COLUMNS, Row
-
-
-def recorded(value: object) -> str:
-    """``value`` as text, or ``not recorded`` when it is missing or empty."""
-    return "not recorded" if value in (None, "") else str(value)
 
 
 def write_csv(path: Path, rows: Sequence[Row]) -> None:

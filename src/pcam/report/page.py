@@ -15,9 +15,8 @@ from string import Template
 
 from pcam.report.context import SPLIT_NOTES, Context, ordered_steps
 from pcam.report.figures import Figures
-from pcam.report.fmt import delta, fmt, fmt_seconds, num, yes_no
+from pcam.report.fmt import delta, fmt, fmt_seconds, num, recorded, yes_no
 from pcam.report.load import Row, Run
-from pcam.report.markdown import recorded
 
 CSS = """
 body{font-family:-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1320px;
