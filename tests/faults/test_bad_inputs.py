@@ -27,7 +27,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import pcam.ingest as ingest_module
+import pcam.ingest.sources as ingest_sources
 from pcam.cli import main
 from pcam.ingest import ingest
 from tests.faults.conftest import run_pcam, temp_siblings
@@ -189,7 +189,7 @@ def _unreachable_https(env: Env) -> Case:
 def _unreachable_gcs(env: Env) -> Case:
     # No network: tf.io.gfile fails at once. Network but no credentials: the probe's
     # timeout answers instead (shortened here; the default is PCAM_GCS_TIMEOUT, 120 s).
-    env.request.getfixturevalue("monkeypatch").setattr(ingest_module, "GCS_TIMEOUT_S", 20.0)
+    env.request.getfixturevalue("monkeypatch").setattr(ingest_sources, "GCS_TIMEOUT_S", 20.0)
     uri = "gs://pcam-faults-no-such-bucket-5d0c2e/pcam"
     return env.ingest_case(uri, uri)
 

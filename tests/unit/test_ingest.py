@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-import pcam.ingest as ingest_module
+import pcam.ingest.hdf5 as ingest_hdf5
+import pcam.ingest.sources as ingest_sources
 from pcam.cli import main
 from pcam.config import SyntheticConfig
 from pcam.dataset import open_dataset
@@ -129,7 +130,7 @@ def test_kaggle_sample(kaggle_sample, tmp_path):
 
 @pytest.mark.parametrize("gz", [False, True], ids=["h5", "h5.gz"])
 def test_official_hdf5_from_real_pixels_round_trips(pcam_sample, tmp_path, monkeypatch, gz):
-    monkeypatch.setattr(ingest_module, "BLOCK", 7)  # exercise block boundaries and sparse reads
+    monkeypatch.setattr(ingest_hdf5, "BLOCK", 7)  # exercise block boundaries and sparse reads
     x_train, y_train, _ = _real_patches(pcam_sample, 12)
     x_valid, y_valid, _ = _real_patches(pcam_sample, 4, "valid")
     slides = np.asarray([f"camelyon16_train_tumor_{i % 5:03d}" for i in range(len(y_train))])
@@ -309,7 +310,7 @@ def test_unreachable_https_names_the_uri(tmp_path):
 def test_unreachable_gcs_names_the_uri_quickly(tmp_path, monkeypatch):
     # Without network tf.io.gfile fails at once; with network but no credentials it may
     # retry for minutes, so ingest gives the first contact GCS_TIMEOUT_S seconds.
-    monkeypatch.setattr(ingest_module, "GCS_TIMEOUT_S", 30.0)
+    monkeypatch.setattr(ingest_sources, "GCS_TIMEOUT_S", 30.0)
     uri = "gs://pcam-no-such-bucket-7c1e0d9a-cannot-exist/pcam"
     start = time.monotonic()
     with pytest.raises(DataError, match=uri):
@@ -320,7 +321,7 @@ def test_unreachable_gcs_names_the_uri_quickly(tmp_path, monkeypatch):
 
 def test_gfile_copy_of_a_tree(kaggle_sample, tmp_path):
     """The gs:// copy code, run by tf.io.gfile on a local tree (gfile treats both alike)."""
-    copied = ingest_module._copy_gcs(str(kaggle_sample), tmp_path / "copy")
+    copied = ingest_sources.copy_gcs(str(kaggle_sample), tmp_path / "copy")
     assert sorted(p.relative_to(copied).as_posix() for p in copied.rglob("*.tif")) == sorted(
         p.relative_to(kaggle_sample).as_posix() for p in kaggle_sample.rglob("*.tif")
     )

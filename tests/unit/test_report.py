@@ -11,6 +11,8 @@ from pcam import evaluate as E
 from pcam import report as R
 from pcam.errors import DataError
 from pcam.fsutil import write_json
+from pcam.report.context import make_context
+from pcam.report.load import load_history
 
 VIEWS = ("identity", "hflip", "vflip", "rot90", "rot270")
 
@@ -64,13 +66,15 @@ def make_run(root, model, policy, seed, patches, *, finetune=False, one_class=Fa
     run = root / f"{model}-{policy}"
     write_json(run / "pair.json", {"model": model, "policy": policy})
     write_json(run / "train" / "history.json", _history(3, "train"))
-    write_json(run / "train" / "train.json", {"model": model, "policy": policy, "seconds": 6.5, "params": 1234})
+    write_json(run / "train" / "train.json", {"model": model, "policy": policy, "train_seconds": 6.5, "params": 1234})
     if finetune:
         # as the fine-tune step writes it: the stage-1 rows, then its own
         write_json(
             run / "finetune" / "history.json", _history(3, "train") + _history(2, "finetune", start=4, seconds=3.0)
         )
-        write_json(run / "finetune" / "train.json", {"model": model, "policy": policy, "seconds": 6.0, "params": 1234})
+        write_json(
+            run / "finetune" / "train.json", {"model": model, "policy": policy, "train_seconds": 6.0, "params": 1234}
+        )
     result = E.evaluate_arrays(_model(seed), images, labels, ids, views=VIEWS, progress=False)
     result.update({"split": "test", "model": model, "policy": policy})
     E.write_evaluation(run / "evaluate", result)
@@ -197,16 +201,16 @@ def test_real_data_has_no_synthetic_banner_and_infers_synthetic_from_source(runs
     page = (tmp_path / "r" / "report.html").read_text()
     assert "SYNTHETIC DATA" not in page and "Real data: /data/pcam" in page and "Random split" not in page
     assert summary["synthetic"] is False
-    assert R._context({"source": "synthetic"})["synthetic"] is True
-    assert R._context({"source": "/x", "format": "synthetic"})["synthetic"] is True
+    assert make_context({"source": "synthetic"}, []).synthetic is True
+    assert make_context({"source": "/x", "format": "synthetic"}, []).synthetic is True
 
 
 def test_history_of_a_finetune_only_run_dir(tmp_path):
     write_json(tmp_path / "finetune" / "history.json", _history(3, "train") + _history(2, "finetune", start=4))
-    history, boundary = R._history(tmp_path)
+    history, boundary = load_history(tmp_path)
     assert [r["epoch"] for r in history] == [1, 2, 3, 4, 5] and boundary == 4
     write_json(tmp_path / "train" / "history.json", _history(3, "train"))
-    assert R._history(tmp_path) == (history, 4)
+    assert load_history(tmp_path) == (history, 4)
 
 
 def test_missing_metrics_names_the_file(tmp_path):
