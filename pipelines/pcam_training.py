@@ -153,6 +153,17 @@ def build_pipeline(
     }
     config_yaml_default, d = _paper_defaults()
 
+    def score_pair(pair, shards_dir, run_id: str, finetuned: bool) -> dsl.PipelineTask:
+        """One loop item's train (then finetune) then evaluate, on the GPU pool; returns the evaluate task."""
+        common = dict(
+            shards=shards_dir, config_yaml=pair.config_yaml, model_name=pair.model, policy=pair.policy, run_id=run_id
+        )
+        model = _gpu_step(ops["train"](**common), retry=retries, gpu=gpu).outputs["model"]
+        if finetuned:
+            model = _gpu_step(ops["finetune"](trained=model, **common), retry=retries, gpu=gpu).outputs["model"]
+        stage = "finetune" if finetuned else "train"
+        return _gpu_step(ops["evaluate"](model=model, stage=stage, **common), retry=False, gpu=gpu)
+
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=pipeline_root)
     def pcam_training(
         config_yaml: str = config_yaml_default,
@@ -245,71 +256,13 @@ def build_pipeline(
         # Every retry of a task keeps the run id, so it finds its own checkpoints there.
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         with dsl.ParallelFor(scratch.output, parallelism=parallelism) as pair:
-            trained = _gpu_step(
-                ops["train"](
-                    shards=shards_dir,
-                    config_yaml=pair.config_yaml,
-                    model_name=pair.model,
-                    policy=pair.policy,
-                    run_id=run_id,
-                ),
-                retry=retries,
-                gpu=gpu,
-            )
-            scored = _gpu_step(
-                ops["evaluate"](
-                    model=trained.outputs["model"],
-                    shards=shards_dir,
-                    config_yaml=pair.config_yaml,
-                    model_name=pair.model,
-                    policy=pair.policy,
-                    stage="train",
-                    run_id=run_id,
-                ),
-                retry=False,
-                gpu=gpu,
-            )
+            scored = score_pair(pair, shards_dir, run_id, finetuned=False)
 
         transfer = _cpu_step(
             ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=True), "500m", "512M", cache=True
         ).set_display_name("select-fine-tuned-pairs")
         with dsl.ParallelFor(transfer.output, parallelism=parallelism) as tpair:
-            stage1 = _gpu_step(
-                ops["train"](
-                    shards=shards_dir,
-                    config_yaml=tpair.config_yaml,
-                    model_name=tpair.model,
-                    policy=tpair.policy,
-                    run_id=run_id,
-                ),
-                retry=retries,
-                gpu=gpu,
-            )
-            stage2 = _gpu_step(
-                ops["finetune"](
-                    trained=stage1.outputs["model"],
-                    shards=shards_dir,
-                    config_yaml=tpair.config_yaml,
-                    model_name=tpair.model,
-                    policy=tpair.policy,
-                    run_id=run_id,
-                ),
-                retry=retries,
-                gpu=gpu,
-            )
-            tscored = _gpu_step(
-                ops["evaluate"](
-                    model=stage2.outputs["model"],
-                    shards=shards_dir,
-                    config_yaml=tpair.config_yaml,
-                    model_name=tpair.model,
-                    policy=tpair.policy,
-                    stage="finetune",
-                    run_id=run_id,
-                ),
-                retry=False,
-                gpu=gpu,
-            )
+            tscored = score_pair(tpair, shards_dir, run_id, finetuned=True)
 
         # One dsl.Collected per consumer: the compiler rewrites each instance in place.
         summary = ops["report"](
@@ -396,6 +349,7 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def gpu_pool_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> cluster.GpuPool:
+    """The GPU pool that ``add_gpu_arguments``' flags name; a bad one exits 2 with one line."""
     try:
         return cluster.gpu_pool(args.gpu, args.gpu_label, args.gpu_taint)
     except PcamError as exc:
@@ -403,6 +357,7 @@ def gpu_pool_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.pcam_training``: compile the training pipeline; prints the YAML's path."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.pcam_training", description="Compile the pcam training pipeline to YAML."
     )
