@@ -302,3 +302,28 @@ def test_inference_components_list_predict_and_gather(test_slide, mean_model_dir
     predict_report_op.python_func(results=[result], html=html, table=table)
     assert Path(table.path).read_text().count("\n") == 2  # header + the slide
     assert "data:image/png;base64," in Path(html.path).read_text()
+
+
+def test_the_prologue_names_config_yaml_and_the_run_id_when_they_are_wrong(tmp_path):
+    from pcam import step
+
+    with pytest.raises(ConfigError, match="config_yaml: must hold a mapping at the top level"):
+        step.start("- a list\n")
+    with pytest.raises(ConfigError, match="config key 'split.mode'"):
+        step.start("split: {mode: by-hospital}\n")
+    with pytest.raises(ConfigError, match="run_id: '{{\\$.pipeline_job_uuid}}' is not a resolved KFP run id"):
+        step.start(f"train: {{checkpoint_uri: {tmp_path}}}\n", "{{$.pipeline_job_uuid}}")
+    assert step.start(f"train: {{checkpoint_uri: {tmp_path}}}\n", "r1").train.checkpoint_uri == f"{tmp_path}/r1"
+    assert step.start("{}").train.checkpoint_uri == ""
+    with pytest.raises(ConfigError, match="per_model: unknown key"):
+        step.configure(
+            "{}",
+            source="synthetic",
+            data_format="auto",
+            split_mode="random",
+            split_ratios=[0.7, 0.2, 0.1],
+            seed=0,
+            tta_views=["identity"],
+            target_sensitivity=0.9,
+            per_model={"epoch": 3},
+        )
