@@ -34,24 +34,12 @@ from components.split import split_op
 from components.train import train_op
 from pcam.config import config_from_dict
 from pcam.errors import ConfigError
+from tests.components.test_components import PARAMS as KFP_LOCAL_PARAMS
 
 LIMIT = 40  # per source split: 40 train + 40 valid real patches
 RUN_ID = "run-0001"
-PARAMS = dict(
-    data_format="folders",
-    split_mode="random",
-    split_ratios=[0.6, 0.2, 0.2],
-    seed=5,
-    epochs=1,
-    finetune_epochs=1,
-    batch_size=16,
-    learning_rate=0.0,
-    finetune_learning_rate=0.0,
-    weights_uri="",
-    tta_views=["identity", "hflip"],
-    target_sensitivity=0.9,
-    champion_uri="",
-)
+# 60/20/20: the test split (16 patches) holds both classes, so every metric is defined.
+PARAMS = {**KFP_LOCAL_PARAMS, "split_ratios": [0.6, 0.2, 0.2], "seed": 5, "tta_views": ["identity", "hflip"]}
 
 
 @pytest.fixture(autouse=True, scope="module")
