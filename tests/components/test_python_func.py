@@ -4,8 +4,11 @@ The artifacts are kfp's own classes (``dsl.Dataset(uri=...)`` etc.), so each bod
 exactly what the executor hands it on a cluster; the metric artifacts record into their
 real ``metadata``. One chain shares its work, on 80 real PCam patches: configure →
 ingest → split → shard → train (logreg, and MobileNetV2 at 32 px) → finetune →
-evaluate → report → promote. tests/components/test_components.py runs the same
-components through kfp.local (the executor, the subprocess, artifact passing).
+evaluate → report → promote; its tests are ``slow`` (about 50 s on two busy cores, most of
+it MobileNetV2's two steps). configure, select_pairs, the prologue and the inference
+components run in seconds (``-m "not slow"``: about 10 s, most of it importing TensorFlow).
+tests/components/test_components.py runs the same components through kfp.local (the
+executor, the subprocess, artifact passing).
 """
 
 import gc
@@ -60,9 +63,13 @@ def _configure(config: dict, **overrides) -> str:
 
 
 @pytest.fixture(scope="module")
-def chain(pcam_sample, tmp_path_factory) -> dict:
-    """Each training-pipeline component once, each feeding the next: {output name: artifact or value}."""
-    root = tmp_path_factory.mktemp("python_func")
+def root(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("python_func")
+
+
+@pytest.fixture(scope="module")
+def config_yaml(pcam_sample, root) -> str:
+    """configure's output for the chain: milliseconds, no TensorFlow."""
     config = {
         "name": "python-func",
         "data": {"source": "synthetic", "limit_per_split": LIMIT},
@@ -70,7 +77,16 @@ def chain(pcam_sample, tmp_path_factory) -> dict:
         "models": {"mobilenetv2": {"image_size": 32, "epochs": 3}, "cnn": {"batch_size": 8}},
         "train": {"policies": ["constant"], "steps_per_epoch": 1, "checkpoint_uri": str(root / "checkpoints")},
     }
-    out = {"config_yaml": _configure(config, source=str(pcam_sample))}
+    return _configure(config, source=str(pcam_sample))
+
+
+@pytest.fixture(scope="module")
+def chain(config_yaml, root) -> dict:
+    """Each training-pipeline component once, each feeding the next: {output name: artifact or value}.
+
+    About 50 s on 2 busy cores (MobileNetV2's train and finetune steps are most of it), hence ``slow``.
+    """
+    out = {"config_yaml": config_yaml}
     cfg = out["config_yaml"]
     out["dataset"] = _out(root, dsl.Dataset, "dataset")
     ingest_op.python_func(config_yaml=cfg, dataset=out["dataset"])
@@ -104,8 +120,8 @@ def chain(pcam_sample, tmp_path_factory) -> dict:
     return out
 
 
-def test_configure_applies_parameters_and_rejects_a_bad_one_naming_the_key(chain, pcam_sample):
-    cfg = config_from_dict(yaml.safe_load(chain["config_yaml"]))
+def test_configure_applies_parameters_and_rejects_a_bad_one_naming_the_key(config_yaml, pcam_sample):
+    cfg = config_from_dict(yaml.safe_load(config_yaml))
     assert cfg.data.source == str(pcam_sample) and cfg.data.format == "folders" and cfg.seed == 5
     assert cfg.model("mobilenetv2").epochs == 1 and cfg.model("logreg").epochs == 1  # beats the model's section
     assert cfg.model("cnn").batch_size == 16 and cfg.model("mobilenetv2").image_size == 32
@@ -120,18 +136,19 @@ def test_configure_applies_parameters_and_rejects_a_bad_one_naming_the_key(chain
     assert tuned["promote"]["champion_uri"] == "/champion"
 
 
-def test_select_pairs_splits_the_grid_and_names_a_bad_pair(chain):
+def test_select_pairs_splits_the_grid_and_names_a_bad_pair(config_yaml):
     grid = [{"model": m, "policy": p} for m in ("logreg", "mobilenetv2") for p in ("constant", "plateau")]
-    pairs = {t: select_pairs_op.python_func(grid=grid, config_yaml=chain["config_yaml"], transfer=t) for t in (0, 1)}
+    pairs = {t: select_pairs_op.python_func(grid=grid, config_yaml=config_yaml, transfer=t) for t in (0, 1)}
     assert [(p["model"], p["policy"]) for p in pairs[1]] == [("mobilenetv2", "constant"), ("mobilenetv2", "plateau")]
     assert [(p["model"], p["policy"]) for p in pairs[0]] == [("logreg", "constant"), ("logreg", "plateau")]
-    assert all(p["config_yaml"] == chain["config_yaml"] for p in pairs[0] + pairs[1])
+    assert all(p["config_yaml"] == config_yaml for p in pairs[0] + pairs[1])
     with pytest.raises(ConfigError, match=r"grid\[1\]\.policy: unknown policy 'cosine'"):
         select_pairs_op.python_func(grid=[grid[0], {"model": "cnn", "policy": "cosine"}], config_yaml="{}", transfer=0)
     with pytest.raises(ConfigError, match="grid: needs at least one"):
         select_pairs_op.python_func(grid=[], config_yaml="{}", transfer=False)
 
 
+@pytest.mark.slow
 def test_ingest_split_shard_write_their_directories_and_metadata(chain, pcam_sample):
     dataset = chain["dataset"]
     manifest = json.loads(Path(dataset.path, "manifest.json").read_text())
@@ -150,6 +167,7 @@ def test_ingest_split_shard_write_their_directories_and_metadata(chain, pcam_sam
     assert {s: v["records"] for s, v in index["splits"].items()} == records == chain["shards"].metadata["records"]
 
 
+@pytest.mark.slow
 def test_train_and_finetune_write_models_and_checkpoints_under_the_run_id(chain):
     for key in ("logreg/train", "mobilenetv2/train", "mobilenetv2/finetune"):
         assert Path(chain[key].path, "model.keras").read_bytes()[:2] == b"PK"
@@ -167,6 +185,7 @@ def test_train_and_finetune_write_models_and_checkpoints_under_the_run_id(chain)
     assert chain["checkpoints_before_evaluate"] == ["logreg-constant-train", "mobilenetv2-constant-train"]
 
 
+@pytest.mark.slow
 def test_evaluate_publishes_run_dir_metrics_and_deletes_the_pairs_checkpoints(chain):
     run = Path(chain["mobilenetv2/run"].path)
     assert json.loads((run / "pair.json").read_text()) == {"model": "mobilenetv2", "policy": "constant"}
@@ -197,6 +216,7 @@ def test_evaluate_publishes_run_dir_metrics_and_deletes_the_pairs_checkpoints(ch
     }
 
 
+@pytest.mark.slow
 def test_report_builds_the_page_and_table_over_every_pair(chain):
     root = chain["root"]
     outs = {
@@ -218,6 +238,7 @@ def test_report_builds_the_page_and_table_over_every_pair(chain):
     assert Path(outs["report_dir"].path, "summary.csv").read_text().count("\n") >= 3  # header + two pairs
 
 
+@pytest.mark.slow
 def test_promote_crowns_the_best_run_and_says_why_without_a_champion_location(chain, tmp_path):
     runs = {
         "scratch_runs": [chain["logreg/run"]],
