@@ -336,14 +336,26 @@ def promote(run_dirs: Sequence[str], shards_dir: str, config_yaml: str, decision
     return json.dumps(result, default=str)
 
 
-def deploy(decision: str, config_yaml: str, serving_name: str, **options: Any) -> str:
+def deploy(
+    decision: str,
+    config_yaml: str,
+    serving_name: str,
+    *,
+    namespace: str,
+    canary_percent: int,
+    gpu: bool,
+    timeout: float,
+) -> str:
     """Deploy ``<promote.champion_uri>/serving`` when ``decision`` promoted; returns the URL ('' if not deployed).
 
     Args:
         decision: promote's output (decision.json as a string).
         config_yaml: The resolved experiment config.
         serving_name: InferenceService name.
-        **options: ``namespace``, ``canary_percent``, ``gpu``, ``timeout`` of :func:`pcam.deploy.deploy_champion`.
+        namespace: Namespace of the InferenceService.
+        canary_percent: Traffic share of the new revision (100 = full rollout).
+        gpu: One GPU for the predictor.
+        timeout: Seconds to wait for Ready.
 
     Returns:
         The InferenceService's URL.
@@ -351,7 +363,16 @@ def deploy(decision: str, config_yaml: str, serving_name: str, **options: Any) -
     from pcam.deploy import deploy_champion
 
     cfg = start(config_yaml)
-    return str(deploy_champion(decision, cfg.promote.champion_uri, serving_name, **options).get("url", ""))
+    result = deploy_champion(
+        decision,
+        cfg.promote.champion_uri,
+        serving_name,
+        namespace=namespace,
+        canary_percent=canary_percent,
+        gpu=gpu,
+        timeout=timeout,
+    )
+    return str(result.get("url", ""))
 
 
 def predict(model_uri: str, source_uri: str, out: str, **options: Any) -> dict[str, Any]:

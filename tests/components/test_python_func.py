@@ -258,20 +258,32 @@ def test_promote_crowns_the_best_run_and_says_why_without_a_champion_location(ch
     assert result["promoted"] is True and result["candidate"] == {"model": best, "policy": "constant"}
     assert "**promoted**: True" in Path(decision.path).read_text()
     assert any(champion.rglob("serving/1/saved_model.pb"))
-    # the gate reads promote's decision; the deploy step deploys nothing when nothing was promoted
     assert deploy_gate_op.python_func(decision=json.dumps(result), serving_name="pcam") is True
-    assert deploy_gate_op.python_func(decision=json.dumps(result), serving_name="") is False
-    not_promoted = json.dumps({"promoted": False})
-    url = deploy_op.python_func(
-        decision=not_promoted,
-        config_yaml=yaml.safe_dump(cfg),
+    # deploy reads the champion from the config: this one is a local folder off the shared volume
+    with pytest.raises(ConfigError, match="cannot fetch"):
+        _deploy(json.dumps(result), yaml.safe_dump(cfg))
+
+
+def _deploy(decision: str, config_yaml: str) -> str:
+    return deploy_op.python_func(
+        decision=decision,
+        config_yaml=config_yaml,
         serving_name="pcam",
         serving_namespace="pcam",
         canary_traffic_percent=100,
         gpu=False,
         timeout_seconds=5,
     )
-    assert url == ""
+
+
+def test_deploy_gate_and_deploy_do_nothing_unless_promoted(config_yaml):
+    promoted, not_promoted = json.dumps({"promoted": True, "version": "v1"}), json.dumps({"promoted": False})
+    assert deploy_gate_op.python_func(decision=promoted, serving_name="pcam") is True
+    assert deploy_gate_op.python_func(decision=promoted, serving_name="") is False  # no name: no deployment
+    assert deploy_gate_op.python_func(decision=not_promoted, serving_name="pcam") is False
+    assert _deploy(not_promoted, config_yaml) == ""
+    with pytest.raises(ConfigError, match="promote decision is not JSON"):
+        deploy_gate_op.python_func(decision="promoted", serving_name="pcam")
 
 
 def test_inference_components_list_predict_and_gather(test_slide, mean_model_dir, kaggle_sample, tmp_path):
