@@ -1,14 +1,9 @@
-"""The component runtime: what each KFP component's body does, over plain paths and strings.
+"""The component runtime: each KFP component's body is one call here, with plain paths and strings.
 
-Every component in ``components/`` imports this module inside its body and calls one
-function here with its artifacts' ``.path`` (and, for the metric artifacts, the
-artifact objects themselves, used only through :class:`MetricsSink` and
-:class:`ClassificationSink`), then copies the returned mapping into its output
-artifact's metadata. This module never imports kfp; the same calls run in-process in
-tests (``tests/components/test_python_func.py``).
-
-:func:`start` is the prologue all config-reading steps share: logging, the resolved
-config YAML parsed and validated, the run's checkpoint location applied.
+Components pass their artifacts' ``.path`` (the metric artifacts themselves, through
+:class:`MetricsSink` / :class:`ClassificationSink`) and copy the returned mapping into
+their output's metadata; nothing here imports kfp, so tests call the same bodies
+in-process. :func:`start` is the prologue every config-reading step shares.
 """
 
 from __future__ import annotations
