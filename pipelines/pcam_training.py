@@ -22,6 +22,7 @@ loop item (see ``components/select_pairs.py`` for the kfp.local bug this avoids)
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kfp import compiler, dsl, kubernetes
@@ -112,6 +113,46 @@ def _gpu_step(task: dsl.PipelineTask, retry: bool | dict, gpu: cluster.GpuPool) 
     return task.set_caching_options(True)
 
 
+def _components(image: str) -> dict[str, Any]:
+    """Every component of the training pipeline, bound to ``image``, by name."""
+    return {
+        name: make_component(getattr(module, name), image)
+        for name, module in (
+            ("configure", configure),
+            ("select_pairs", select_pairs),
+            ("ingest", ingest),
+            ("split", split),
+            ("shard", shard),
+            ("train", train),
+            ("finetune", finetune),
+            ("evaluate", evaluate),
+            ("report", report),
+            ("promote", promote),
+            ("deploy_gate", deploy),
+            ("deploy", deploy),
+        )
+    }
+
+
+def _serve_when_promoted(ops: dict, decision: Any, config_yaml: Any, serving: dict) -> None:
+    """Deploy the new champion as an InferenceService, only when promote promoted and a name is set.
+
+    Args:
+        ops: The pipeline's components (:func:`_components`).
+        decision: promote's output (decision.json as a string).
+        config_yaml: The resolved config.
+        serving: deploy's serving arguments (serving_name, serving_namespace, ...).
+    """
+    gate = _cpu_step(
+        ops["deploy_gate"](decision=decision, serving_name=serving["serving_name"]), "200m", "256M", cache=False
+    )
+    with dsl.If(gate.output == True, name="promoted"):  # noqa: E712 - a kfp condition, not Python
+        served = _cpu_step(
+            ops["deploy"](decision=decision, config_yaml=config_yaml, **serving), "500m", "512M", cache=False
+        )
+        kubernetes.mount_pvc(served, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
+
+
 def build_pipeline(
     image: str | None = None,
     parallelism: int = DEFAULT_PARALLELISM,
@@ -134,23 +175,7 @@ def build_pipeline(
     """
     image = image or PCAM_IMAGE
     gpu = gpu or cluster.GpuPool()
-    ops = {
-        name: make_component(getattr(module, name), image)
-        for name, module in (
-            ("configure", configure),
-            ("select_pairs", select_pairs),
-            ("ingest", ingest),
-            ("split", split),
-            ("shard", shard),
-            ("train", train),
-            ("finetune", finetune),
-            ("evaluate", evaluate),
-            ("report", report),
-            ("promote", promote),
-            ("deploy_gate", deploy),
-            ("deploy", deploy),
-        )
-    }
+    ops = _components(image)
     config_yaml_default, d = _paper_defaults()
 
     def score_pair(pair, shards_dir, run_id: str, finetuned: bool) -> dsl.PipelineTask:
@@ -283,29 +308,18 @@ def build_pipeline(
         # A local champion_uri lives on the shared volume; a gs:// one ignores the mount.
         kubernetes.mount_pvc(decision, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
 
-        # Serve the new champion: only when promote promoted (and a name is set).
-        gate = _cpu_step(
-            ops["deploy_gate"](decision=decision.outputs["Output"], serving_name=serving_name),
-            "200m",
-            "256M",
-            cache=False,
+        _serve_when_promoted(
+            ops,
+            decision.outputs["Output"],
+            resolved,
+            dict(
+                serving_name=serving_name,
+                serving_namespace=serving_namespace,
+                canary_traffic_percent=canary_traffic_percent,
+                gpu=serving_gpu,
+                timeout_seconds=DEPLOY_TIMEOUT,
+            ),
         )
-        with dsl.If(gate.output == True, name="promoted"):  # noqa: E712 - a kfp condition, not Python
-            served = _cpu_step(
-                ops["deploy"](
-                    decision=decision.outputs["Output"],
-                    config_yaml=resolved,
-                    serving_name=serving_name,
-                    serving_namespace=serving_namespace,
-                    canary_traffic_percent=canary_traffic_percent,
-                    gpu=serving_gpu,
-                    timeout_seconds=DEPLOY_TIMEOUT,
-                ),
-                "500m",
-                "512M",
-                cache=False,
-            )
-            kubernetes.mount_pvc(served, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
 
     return pcam_training
 
