@@ -50,48 +50,28 @@ def configure(
     Returns:
         The resolved config as YAML.
     """
-    import logging
+    from pcam import step
 
-    from pcam.config import TRANSFER_MODELS, config_from_dict, dump_config, parse_yaml, set_dotted
-    from pcam.errors import ConfigError
-
-    logging.basicConfig(level=logging.INFO)
-    data = parse_yaml(config_yaml, "config_yaml") or {}
-    if not isinstance(data, dict):
-        raise ConfigError("config_yaml: must hold a mapping at the top level")
-
-    def for_every_model(key: str, value: object) -> None:
-        # Per-model sections override defaults, so an explicit value must reach both.
-        set_dotted(data, f"defaults.{key}", value)
-        for name in data.get("models") or {}:
-            set_dotted(data, f"models.{name}.{key}", value)
-
-    set_dotted(data, "data.source", source)
-    set_dotted(data, "data.format", data_format)
-    set_dotted(data, "split.mode", split_mode)
-    set_dotted(data, "split.ratios", list(split_ratios))
-    set_dotted(data, "seed", seed)
-    set_dotted(data, "evaluate.tta_views", list(tta_views))
-    set_dotted(data, "evaluate.target_sensitivity", target_sensitivity)
-    for key, value in (
-        ("epochs", epochs),
-        ("finetune_epochs", finetune_epochs),
-        ("batch_size", batch_size),
-        ("learning_rate", learning_rate),
-        ("finetune_learning_rate", finetune_learning_rate),
-    ):
-        if value:
-            for_every_model(key, value)
-    if weights_uri:
-        for name in TRANSFER_MODELS:
-            set_dotted(data, f"models.{name}.weights", weights_uri)
-    if champion_uri:
-        set_dotted(data, "promote.champion_uri", champion_uri)
-    if checkpoint_root:
-        set_dotted(data, "train.checkpoint_uri", checkpoint_root)
-    resolved = dump_config(config_from_dict(data))
-    logging.getLogger("pcam.configure").info("resolved config:\n%s", resolved)
-    return resolved
+    return step.configure(
+        config_yaml,
+        source=source,
+        data_format=data_format,
+        split_mode=split_mode,
+        split_ratios=split_ratios,
+        seed=seed,
+        tta_views=tta_views,
+        target_sensitivity=target_sensitivity,
+        per_model={
+            "epochs": epochs,
+            "finetune_epochs": finetune_epochs,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "finetune_learning_rate": finetune_learning_rate,
+        },
+        weights_uri=weights_uri,
+        champion_uri=champion_uri,
+        checkpoint_root=checkpoint_root,
+    )
 
 
 configure_op = make_component(configure)

@@ -46,25 +46,17 @@ def deploy(
     Returns:
         The InferenceService's URL.
     """
-    import logging
+    from pcam import step
 
-    import yaml
-
-    from pcam.config import config_from_dict
-    from pcam.deploy import deploy_champion
-
-    logging.basicConfig(level=logging.INFO)
-    cfg = config_from_dict(yaml.safe_load(config_yaml))
-    result = deploy_champion(
+    return step.deploy(
         decision,
-        cfg.promote.champion_uri,
+        config_yaml,
         serving_name,
         namespace=serving_namespace,
         canary_percent=canary_traffic_percent,
         gpu=gpu,
         timeout=timeout_seconds,
     )
-    return result.get("url", "")
 
 
 deploy_gate_op = make_component(deploy_gate)

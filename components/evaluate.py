@@ -39,52 +39,12 @@ def evaluate(
         classification: Confusion matrix and ROC curve (at most 200 points) of the TTA scores.
         run_id: KFP's run id: names the run's checkpoint directory to clean up.
     """
-    import json
-    import logging
-    import math
-    import shutil
-    from pathlib import Path
+    from pcam import step
 
-    import numpy as np
-    import yaml
-
-    from pcam.config import config_from_dict
-    from pcam.evaluate import evaluate as evaluate_model
-    from pcam.fsutil import write_json
-    from pcam.run_checkpoints import for_run, remove_pair_checkpoints
-
-    logging.basicConfig(level=logging.INFO)
-    cfg = config_from_dict(yaml.safe_load(config_yaml))
-    out = Path(run.path)
-    out.mkdir(parents=True, exist_ok=True)
-    result = evaluate_model(model.path, shards.path, out / "evaluate", cfg)
-    shutil.copytree(
-        model.path, out / stage, dirs_exist_ok=True, ignore=shutil.ignore_patterns("checkpoint", "tensorboard")
+    pair = (model_name, policy, stage)
+    run.metadata.update(
+        step.evaluate(model.path, shards.path, config_yaml, pair, run.path, metrics, classification, run_id)
     )
-    write_json(out / "pair.json", {"model": model_name, "policy": policy})
-
-    for mode in ("tta", "single"):
-        for name in ("f1", "auc", "recall", "precision", "accuracy"):
-            value = result[mode].get(name)
-            if value is not None and math.isfinite(value):  # AUC is NaN with one class only
-                metrics.log_metric(f"{mode}_{name}", float(value))
-
-    confusion = json.loads((out / "evaluate" / "confusion.json").read_text())
-    classification.log_confusion_matrix(["normal", "tumour"], confusion["tta"]["matrix"])
-    roc = json.loads((out / "evaluate" / "roc.json").read_text())
-    if roc["fpr"]:
-        # The UI draws every point it is given; 200 keep the curve's shape.
-        keep = np.unique(np.linspace(0, len(roc["fpr"]) - 1, 200).round().astype(int))
-        classification.log_roc_curve(
-            [roc["fpr"][i] for i in keep], [roc["tpr"][i] for i in keep], [roc["thresholds"][i] for i in keep]
-        )
-    run.metadata.update({"model": model_name, "policy": policy, "stage": stage})
-    # Last: only a pair whose results are safely written gives up its checkpoints.
-    removed = remove_pair_checkpoints(for_run(cfg, run_id), model_name, policy)
-    run.metadata["checkpoints_deleted"] = removed
-    import gc
-
-    gc.freeze()  # the process ends next: spare its final GC pass over TensorFlow's objects (1-2 s a step)
 
 
 evaluate_op = make_component(evaluate)

@@ -28,21 +28,9 @@ def finetune(
         model: Directory with the train layout; the history continues the stage-1 epochs.
         run_id: KFP's run id: checkpoints go to ``<train.checkpoint_uri>/<run_id>/<model>-<policy>-finetune``.
     """
-    import logging
+    from pcam import step
 
-    import yaml
-
-    from pcam.config import config_from_dict
-    from pcam.run_checkpoints import for_run
-    from pcam.train import finetune as finetune_model
-
-    logging.basicConfig(level=logging.INFO)
-    cfg = for_run(config_from_dict(yaml.safe_load(config_yaml)), run_id)
-    finetune_model(trained.path, shards.path, model.path, cfg, model_name, policy)
-    model.metadata.update({"model": model_name, "policy": policy, "stage": "finetune", "framework": "keras"})
-    import gc
-
-    gc.freeze()  # the process ends next: spare its final GC pass over TensorFlow's objects (1-2 s a step)
+    model.metadata.update(step.finetune(trained.path, shards.path, config_yaml, model_name, policy, model.path, run_id))
 
 
 finetune_op = make_component(finetune)

@@ -16,33 +16,9 @@ def ingest(config_yaml: str, dataset: Output[Dataset]):
         config_yaml: The resolved experiment config.
         dataset: Directory: images.npy, labels.npy, meta.csv, manifest.json.
     """
-    import logging
+    from pcam import step
 
-    import yaml
-
-    from pcam.config import config_from_dict
-    from pcam.ingest import ingest as ingest_dataset
-
-    logging.basicConfig(level=logging.INFO)
-    cfg = config_from_dict(yaml.safe_load(config_yaml))
-    manifest = ingest_dataset(
-        cfg.data.source,
-        dataset.path,
-        fmt=cfg.data.format,
-        convert=cfg.data.convert,
-        limit_per_split=cfg.data.limit_per_split,
-        seed=cfg.seed,
-        cache_dir=cfg.data.cache_dir or None,
-        synthetic=cfg.data.synthetic,
-    )
-    dataset.metadata.update(
-        {
-            "source": cfg.data.source,
-            "format": manifest["format"],
-            "count": manifest["count"],
-            "counts": manifest["counts"],
-        }
-    )
+    dataset.metadata.update(step.ingest(config_yaml, dataset.path))
 
 
 ingest_op = make_component(ingest)

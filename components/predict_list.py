@@ -19,15 +19,9 @@ def predict_list(source_uri: str, kind: str) -> list:
         For ``slides``, the slide URIs (one ParallelFor item each); for ``patches``,
         ``[source_uri]`` when it holds patches, else ``[]``.
     """
-    from pcam.errors import ConfigError
-    from pcam.inference import list_source
+    from pcam import step
 
-    if kind not in ("slides", "patches"):
-        raise ConfigError(f"kind: {kind!r} is not slides or patches")
-    found = list_source(source_uri)
-    if kind == "slides":
-        return found["slides"]
-    return [source_uri] if found["patches"] else []
+    return step.list_source(source_uri, kind)
 
 
 predict_list_op = make_component(predict_list)

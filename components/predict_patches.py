@@ -15,12 +15,9 @@ def predict_patches(model_uri: str, source_uri: str, views: int, predictions: Ou
         views: TTA views per patch (1..5).
         predictions: Directory: predictions.csv and predict.json.
     """
-    import logging
+    from pcam import step
 
-    from pcam.predict import predict
-
-    logging.basicConfig(level=logging.INFO)
-    predict(model_uri, [source_uri], predictions.path, views=views, progress=False, kinds=("patches",))
+    step.predict(model_uri, source_uri, predictions.path, views=views, kinds=("patches",))
 
 
 predict_patches_op = make_component(predict_patches)

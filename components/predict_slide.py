@@ -28,21 +28,17 @@ def predict_slide(
         top_k: The slide score is also the mean of the top-k tiles.
         result: Directory: slides/<name>/ (tiles.csv, heatmap.png, tumour.geojson, slide.json), slides.csv.
     """
-    import logging
+    from pcam import step
 
-    from pcam.predict import predict
-
-    logging.basicConfig(level=logging.INFO)
-    predict(
+    step.predict(
         model_uri,
-        [slide_uri],
+        slide_uri,
         result.path,
         slide_views=views,
         mpp=mpp or None,
         stride=stride,
         min_tissue=min_tissue,
         top_k=top_k,
-        progress=False,
         kinds=("slides",),
     )
 

@@ -30,40 +30,9 @@ def promote(
     Returns:
         The decision as JSON (``decision.json``), or ``{"promoted": false, "reason": ...}``.
     """
-    import json
-    import logging
-    import tempfile
-    from pathlib import Path
+    from pcam import step
 
-    import yaml
-
-    from pcam.config import config_from_dict
-
-    logging.basicConfig(level=logging.INFO)
-    cfg = config_from_dict(yaml.safe_load(config_yaml))
-    if not cfg.promote.champion_uri:
-        result = {"promoted": False, "reason": "no champion location (promote.champion_uri) configured"}
-    else:
-        from pcam import promote as champion
-
-        run_dirs = [Path(r.path) for r in [*scratch_runs, *transfer_runs]]
-        best = champion.best_run(run_dirs, cfg.promote.metric)
-        model_dir = best / "finetune" if (best / "finetune").exists() else best / "train"
-        with tempfile.TemporaryDirectory() as tmp:  # decision.json: returned, not written into an input
-            result = champion.promote(
-                best / "evaluate",
-                model_dir,
-                cfg.promote.champion_uri,
-                cfg.promote.metric,
-                shards_dir=shards.path,
-                cfg=cfg,
-                out_dir=tmp,
-            )
-        result = {**result, "candidate": json.loads((best / "pair.json").read_text())}
-    lines = ["# Champion decision", ""]
-    lines += [f"- **{key}**: {value}" for key, value in result.items()]
-    Path(decision.path).write_text("\n".join(lines) + "\n")
-    return json.dumps(result, default=str)
+    return step.promote([r.path for r in [*scratch_runs, *transfer_runs]], shards.path, config_yaml, decision.path)
 
 
 promote_op = make_component(promote)

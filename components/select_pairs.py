@@ -26,27 +26,9 @@ def select_pairs(grid: list, config_yaml: str, transfer: bool) -> list:
     Returns:
         The pairs of this branch in grid order, as ``{"model", "policy", "config_yaml"}``.
     """
-    import yaml
+    from pcam import step
 
-    from pcam.config import POLICY_NAMES, TRANSFER_MODELS, config_from_dict
-    from pcam.errors import ConfigError
-
-    cfg = config_from_dict(yaml.safe_load(config_yaml))
-    if not grid:
-        raise ConfigError("grid: needs at least one {model, policy} pair")
-    chosen = []
-    for i, pair in enumerate(grid):
-        if not isinstance(pair, dict) or set(pair) != {"model", "policy"}:
-            raise ConfigError(f"grid[{i}]: expected a mapping with keys model and policy, got {pair!r}")
-        model_cfg = cfg.model(pair["model"])  # ConfigError naming the model when unknown
-        if pair["policy"] not in POLICY_NAMES:
-            raise ConfigError(
-                f"grid[{i}].policy: unknown policy {pair['policy']!r}; expected one of {', '.join(POLICY_NAMES)}"
-            )
-        finetuned = pair["model"] in TRANSFER_MODELS and model_cfg.finetune_epochs > 0
-        if finetuned == transfer:
-            chosen.append({"model": pair["model"], "policy": pair["policy"], "config_yaml": config_yaml})
-    return chosen
+    return step.select_pairs(grid, config_yaml, transfer)
 
 
 select_pairs_op = make_component(select_pairs)

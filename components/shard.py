@@ -15,17 +15,9 @@ def shard(dataset: Input[Dataset], split_index: Input[Dataset], config_yaml: str
         config_yaml: The resolved experiment config.
         shards: Directory: ``{split}-{i:05d}-of-{n:05d}.tfrecord`` + index.json.
     """
-    import logging
+    from pcam import step
 
-    import yaml
-
-    from pcam.config import config_from_dict
-    from pcam.shard import write_shards
-
-    logging.basicConfig(level=logging.INFO)
-    cfg = config_from_dict(yaml.safe_load(config_yaml))
-    index = write_shards(dataset.path, split_index.path, shards.path, cfg.augment, cfg.shard, cfg.seed)
-    shards.metadata["records"] = {name: info.get("records") for name, info in index.get("splits", {}).items()}
+    shards.metadata.update(step.shard(dataset.path, split_index.path, config_yaml, shards.path))
 
 
 shard_op = make_component(shard)

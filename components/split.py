@@ -14,18 +14,9 @@ def split(dataset: Input[Dataset], config_yaml: str, split_index: Output[Dataset
         config_yaml: The resolved experiment config.
         split_index: Directory holding split.json (mode, seed, ratios, counts, indices).
     """
-    import logging
+    from pcam import step
 
-    import yaml
-
-    from pcam.config import config_from_dict
-    from pcam.split import split_dataset
-
-    logging.basicConfig(level=logging.INFO)
-    cfg = config_from_dict(yaml.safe_load(config_yaml))
-    result = split_dataset(dataset.path, split_index.path, cfg.split.mode, cfg.split.ratios, cfg.seed)
-    split_index.metadata["mode"] = cfg.split.mode
-    split_index.metadata["counts"] = result.get("counts", {})
+    split_index.metadata.update(step.split(dataset.path, config_yaml, split_index.path))
 
 
 split_op = make_component(split)

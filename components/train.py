@@ -23,21 +23,9 @@ def train(
         model: Directory: model.keras, history.json/.csv, tensorboard/, train.json.
         run_id: KFP's run id (``dsl.PIPELINE_JOB_ID_PLACEHOLDER``); empty keeps train.checkpoint_uri as is.
     """
-    import logging
+    from pcam import step
 
-    import yaml
-
-    from pcam.config import config_from_dict
-    from pcam.run_checkpoints import for_run
-    from pcam.train import train as train_model
-
-    logging.basicConfig(level=logging.INFO)
-    cfg = for_run(config_from_dict(yaml.safe_load(config_yaml)), run_id)
-    train_model(shards.path, model.path, cfg, model_name, policy)
-    model.metadata.update({"model": model_name, "policy": policy, "stage": "train", "framework": "keras"})
-    import gc
-
-    gc.freeze()  # the process ends next: spare its final GC pass over TensorFlow's objects (1-2 s a step)
+    model.metadata.update(step.train(shards.path, config_yaml, model_name, policy, model.path, run_id))
 
 
 train_op = make_component(train)

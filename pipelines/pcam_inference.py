@@ -142,6 +142,7 @@ def compile_pipeline(
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.pcam_inference``: compile the inference pipeline; prints the YAML's path."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.pcam_inference", description="Compile the pcam inference pipeline to YAML."
     )

@@ -22,6 +22,7 @@ loop item (see ``components/select_pairs.py`` for the kfp.local bug this avoids)
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 import yaml
 from kfp import compiler, dsl, kubernetes
@@ -112,6 +113,46 @@ def _gpu_step(task: dsl.PipelineTask, retry: bool | dict, gpu: cluster.GpuPool) 
     return task.set_caching_options(True)
 
 
+def _components(image: str) -> dict[str, Any]:
+    """Every component of the training pipeline, bound to ``image``, by name."""
+    return {
+        name: make_component(getattr(module, name), image)
+        for name, module in (
+            ("configure", configure),
+            ("select_pairs", select_pairs),
+            ("ingest", ingest),
+            ("split", split),
+            ("shard", shard),
+            ("train", train),
+            ("finetune", finetune),
+            ("evaluate", evaluate),
+            ("report", report),
+            ("promote", promote),
+            ("deploy_gate", deploy),
+            ("deploy", deploy),
+        )
+    }
+
+
+def _serve_when_promoted(ops: dict, decision: Any, config_yaml: Any, serving: dict) -> None:
+    """Deploy the new champion as an InferenceService, only when promote promoted and a name is set.
+
+    Args:
+        ops: The pipeline's components (:func:`_components`).
+        decision: promote's output (decision.json as a string).
+        config_yaml: The resolved config.
+        serving: deploy's serving arguments (serving_name, serving_namespace, ...).
+    """
+    gate = _cpu_step(
+        ops["deploy_gate"](decision=decision, serving_name=serving["serving_name"]), "200m", "256M", cache=False
+    )
+    with dsl.If(gate.output == True, name="promoted"):  # noqa: E712 - a kfp condition, not Python
+        served = _cpu_step(
+            ops["deploy"](decision=decision, config_yaml=config_yaml, **serving), "500m", "512M", cache=False
+        )
+        kubernetes.mount_pvc(served, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
+
+
 def build_pipeline(
     image: str | None = None,
     parallelism: int = DEFAULT_PARALLELISM,
@@ -134,24 +175,19 @@ def build_pipeline(
     """
     image = image or PCAM_IMAGE
     gpu = gpu or cluster.GpuPool()
-    ops = {
-        name: make_component(getattr(module, name), image)
-        for name, module in (
-            ("configure", configure),
-            ("select_pairs", select_pairs),
-            ("ingest", ingest),
-            ("split", split),
-            ("shard", shard),
-            ("train", train),
-            ("finetune", finetune),
-            ("evaluate", evaluate),
-            ("report", report),
-            ("promote", promote),
-            ("deploy_gate", deploy),
-            ("deploy", deploy),
-        )
-    }
+    ops = _components(image)
     config_yaml_default, d = _paper_defaults()
+
+    def score_pair(pair, shards_dir, run_id: str, finetuned: bool) -> dsl.PipelineTask:
+        """One loop item's train (then finetune) then evaluate, on the GPU pool; returns the evaluate task."""
+        common = dict(
+            shards=shards_dir, config_yaml=pair.config_yaml, model_name=pair.model, policy=pair.policy, run_id=run_id
+        )
+        model = _gpu_step(ops["train"](**common), retry=retries, gpu=gpu).outputs["model"]
+        if finetuned:
+            model = _gpu_step(ops["finetune"](trained=model, **common), retry=retries, gpu=gpu).outputs["model"]
+        stage = "finetune" if finetuned else "train"
+        return _gpu_step(ops["evaluate"](model=model, stage=stage, **common), retry=False, gpu=gpu)
 
     @dsl.pipeline(name=PIPELINE_NAME, pipeline_root=pipeline_root)
     def pcam_training(
@@ -245,71 +281,13 @@ def build_pipeline(
         # Every retry of a task keeps the run id, so it finds its own checkpoints there.
         run_id = dsl.PIPELINE_JOB_ID_PLACEHOLDER
         with dsl.ParallelFor(scratch.output, parallelism=parallelism) as pair:
-            trained = _gpu_step(
-                ops["train"](
-                    shards=shards_dir,
-                    config_yaml=pair.config_yaml,
-                    model_name=pair.model,
-                    policy=pair.policy,
-                    run_id=run_id,
-                ),
-                retry=retries,
-                gpu=gpu,
-            )
-            scored = _gpu_step(
-                ops["evaluate"](
-                    model=trained.outputs["model"],
-                    shards=shards_dir,
-                    config_yaml=pair.config_yaml,
-                    model_name=pair.model,
-                    policy=pair.policy,
-                    stage="train",
-                    run_id=run_id,
-                ),
-                retry=False,
-                gpu=gpu,
-            )
+            scored = score_pair(pair, shards_dir, run_id, finetuned=False)
 
         transfer = _cpu_step(
             ops["select_pairs"](grid=grid, config_yaml=resolved, transfer=True), "500m", "512M", cache=True
         ).set_display_name("select-fine-tuned-pairs")
         with dsl.ParallelFor(transfer.output, parallelism=parallelism) as tpair:
-            stage1 = _gpu_step(
-                ops["train"](
-                    shards=shards_dir,
-                    config_yaml=tpair.config_yaml,
-                    model_name=tpair.model,
-                    policy=tpair.policy,
-                    run_id=run_id,
-                ),
-                retry=retries,
-                gpu=gpu,
-            )
-            stage2 = _gpu_step(
-                ops["finetune"](
-                    trained=stage1.outputs["model"],
-                    shards=shards_dir,
-                    config_yaml=tpair.config_yaml,
-                    model_name=tpair.model,
-                    policy=tpair.policy,
-                    run_id=run_id,
-                ),
-                retry=retries,
-                gpu=gpu,
-            )
-            tscored = _gpu_step(
-                ops["evaluate"](
-                    model=stage2.outputs["model"],
-                    shards=shards_dir,
-                    config_yaml=tpair.config_yaml,
-                    model_name=tpair.model,
-                    policy=tpair.policy,
-                    stage="finetune",
-                    run_id=run_id,
-                ),
-                retry=False,
-                gpu=gpu,
-            )
+            tscored = score_pair(tpair, shards_dir, run_id, finetuned=True)
 
         # One dsl.Collected per consumer: the compiler rewrites each instance in place.
         summary = ops["report"](
@@ -330,29 +308,18 @@ def build_pipeline(
         # A local champion_uri lives on the shared volume; a gs:// one ignores the mount.
         kubernetes.mount_pvc(decision, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
 
-        # Serve the new champion: only when promote promoted (and a name is set).
-        gate = _cpu_step(
-            ops["deploy_gate"](decision=decision.outputs["Output"], serving_name=serving_name),
-            "200m",
-            "256M",
-            cache=False,
+        _serve_when_promoted(
+            ops,
+            decision.outputs["Output"],
+            resolved,
+            dict(
+                serving_name=serving_name,
+                serving_namespace=serving_namespace,
+                canary_traffic_percent=canary_traffic_percent,
+                gpu=serving_gpu,
+                timeout_seconds=DEPLOY_TIMEOUT,
+            ),
         )
-        with dsl.If(gate.output == True, name="promoted"):  # noqa: E712 - a kfp condition, not Python
-            served = _cpu_step(
-                ops["deploy"](
-                    decision=decision.outputs["Output"],
-                    config_yaml=resolved,
-                    serving_name=serving_name,
-                    serving_namespace=serving_namespace,
-                    canary_traffic_percent=canary_traffic_percent,
-                    gpu=serving_gpu,
-                    timeout_seconds=DEPLOY_TIMEOUT,
-                ),
-                "500m",
-                "512M",
-                cache=False,
-            )
-            kubernetes.mount_pvc(served, pvc_name=cluster.PVC_NAME, mount_path=cluster.DATA_MOUNT_PATH)
 
     return pcam_training
 
@@ -396,6 +363,7 @@ def add_gpu_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def gpu_pool_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> cluster.GpuPool:
+    """The GPU pool that ``add_gpu_arguments``' flags name; a bad one exits 2 with one line."""
     try:
         return cluster.gpu_pool(args.gpu, args.gpu_label, args.gpu_taint)
     except PcamError as exc:
@@ -403,6 +371,7 @@ def gpu_pool_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.pcam_training``: compile the training pipeline; prints the YAML's path."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.pcam_training", description="Compile the pcam training pipeline to YAML."
     )

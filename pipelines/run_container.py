@@ -40,7 +40,6 @@ import os
 import re
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -296,38 +295,31 @@ def run_container(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipelines.run_local import print_summary
+    """``python -m pipelines.run_container``: the whole pipeline, one container per step; returns the exit code."""
+    from pipelines.run_local import add_run_arguments, run_and_summarise
 
     parser = argparse.ArgumentParser(prog="python -m pipelines.run_container", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML (configs/demo.yaml)")
-    parser.add_argument("--out", required=True, help="output directory (its pipeline_root is mounted into every step)")
+    add_run_arguments(
+        parser,
+        out_help="output directory (its pipeline_root is mounted into every step)",
+        source_help="data source overriding data.source; must be under OUT/pipeline_root to be "
+        "visible in the containers (default: the config's)",
+    )
     parser.add_argument(
         "--image",
         default=os.environ.get("PCAM_CPU_IMAGE"),
         help="image of every step (default: env PCAM_CPU_IMAGE; make image-check builds it)",
     )
-    parser.add_argument(
-        "--source",
-        default=os.environ.get("PCAM_SOURCE"),
-        help="data source overriding data.source; must be under OUT/pipeline_root to be "
-        "visible in the containers (default: the config's)",
-    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    start = time.perf_counter()
-    try:
+
+    def run() -> tuple[Path, dict[str, list[float]]]:
         if not args.image:
             raise ConfigError("--image: no image given and PCAM_CPU_IMAGE is not set")
         cfg = load_config(args.config, {"data.source": args.source, "data.format": "auto"} if args.source else None)
-        report, seconds = run_container(cfg, args.out, args.image)
-    except PcamError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except RuntimeError as exc:  # kfp.local: a step failed; its log is above
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    print_summary(report, seconds, time.perf_counter() - start, f"DockerRunner, one container per step in {args.image}")
-    return 0
+        return run_container(cfg, args.out, args.image)
+
+    return run_and_summarise(run, f"DockerRunner, one container per step in {args.image}")
 
 
 if __name__ == "__main__":

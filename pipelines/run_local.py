@@ -20,6 +20,7 @@ import sys
 import time
 import warnings
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +44,14 @@ class StepTimer(logging.Filter):
     """
 
     def __init__(self) -> None:
+        """Start with no task seen."""
         super().__init__()
         self.started: dict[str, float] = {}
         self.seconds: dict[str, list[float]] = defaultdict(list)
         self.status: dict[str, str] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Note the record if it starts or finishes a task; always let it through."""
         self._note(record)
         return True
 
@@ -135,13 +138,12 @@ def find_report(run_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.run_local``: the whole pipeline on this machine; returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m pipelines.run_local", description=__doc__.split("\n")[0])
-    parser.add_argument("--config", required=True, help="experiment YAML (configs/demo.yaml)")
-    parser.add_argument("--out", required=True, help="output directory (pipeline_root and champion go here)")
-    parser.add_argument(
-        "--source",
-        default=os.environ.get("PCAM_SOURCE"),
-        help="data source overriding data.source (default: env PCAM_SOURCE, else the config's)",
+    add_run_arguments(
+        parser,
+        out_help="output directory (pipeline_root and champion go here)",
+        source_help="data source overriding data.source (default: env PCAM_SOURCE, else the config's)",
     )
     parser.add_argument("--format", default=None, help="data format for --source (default: auto)")
     parser.add_argument("--champion", default=None, help="champion location (default: the config's, else OUT/champion)")
@@ -151,17 +153,39 @@ def main(argv: list[str] | None = None) -> int:
         overrides = {"data.source": args.source, "data.format": args.format or "auto"}
     elif args.format:
         overrides = {"data.format": args.format}
+    return run_and_summarise(
+        lambda: run_local(load_config(args.config, overrides), args.out, args.champion),
+        "kfp.local, one subprocess per step",
+    )
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, out_help: str, source_help: str) -> None:
+    """The options every local runner takes: ``--config``, ``--out`` and ``--source`` (env ``PCAM_SOURCE``)."""
+    parser.add_argument("--config", required=True, help="experiment YAML (configs/demo.yaml)")
+    parser.add_argument("--out", required=True, help=out_help)
+    parser.add_argument("--source", default=os.environ.get("PCAM_SOURCE"), help=source_help)
+
+
+def run_and_summarise(run: Callable[[], tuple[Path, dict[str, list[float]]]], how: str) -> int:
+    """Call ``run`` (a whole local run), print its summary; the exit code of a ``main``.
+
+    Args:
+        run: Runs the pipeline; returns the report's path and each step's seconds.
+        how: How the steps ran, for the summary's heading.
+
+    Returns:
+        0; 2 on bad input (one line, no traceback); 1 when kfp.local says a step failed (its log is above).
+    """
     start = time.perf_counter()
     try:
-        cfg = load_config(args.config, overrides)
-        report, seconds = run_local(cfg, args.out, args.champion)
+        report, seconds = run()
     except PcamError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # kfp.local: a step failed; its log is above
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print_summary(report, seconds, time.perf_counter() - start, "kfp.local, one subprocess per step")
+    print_summary(report, seconds, time.perf_counter() - start, how)
     return 0
 
 

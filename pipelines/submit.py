@@ -1,4 +1,4 @@
-"""Submit a compiled pipeline to a KFP server: one run, or a recurring retraining run.
+r"""Submit a compiled pipeline to a KFP server: one run, or a recurring retraining run.
 
 Either package works: ``pcam_training.yaml`` or ``pcam_inference.yaml`` (``make submit
 PIPELINE=inference PARAMS='source_uri=gs://bucket/slides'``); parameters are checked
@@ -12,10 +12,10 @@ types it declares (``--param seed=7``, ``--param 'grid=[{"model": "cnn", "policy
 so a typo fails here instead of in the cluster. Runs use the ``pcam.cluster`` service
 account. The same calls with the raw kfp v2 CLI (``kfp run submit`` was v1)::
 
-    kfp --endpoint URL run create --experiment-name NAME --run-name RUN \\
+    kfp --endpoint URL run create --experiment-name NAME --run-name RUN \
         --package-file pipelines/compiled/pcam_training.yaml seed=7
-    kfp --endpoint URL recurring-run create --experiment-name NAME --job-name JOB \\
-        --cron-expression '0 0 3 * * 0' --max-concurrency 1 --no-catchup \\
+    kfp --endpoint URL recurring-run create --experiment-name NAME --job-name JOB \
+        --cron-expression '0 0 3 * * 0' --max-concurrency 1 --no-catchup \
         --pipeline-package-path pipelines/compiled/pcam_training.yaml seed=7
 """
 
@@ -144,6 +144,7 @@ def schedule_run(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``run`` and ``schedule`` subcommands and their options."""
     parser = argparse.ArgumentParser(
         prog="python -m pipelines.submit",
         description=__doc__.split("\n")[0],
@@ -181,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.submit``: create the run or recurring run; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         if args.command == "run":

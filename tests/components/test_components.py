@@ -35,24 +35,26 @@ pytestmark = [
 LIMIT = 60  # per source split: 60 train + 60 valid real patches
 
 
+# configure's parameters besides config_yaml and source (test_python_func.py starts from them too).
+PARAMS = dict(
+    data_format="folders",
+    split_mode="random",
+    split_ratios=[0.7, 0.2, 0.1],
+    seed=3,
+    epochs=1,
+    finetune_epochs=1,
+    batch_size=16,
+    learning_rate=0.0,
+    finetune_learning_rate=0.0,
+    weights_uri="",
+    tta_views=["identity", "hflip", "rot90"],
+    target_sensitivity=0.9,
+    champion_uri="",
+)
+
+
 def _configure(config: dict, **overrides):
-    args = dict(
-        config_yaml=yaml.safe_dump(config),
-        source=config["data"]["source"],
-        data_format="folders",
-        split_mode="random",
-        split_ratios=[0.7, 0.2, 0.1],
-        seed=3,
-        epochs=1,
-        finetune_epochs=1,
-        batch_size=16,
-        learning_rate=0.0,
-        finetune_learning_rate=0.0,
-        weights_uri="",
-        tta_views=["identity", "hflip", "rot90"],
-        target_sensitivity=0.9,
-        champion_uri="",
-    )
+    args = dict(PARAMS, config_yaml=yaml.safe_dump(config), source=config["data"]["source"])
     return configure_op(**{**args, **overrides})
 
 
