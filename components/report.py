@@ -29,28 +29,12 @@ def report(
         html: The report as one self-contained page (plots inlined), shown by the UI.
         summary: The comparison table as Markdown, shown by the UI.
     """
-    import logging
-    import shutil
-    from pathlib import Path
+    from pcam import step
 
-    import yaml
-
-    from pcam.config import config_from_dict
-    from pcam.report import build_report
-    from pcam.study import run_context, step_seconds_from_runs
-
-    logging.basicConfig(level=logging.INFO)
-    cfg = config_from_dict(yaml.safe_load(config_yaml))
-    run_dirs = [Path(r.path) for r in [*scratch_runs, *transfer_runs]]
-    context = {
-        **run_context(cfg, dataset.path, shards.path, step_seconds_from_runs(run_dirs)),
-        "orchestrator": "kubeflow pipelines",
-    }
-    build_report(run_dirs, report_dir.path, context)
-    out = Path(report_dir.path)
-    # The UI shows one file; report.html already embeds its figures as data: URIs.
-    shutil.copyfile(out / "report.html", html.path)
-    shutil.copyfile(out / "summary.md", summary.path)
+    runs = [r.path for r in [*scratch_runs, *transfer_runs]]
+    report_dir.metadata.update(
+        step.report(runs, dataset.path, shards.path, config_yaml, report_dir.path, html.path, summary.path)
+    )
 
 
 report_op = make_component(report)

@@ -295,6 +295,36 @@ def evaluate(
     return {"model": model_name, "policy": policy, "stage": stage, "checkpoints_deleted": removed}
 
 
+def report(
+    run_dirs: Sequence[str], dataset_dir: str, shards_dir: str, config_yaml: str, out: str, html: str, summary: str
+) -> dict[str, Any]:
+    """Build the comparison report of the evaluated pairs, and the two files the UI shows.
+
+    Args:
+        run_dirs: The evaluated pairs' run directories.
+        dataset_dir: The canonical dataset (its manifest goes into the model card).
+        shards_dir: The shards (their index goes into the model card).
+        config_yaml: The resolved experiment config.
+        out: The report directory: summary.csv, summary.md, report.html, plots/*.png.
+        html: Where the UI's page goes (report.html: it embeds its figures as data: URIs).
+        summary: Where the UI's Markdown table goes.
+
+    Returns:
+        The output's metadata: the best pair and the number of pairs.
+    """
+    from pcam.report import build_report
+    from pcam.study import run_context, step_seconds_from_runs
+
+    cfg = start(config_yaml)
+    runs = [Path(r) for r in run_dirs]
+    built = build_report(runs, out, run_context(cfg, dataset_dir, shards_dir, step_seconds_from_runs(runs)))
+    shutil.copyfile(Path(out) / "report.html", html)
+    shutil.copyfile(Path(out) / "summary.md", summary)
+    best = built["best"]
+    headline = {f"best_{key}": value for key, value in (best or {}).items() if value is not None}
+    return {"pairs": len(runs), "split_warnings": len(built["split_warnings"]), **headline}
+
+
 def promote(run_dirs: Sequence[str], shards_dir: str, config_yaml: str, decision_md: str) -> str:
     """Promote the best run (promote.metric) over the champion at promote.champion_uri if it wins.
 

@@ -30,13 +30,14 @@ def test_report_component_publishes_the_self_contained_page_and_the_model_card(
     transfer = make_run(tmp_path / "runs", "mobilenetv2", "onecycle", 2, patches, finetune=True)
     out = tmp_path / "outputs"
     out.mkdir()
+    report_dir = _artifact(Dataset, out / "report")
     report_op.python_func(
         scratch_runs=[_artifact(Dataset, scratch)],
         transfer_runs=[_artifact(Dataset, transfer)],
         dataset=_artifact(Dataset, tiny_dataset),
         shards=_artifact(Dataset, tiny_shards),
         config_yaml=dump_config(config_from_dict({"name": "component-report"})),
-        report_dir=_artifact(Dataset, out / "report"),
+        report_dir=report_dir,
         html=_artifact(HTML, out / "page.html"),
         summary=_artifact(Markdown, out / "summary.md"),
     )
@@ -51,4 +52,5 @@ def test_report_component_publishes_the_self_contained_page_and_the_model_card(
     shard = re.search(r'"sha256": "([0-9a-f]{64})"', index).group(1)
     assert "component-report" in page and shard in page and "Step timings" in page
     assert "test (slide-disjoint from train: yes)" in page  # the official split's facts, carried by index.json
+    assert report_dir.metadata["pairs"] == 2 and report_dir.metadata["best_model"] in ("cnn", "mobilenetv2")
     assert "| cnn" in (out / "summary.md").read_text() and "| mobilenetv2" in (out / "summary.md").read_text()
