@@ -59,8 +59,8 @@ run: setup ## Run the study in-process without kfp: make run CONFIG=configs/demo
 test: setup ## Run the whole test suite (what CI runs)
 	$(BIN)/python -m pytest -q tests
 
-test-fast: setup ## Run the unit tests only
-	$(BIN)/python -m pytest -q tests/unit -m "not slow"
+test-fast: setup ## Unit tests and in-process component bodies, without the slow ones (~3 min)
+	$(BIN)/python -m pytest -q tests/unit tests/components/test_python_func.py tests/components/test_report_component.py -m "not slow"
 
 test-gcs-pipeline: setup ## The whole kfp.local pipeline with source, checkpoints and champion on gs:// (fake-gcs-server; 400 s at load 15, outside make test)
 	$(BIN)/python -m pytest -q tests/storage/gcs_pipeline_run.py
