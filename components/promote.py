@@ -45,10 +45,11 @@ def promote(
         result = {"promoted": False, "reason": "no champion location (promote.champion_uri) configured"}
     else:
         from pcam import promote as champion
+        from pcam.artifacts import final_model_dir
 
         run_dirs = [Path(r.path) for r in [*scratch_runs, *transfer_runs]]
         best = champion.best_run(run_dirs, cfg.promote.metric)
-        model_dir = best / "finetune" if (best / "finetune").exists() else best / "train"
+        model_dir = final_model_dir(best)
         with tempfile.TemporaryDirectory() as tmp:  # decision.json: returned, not written into an input
             result = champion.promote(
                 best / "evaluate",

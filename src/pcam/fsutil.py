@@ -174,7 +174,7 @@ def _local_inputs(inputs: Iterable[str | os.PathLike[str] | None]) -> list[Path]
     for item in inputs:
         if item is None or str(item) == "" or is_remote(str(item)):
             continue
-        found.append(Path(str(item).removeprefix("file://")).expanduser().resolve())
+        found.append(local_path(item).resolve())
     return found
 
 
@@ -255,14 +255,14 @@ def atomic_dir(
         raise
 
 
-def is_remote(uri: str) -> bool:
-    return uri.startswith(("gs://", "https://", "http://", "s3://"))
+def is_remote(uri: str | os.PathLike[str]) -> bool:
+    """Whether ``uri`` names an object store or web location rather than a local file."""
+    return str(uri).startswith(("gs://", "https://", "http://", "s3://"))
 
 
-def local_path(uri: str) -> Path:
-    """A local path for a ``file://`` URI or a plain path; remote URIs are an error here."""
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    if is_remote(uri):
-        raise DataError(f"{uri}: expected a local path here, not a remote URI")
-    return Path(uri).expanduser()
+def local_path(uri: str | os.PathLike[str]) -> Path:
+    """A local path for a ``file://`` URI or a plain path (``~`` expanded); remote URIs are an error here."""
+    text = str(uri).removeprefix("file://")
+    if is_remote(text):
+        raise DataError(f"{text}: expected a local path here, not a remote URI")
+    return Path(text).expanduser()

@@ -11,7 +11,7 @@ produces float16 probabilities.
 
 The ResNet50 preprocessing is a small registered layer (:class:`CaffePreprocess`)
 rather than a ``Lambda`` because Keras refuses to deserialize lambdas in safe mode;
-load saved models with :func:`load_model` (or import :mod:`pcam.models` first).
+load saved models with :func:`pcam.artifacts.load_model` (or import :mod:`pcam.models` first).
 """
 
 from __future__ import annotations
@@ -259,8 +259,3 @@ def set_trainable_for_stage(model: keras.Model, name: str, stage: str, *, pretra
         cut = len(base.layers) - RESNET_TRAINABLE_LAYERS
         for i, layer in enumerate(base.layers):
             layer.trainable = i >= cut and not isinstance(layer, layers.BatchNormalization)
-
-
-def load_model(path: str | os.PathLike[str], compile: bool = True) -> keras.Model:
-    """Load a ``.keras`` file written by training (this module registers its custom layers)."""
-    return keras.models.load_model(str(path), compile=compile)

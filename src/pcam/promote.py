@@ -37,7 +37,8 @@ from typing import Any
 
 from pcam import champion as C
 from pcam import storage
-from pcam.champion import CHAMPION_FILE, METRICS_FILE, MODEL_FILE  # noqa: F401 - re-exported
+from pcam.artifacts import METRICS_FILE, MODEL_FILE, final_model_dir
+from pcam.champion import CHAMPION_FILE  # noqa: F401 - re-exported
 from pcam.config import EvaluateConfig
 from pcam.errors import ConfigError, DataError
 from pcam.fsutil import file_sha256, read_json, write_json
@@ -96,13 +97,6 @@ def best_run(run_dirs: Sequence[str | os.PathLike[str]], metric: str = "auc") ->
     if best is None:
         raise DataError(f"no evaluated run with a defined {metric} among: {', '.join(map(str, run_dirs))}")
     return best[1]
-
-
-def final_model_dir(run_dir: str | os.PathLike[str]) -> Path:
-    """The fine-tuned model when there is one, else the stage-1 model."""
-    run_dir = Path(run_dir)
-    finetune = run_dir / "finetune"
-    return finetune if (finetune / MODEL_FILE).exists() else run_dir / "train"
 
 
 # ---------------------------------------------------------------- champion score

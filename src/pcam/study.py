@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pcam.artifacts import final_model_dir
 from pcam.config import TRANSFER_MODELS, ExperimentConfig, load_config
 from pcam.errors import DataError
 from pcam.fsutil import check_output, mark_directory, read_json, write_json
@@ -58,7 +59,7 @@ def step_seconds_from_runs(run_dirs: list[Path]) -> dict[str, float]:
         totals[step] = round(totals.get(step, 0.0) + float(seconds or 0.0), 2)
 
     for run_dir in map(Path, run_dirs):
-        model_dir = run_dir / "finetune" if (run_dir / "finetune").is_dir() else run_dir / "train"
+        model_dir = final_model_dir(run_dir)
         if (model_dir / "history.json").exists():
             for epoch in read_json(model_dir / "history.json"):
                 add(epoch.get("stage", "train"), epoch.get("seconds"))
@@ -201,10 +202,9 @@ def run_study(
 
         with timer.step("promote"):
             best = promote.best_run(run_dirs, cfg.promote.metric)
-            model_dir = best / "finetune" if (best / "finetune").exists() else best / "train"
             summary["promotion"] = promote.promote(
                 best / "evaluate",
-                model_dir,
+                final_model_dir(best),
                 cfg.promote.champion_uri,
                 cfg.promote.metric,
                 shards_dir=shards_dir,

@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from pcam.artifacts import MODEL_FILE, PARTIAL_MODEL_FILE, load_model
 from pcam.checkpoint import (  # noqa: F401 - re-exported: callers import them from here
     CHECKPOINT_PREFIX,
     STATE_FILE,
@@ -85,8 +86,6 @@ HISTORY_COLUMNS = (
     "seconds",
     "images_per_second",
 )
-MODEL_FILE = "model.keras"
-PARTIAL_MODEL_FILE = "model.partial.keras"
 
 
 # --------------------------------------------------------------------------- helpers
@@ -536,7 +535,7 @@ def _summary(
         "xla": cfg.train.xla,
         "config_digest": cfg.digest(),
         "seed": cfg.seed,
-        "model_path": str(out / "model.keras"),
+        "model_path": str(out / MODEL_FILE),
         **extra,
     }
     write_json(out / "train.json", summary)
@@ -637,7 +636,7 @@ def finetune(
     """Stage 2: load ``trained_dir/model.keras``, unfreeze the top layers, train on under ``policy``."""
     import keras
 
-    from pcam.models import load_model, set_trainable_for_stage
+    from pcam.models import set_trainable_for_stage
     from pcam.policies import make_policy
 
     _check_names(model_name, policy)

@@ -72,7 +72,7 @@ def make_run(root, model, policy, seed, patches, *, finetune=False, one_class=Fa
         )
         write_json(run / "finetune" / "train.json", {"model": model, "policy": policy, "seconds": 6.0, "params": 1234})
     result = E.evaluate_arrays(_model(seed), images, labels, ids, views=VIEWS, progress=False)
-    result.update({"split": "test", "model": model, "policy": policy})
+    result.metrics.update({"split": "test", "model": model, "policy": policy})
     E.write_evaluation(run / "evaluate", result)
     return run
 

@@ -55,6 +55,8 @@ def test_step_seconds_are_summed_from_the_pairs_outputs(tmp_path):
         tmp_path / "resnet50-constant" / "finetune" / "history.json",
         [*history, {"epoch": 2, "stage": "finetune", "seconds": 7.0}],
     )
+    # a finished fine-tune leaves its model (pcam.artifacts.final_model_dir looks for it)
+    (tmp_path / "resnet50-constant" / "finetune" / "model.keras").write_bytes(b"")
     for name in ("cnn-constant", "resnet50-constant"):
         write_json(tmp_path / name / "evaluate" / "metrics.json", {"seconds": 2.0})
     assert step_seconds_from_runs([tmp_path / "cnn-constant", tmp_path / "resnet50-constant"]) == {
