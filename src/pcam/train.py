@@ -43,7 +43,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
@@ -71,6 +71,9 @@ from pcam.fsutil import (
     write_json,
 )
 
+if TYPE_CHECKING:
+    import keras
+
 log = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = (
@@ -86,6 +89,50 @@ HISTORY_COLUMNS = (
     "seconds",
     "images_per_second",
 )
+
+
+class FitSummary(TypedDict):
+    """What :func:`fit_model` reports about one stage (the stage part of ``train.json``)."""
+
+    stage: str
+    epochs: int
+    first_epoch: int
+    last_epoch: int
+    best_epoch: int
+    monitor: str
+    best: float | None
+    train_seconds: float
+    images_per_second: float
+    resumed_from: list[int]
+    checkpoint: str
+    final_lr: float
+
+
+class StageSettings(TypedDict, total=False):
+    """The learning-rate settings one stage records in ``train.json`` beside the common ones."""
+
+    learning_rate: float
+    max_learning_rate: float
+    """Stage 1 only."""
+    trained_dir: str
+    """Fine-tuning only: the stage-1 directory it started from."""
+
+
+class TrainSummary(FitSummary, StageSettings):
+    """``train.json``: the stage's summary, the model's size and the settings that made it."""
+
+    model: str
+    policy: str
+    params: int
+    trainable_params: int
+    weights: str
+    batch_size: int
+    optimizer: str
+    mixed_precision: bool
+    xla: bool
+    config_digest: str
+    seed: int
+    model_path: str
 
 
 # --------------------------------------------------------------------------- helpers
@@ -315,8 +362,91 @@ def _write_history(out_dir: Path, history: list[dict[str, Any]]) -> None:
         writer.writerows(history)
 
 
+@dataclasses.dataclass
+class _Progress:
+    """Where a stage stands: its rows so far and its best epoch (fresh, or restored from a checkpoint)."""
+
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    best: float | None = None
+    best_epoch: int = 0
+    start: int = 0
+    """Epochs of this stage already done."""
+    resumed_from: list[int] = dataclasses.field(default_factory=list)
+
+
+def _restore(
+    ckpt_root: str, model: keras.Model, policy: Any, *, stage: str, offset: int, identity: dict[str, str] | None
+) -> _Progress:
+    """Load the last complete checkpoint into ``model`` and ``policy``; a fresh progress when there is none."""
+    state = load_checkpoint(ckpt_root, model)
+    if state is None:
+        return _Progress()
+    if identity is not None:
+        check_identity(ckpt_root, state.get("identity"), identity)
+    if state.get("stage") != stage or int(state["offset"]) != offset:
+        raise DataError(
+            f"{ckpt_root}: checkpoint belongs to stage {state.get('stage')!r} "
+            f"(offset {state.get('offset')}), not {stage!r} (offset {offset})"
+        )
+    policy.load_state(state["policy"])
+    return _Progress(
+        history=[row for row in state["history"] if row["stage"] == stage],
+        best=state["best"],
+        best_epoch=int(state["best_epoch"]),
+        start=int(state["epoch"]) - offset,
+        resumed_from=[*state.get("resumed_from", []), int(state["epoch"])],
+    )
+
+
+def _prepare_outputs(out: Path, start: int) -> Path:
+    """The best-so-far model's path, after clearing (fresh start) or reclaiming (resume) earlier outputs."""
+    best_path = out / PARTIAL_MODEL_FILE
+    if start > 0 and (out / MODEL_FILE).exists() and not best_path.exists():
+        os.replace(out / MODEL_FILE, best_path)  # a finished run resumed: its best model stays the best so far
+    if start == 0:  # a fresh start: nothing of an earlier run may survive into this one's outputs
+        for name in (MODEL_FILE, PARTIAL_MODEL_FILE, "train.json"):
+            (out / name).unlink(missing_ok=True)
+    return best_path
+
+
+def _fit_epoch(
+    model: keras.Model, dataset: Any, val_ds: Any, epoch: int, step_lr: Any, steps: int | None, verbose: int
+) -> tuple[dict[str, float], float]:
+    """One Keras epoch: (its final logs, wall seconds)."""
+    t0 = time.perf_counter()
+    result = model.fit(
+        dataset,
+        validation_data=val_ds,
+        initial_epoch=epoch - 1,
+        epochs=epoch,
+        steps_per_epoch=steps,
+        callbacks=[step_lr],
+        verbose=verbose,
+        shuffle=False,  # tf.data shuffles
+    )
+    return {k: float(v[-1]) for k, v in result.history.items()}, time.perf_counter() - t0
+
+
+def _fit_summary(stage: str, progress: _Progress, monitor: str, ckpt_root: str) -> FitSummary:
+    history = progress.history
+    return {
+        "stage": stage,
+        "epochs": len(history),
+        "first_epoch": history[0]["epoch"],
+        "last_epoch": history[-1]["epoch"],
+        "best_epoch": progress.best_epoch,
+        "monitor": monitor,
+        "best": progress.best,
+        "train_seconds": round(sum(r["seconds"] for r in history), 3),
+        "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 2),
+        "resumed_from": progress.resumed_from,
+        "checkpoint": ckpt_root,
+        "final_lr": history[-1]["lr"],
+    }
+
+
 def fit_model(
-    model: Any,
+    model: keras.Model,
     train_data: Any,
     val_ds: Any,
     *,
@@ -334,7 +464,7 @@ def fit_model(
     fixed_steps: bool = False,
     verbose: int | None = None,
     identity: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> FitSummary:
     """Train a compiled ``model`` for ``epochs`` epochs; checkpoint after each, resume if asked.
 
     ``train_data`` is a ``tf.data.Dataset`` or a function ``epoch -> Dataset`` (epoch
@@ -348,67 +478,34 @@ def fit_model(
     ``model.partial.keras`` and becomes ``model.keras`` only when training ends, so a
     failed or diverged run leaves no ``model.keras``.
     """
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_root = checkpoint_dir or str(out / "checkpoint")
     prior = list(prior_history or [])
     offset = len(prior)
-    history: list[dict[str, Any]] = []
-    best: float | None = None
-    best_epoch = 0
-    start = 0
-    resumed_from: list[int] = []
+    progress = _Progress()
     if resume:
-        state = load_checkpoint(ckpt_root, model)
-        if state is not None:
-            if identity is not None:
-                check_identity(ckpt_root, state.get("identity"), identity)
-            if state.get("stage") != stage or int(state["offset"]) != offset:
-                raise DataError(
-                    f"{ckpt_root}: checkpoint belongs to stage {state.get('stage')!r} "
-                    f"(offset {state.get('offset')}), not {stage!r} (offset {offset})"
-                )
-            policy.load_state(state["policy"])
-            history = [row for row in state["history"] if row["stage"] == stage]
-            best, best_epoch = state["best"], int(state["best_epoch"])
-            start = int(state["epoch"]) - offset
-            resumed_from = [*state.get("resumed_from", []), int(state["epoch"])]
+        progress = _restore(ckpt_root, model, policy, stage=stage, offset=offset, identity=identity)
     elif _complete_checkpoints(ckpt_root):
         log.info("--no-resume: ignoring and replacing the checkpoints in %s", ckpt_root)
-    best_path = out / PARTIAL_MODEL_FILE
-    if start > 0 and (out / MODEL_FILE).exists() and not best_path.exists():
-        os.replace(out / MODEL_FILE, best_path)  # a finished run resumed: its best model stays the best so far
-    if start == 0:  # a fresh start: nothing of an earlier run may survive into this one's outputs
-        for name in (MODEL_FILE, PARTIAL_MODEL_FILE, "train.json"):
-            (out / name).unlink(missing_ok=True)
+    best_path = _prepare_outputs(out, progress.start)
     verbose = verbosity() if verbose is None else verbose
-    for i in range(start, epochs):
+    for i in range(progress.start, epochs):
         epoch = offset + i + 1
         log.info("%s epoch %d (%d of %d in this stage)", stage, epoch, i + 1, epochs)
         _reseed_epoch(seed * 1000 + epoch)
         dataset = train_data(epoch) if callable(train_data) else train_data
         step_lr = _step_lr(policy, i * steps_per_epoch)
-        t0 = time.perf_counter()
-        result = model.fit(
-            dataset,
-            validation_data=val_ds,
-            initial_epoch=epoch - 1,
-            epochs=epoch,
-            steps_per_epoch=steps_per_epoch if fixed_steps else None,
-            callbacks=[step_lr],
-            verbose=verbose,
-            shuffle=False,
-        )  # tf.data shuffles
-        seconds = time.perf_counter() - t0
-        logs = {k: float(v[-1]) for k, v in result.history.items()}
+        logs, seconds = _fit_epoch(
+            model, dataset, val_ds, epoch, step_lr, steps_per_epoch if fixed_steps else None, verbose
+        )
         if not math.isfinite(logs.get("loss", float("nan"))):
             best_path.unlink(missing_ok=True)
             raise DataError(
                 f"{out}: training diverged: loss {logs.get('loss')} in epoch {epoch}; no model written "
                 "(lower the learning rate, or check the data)"
             )
-        row = {
+        row: dict[str, Any] = {
             "epoch": epoch,
             "stage": stage,
             "lr": step_lr.first_lr,
@@ -418,53 +515,28 @@ def fit_model(
         row.update({k: logs.get(k, float("nan")) for k in HISTORY_COLUMNS if k not in row})
         policy.on_epoch_end(epoch, logs)
         value = logs.get(monitor, float("nan"))
-        if _improved(value, best):
-            best, best_epoch = value, epoch
+        if _improved(value, progress.best):
+            progress.best, progress.best_epoch = value, epoch
             with atomic_path(best_path) as tmp:
                 model.save(tmp)
             log.info("epoch %d: %s improved to %.4f; saved %s", epoch, monitor, value, best_path)
-        history.append(row)
+        progress.history.append(row)
         _write_tensorboard(out / "tensorboard", row)
-        _write_history(out, prior + history)
-        save_checkpoint(
-            ckpt_root,
-            model,
-            {
-                "epoch": epoch,
-                "stage": stage,
-                "offset": offset,
-                "history": history,
-                "policy": policy.state(),
-                "best": best,
-                "best_epoch": best_epoch,
-                "resumed_from": resumed_from,
-                "seed": seed,
-                "identity": identity,
-            },
-        )
-    if not history:
+        _write_history(out, prior + progress.history)
+        state = {"epoch": epoch, "stage": stage, "offset": offset, "history": progress.history}
+        state |= {"policy": policy.state(), "best": progress.best, "best_epoch": progress.best_epoch}
+        state |= {"resumed_from": progress.resumed_from, "seed": seed, "identity": identity}
+        save_checkpoint(ckpt_root, model, state)
+    if not progress.history:
         raise DataError(f"{out}: no epochs to train (epochs={epochs})")
     if not best_path.exists():
         # Every monitored value was NaN: keep the last model rather than none.
         with atomic_path(best_path) as tmp:
             model.save(tmp)
-        best_epoch = history[-1]["epoch"]
+        progress.best_epoch = progress.history[-1]["epoch"]
     os.replace(best_path, out / MODEL_FILE)
-    _write_history(out, prior + history)
-    return {
-        "stage": stage,
-        "epochs": len(history),
-        "first_epoch": history[0]["epoch"],
-        "last_epoch": history[-1]["epoch"],
-        "best_epoch": best_epoch,
-        "monitor": monitor,
-        "best": best,
-        "train_seconds": round(sum(r["seconds"] for r in history), 3),
-        "images_per_second": round(float(np.mean([r["images_per_second"] for r in history])), 2),
-        "resumed_from": resumed_from,
-        "checkpoint": ckpt_root,
-        "final_lr": history[-1]["lr"],
-    }
+    _write_history(out, prior + progress.history)
+    return _fit_summary(stage, progress, monitor, ckpt_root)
 
 
 # --------------------------------------------------------------------------- shard wrappers
@@ -515,16 +587,16 @@ def _datasets(
 def _summary(
     out: Path,
     cfg: ExperimentConfig,
-    model_name: str,
-    policy: str,
-    model: Any,
+    pair: tuple[str, str],
+    model: keras.Model,
     model_cfg: ModelConfig,
-    fit: dict[str, Any],
-    extra: dict[str, Any],
-) -> dict[str, Any]:
-    summary = {
-        "model": model_name,
-        "policy": policy,
+    fit: FitSummary,
+    extra: StageSettings,
+) -> TrainSummary:
+    """Write ``train.json``: the pair, the fit's summary, the model's size and the settings that made it."""
+    summary: TrainSummary = {
+        "model": pair[0],
+        "policy": pair[1],
         **fit,
         "params": int(model.count_params()),
         "trainable_params": int(sum(np.prod(v.shape) for v in model.trainable_variables)),
@@ -557,6 +629,58 @@ def _output_dir(out_dir: str | os.PathLike[str], kind: str, inputs: list[Any], f
         raise
 
 
+def _run_stage(
+    stage: str,
+    out_dir: str | os.PathLike[str],
+    shards_dir: str | os.PathLike[str],
+    cfg: ExperimentConfig,
+    pair: tuple[str, str],
+    model_cfg: ModelConfig,
+    make_model: Callable[[], keras.Model],
+    *,
+    identity: dict[str, str],
+    inputs: list[Any],
+    resume: bool,
+    force: bool,
+    extra: StageSettings,
+    prior_history: list[dict[str, Any]] | None = None,
+) -> TrainSummary:
+    """What training and fine-tuning share: claim ``out_dir``, build the datasets, fit, write ``train.json``.
+
+    ``make_model`` builds or loads the model and sets which layers train; it runs
+    inside the distribution strategy's scope, under the stage's dtype policy.
+    """
+    from pcam.policies import make_policy
+
+    model_name, policy = pair
+    if resume:
+        check_resumable(checkpoint_root(out_dir, cfg, model_name, policy, stage), identity)
+    with _output_dir(out_dir, stage, inputs, force) as out, _precision(cfg.train.mixed_precision):
+        train_ds, val_ds, steps, images, fixed = _datasets(shards_dir, cfg, model_cfg.batch_size)
+        with strategy_for_devices().scope():
+            model = make_model()
+            compile_model(model, model_cfg, cfg.train.xla)
+        fit = fit_model(
+            model,
+            train_ds,
+            val_ds,
+            out_dir=out,
+            policy=make_policy(policy, model_cfg, model_cfg.epochs, cfg.train, steps),
+            epochs=model_cfg.epochs,
+            steps_per_epoch=steps,
+            train_images=images,
+            monitor=cfg.train.monitor,
+            seed=cfg.seed,
+            resume=resume,
+            stage=stage,
+            prior_history=prior_history,
+            fixed_steps=fixed,
+            identity=identity,
+            checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, stage),
+        )
+    return _summary(out, cfg, pair, model, model_cfg, fit, extra)
+
+
 def train(
     shards_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -566,50 +690,44 @@ def train(
     *,
     resume: bool = True,
     force: bool = False,
-) -> dict[str, Any]:
-    """Stage 1: build ``model_name`` (transfer bases frozen) and train it under ``policy``."""
+) -> TrainSummary:
+    """Stage 1: build ``model_name`` (transfer bases frozen) and train it under ``policy``.
 
+    Args:
+        shards_dir: The shards directory (train and valid splits).
+        out_dir: Output directory (model.keras, history, checkpoints, train.json).
+        cfg: The experiment config.
+        model_name: One of :data:`pcam.config.MODEL_NAMES`.
+        policy: One of :data:`pcam.config.POLICY_NAMES`.
+        resume: Continue from this run's last checkpoint when there is one.
+        force: Write into ``out_dir`` even if it is not a pcam training directory.
+
+    Returns:
+        What ``train.json`` holds.
+    """
     from pcam.models import build_model, is_pretrained, set_trainable_for_stage
-    from pcam.policies import make_policy
 
     _check_names(model_name, policy)
     model_cfg = cfg.model(model_name)
-    identity = run_identity(cfg, model_name, policy, "train", shards_dir)
-    if resume:
-        check_resumable(checkpoint_root(out_dir, cfg, model_name, policy, "train"), identity)
-    with _output_dir(out_dir, "train", [shards_dir], force) as out, _precision(cfg.train.mixed_precision):
-        train_ds, val_ds, steps, images, fixed = _datasets(shards_dir, cfg, model_cfg.batch_size)
-        with strategy_for_devices().scope():
-            model = build_model(model_name, model_cfg, seed=cfg.seed)  # seeds Python, NumPy, Keras and TF
-            set_trainable_for_stage(model, model_name, "train", pretrained=is_pretrained(model_cfg))
-            compile_model(model, model_cfg, cfg.train.xla)
-        lr_policy = make_policy(policy, model_cfg, model_cfg.epochs, cfg.train, steps)
-        fit = fit_model(
-            model,
-            train_ds,
-            val_ds,
-            out_dir=out,
-            policy=lr_policy,
-            epochs=model_cfg.epochs,
-            steps_per_epoch=steps,
-            train_images=images,
-            monitor=cfg.train.monitor,
-            seed=cfg.seed,
-            resume=resume,
-            stage="train",
-            fixed_steps=fixed,
-            identity=identity,
-            checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, "train"),
-        )
-    return _summary(
-        out,
+
+    def make_model() -> keras.Model:
+        model = build_model(model_name, model_cfg, seed=cfg.seed)  # seeds Python, NumPy, Keras and TF
+        set_trainable_for_stage(model, model_name, "train", pretrained=is_pretrained(model_cfg))
+        return model
+
+    return _run_stage(
+        "train",
+        out_dir,
+        shards_dir,
         cfg,
-        model_name,
-        policy,
-        model,
+        (model_name, policy),
         model_cfg,
-        fit,
-        {"learning_rate": model_cfg.learning_rate, "max_learning_rate": model_cfg.max_learning_rate},
+        make_model,
+        identity=run_identity(cfg, model_name, policy, "train", shards_dir),
+        inputs=[shards_dir],
+        resume=resume,
+        force=force,
+        extra={"learning_rate": model_cfg.learning_rate, "max_learning_rate": model_cfg.max_learning_rate},
     )
 
 
@@ -622,6 +740,17 @@ def finetune_config(model_cfg: ModelConfig) -> ModelConfig:
     )
 
 
+def _check_trained(trained: Path, model_name: str, policy: str) -> list[dict[str, Any]]:
+    """The stage-1 history of ``trained``, after checking it holds this pair's finished model."""
+    if not (trained / MODEL_FILE).exists():
+        raise DataError(f"{trained / MODEL_FILE}: missing (train the model before fine-tuning it)")
+    trained_as = read_json(trained / "train.json")
+    if not isinstance(trained_as, dict) or (trained_as.get("model"), trained_as.get("policy")) != (model_name, policy):
+        got = (trained_as.get("model"), trained_as.get("policy")) if isinstance(trained_as, dict) else None
+        raise DataError(f"{trained / 'train.json'}: that model was trained as {got}, not ({model_name!r}, {policy!r})")
+    return [r for r in read_json(trained / "history.json") if r.get("stage", "train") == "train"]
+
+
 def finetune(
     trained_dir: str | os.PathLike[str],
     shards_dir: str | os.PathLike[str],
@@ -632,12 +761,25 @@ def finetune(
     *,
     resume: bool = True,
     force: bool = False,
-) -> dict[str, Any]:
-    """Stage 2: load ``trained_dir/model.keras``, unfreeze the top layers, train on under ``policy``."""
+) -> TrainSummary:
+    """Stage 2: load ``trained_dir/model.keras``, unfreeze the top layers, train on under ``policy``.
+
+    Args:
+        trained_dir: The stage-1 output directory of the same (model, policy) pair.
+        shards_dir: The shards directory (train and valid splits).
+        out_dir: Output directory; its history continues the stage-1 epoch numbers.
+        cfg: The experiment config (``models.<name>.finetune_*``).
+        model_name: A transfer model (:data:`pcam.config.TRANSFER_MODELS`).
+        policy: The LR policy stage 1 used.
+        resume: Continue from this run's last checkpoint when there is one.
+        force: Write into ``out_dir`` even if it is not a pcam training directory.
+
+    Returns:
+        What ``train.json`` holds.
+    """
     import keras
 
     from pcam.models import set_trainable_for_stage
-    from pcam.policies import make_policy
 
     _check_names(model_name, policy)
     if model_name not in TRANSFER_MODELS:
@@ -646,52 +788,28 @@ def finetune(
     if model_cfg.epochs <= 0:
         raise ConfigError(f"config key 'models.{model_name}.finetune_epochs': must be > 0 to fine-tune")
     trained = Path(trained_dir)
-    model_path = trained / MODEL_FILE
-    if not model_path.exists():
-        raise DataError(f"{model_path}: missing (train the model before fine-tuning it)")
-    trained_as = read_json(trained / "train.json")
-    if not isinstance(trained_as, dict) or (trained_as.get("model"), trained_as.get("policy")) != (model_name, policy):
-        got = (trained_as.get("model"), trained_as.get("policy")) if isinstance(trained_as, dict) else None
-        raise DataError(f"{trained / 'train.json'}: that model was trained as {got}, not ({model_name!r}, {policy!r})")
-    prior = [r for r in read_json(trained / "history.json") if r.get("stage", "train") == "train"]
-    identity = run_identity(cfg, model_name, policy, "finetune", shards_dir, start_model=model_path)
-    if resume:
-        check_resumable(checkpoint_root(out_dir, cfg, model_name, policy, "finetune"), identity)
-    with _output_dir(out_dir, "finetune", [shards_dir, trained], force) as out, _precision(cfg.train.mixed_precision):
-        train_ds, val_ds, steps, images, fixed = _datasets(shards_dir, cfg, model_cfg.batch_size)
-        with strategy_for_devices().scope():
-            keras.utils.set_random_seed(cfg.seed)
-            model = load_model(model_path, compile=False)
-            set_trainable_for_stage(model, model_name, "finetune")
-            compile_model(model, model_cfg, cfg.train.xla)
-        lr_policy = make_policy(policy, model_cfg, model_cfg.epochs, cfg.train, steps)
-        fit = fit_model(
-            model,
-            train_ds,
-            val_ds,
-            out_dir=out,
-            policy=lr_policy,
-            epochs=model_cfg.epochs,
-            steps_per_epoch=steps,
-            train_images=images,
-            monitor=cfg.train.monitor,
-            seed=cfg.seed,
-            resume=resume,
-            stage="finetune",
-            prior_history=prior,
-            fixed_steps=fixed,
-            identity=identity,
-            checkpoint_dir=checkpoint_root(out, cfg, model_name, policy, "finetune"),
-        )
-    return _summary(
-        out,
+    prior = _check_trained(trained, model_name, policy)
+
+    def make_model() -> keras.Model:
+        keras.utils.set_random_seed(cfg.seed)
+        model = load_model(trained / MODEL_FILE)
+        set_trainable_for_stage(model, model_name, "finetune")
+        return model
+
+    return _run_stage(
+        "finetune",
+        out_dir,
+        shards_dir,
         cfg,
-        model_name,
-        policy,
-        model,
+        (model_name, policy),
         model_cfg,
-        fit,
-        {"learning_rate": model_cfg.learning_rate, "trained_dir": str(trained)},
+        make_model,
+        identity=run_identity(cfg, model_name, policy, "finetune", shards_dir, start_model=trained / MODEL_FILE),
+        inputs=[shards_dir, trained],
+        resume=resume,
+        force=force,
+        extra={"learning_rate": model_cfg.learning_rate, "trained_dir": str(trained)},
+        prior_history=prior,
     )
 
 
@@ -723,8 +841,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     summary = train(args.shards, args.out, cfg, args.model, args.policy, resume=args.resume, force=args.force)
-    print(
-        f"trained {summary['model']}/{summary['policy']}: best {summary['monitor']} "
+    print(summary_line("trained", summary))
+    return 0
+
+
+def summary_line(verb: str, summary: TrainSummary) -> str:
+    """One line for the terminal: which pair, its best score and epoch, where the model is."""
+    return (
+        f"{verb} {summary['model']}/{summary['policy']}: best {summary['monitor']} "
         f"{summary['best']} at epoch {summary['best_epoch']}; model {summary['model_path']}"
     )
-    return 0

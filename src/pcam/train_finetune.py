@@ -15,14 +15,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pcam.train import finetune
+    from pcam.train import finetune, summary_line
 
     cfg = load_config(args.config)
     summary = finetune(
         args.trained, args.shards, args.out, cfg, args.model, args.policy, resume=args.resume, force=args.force
     )
-    print(
-        f"fine-tuned {summary['model']}/{summary['policy']}: best {summary['monitor']} "
-        f"{summary['best']} at epoch {summary['best_epoch']}; model {summary['model_path']}"
-    )
+    print(summary_line("fine-tuned", summary))
     return 0
