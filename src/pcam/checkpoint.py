@@ -73,7 +73,8 @@ def save_checkpoint(root: str, model: Any, state: dict[str, Any]) -> str:
     arrays = {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(_variables(model))}
     state = {**state, "variable_paths": [v.path for v in _variables(model)]}
     with tempfile.TemporaryDirectory(prefix="pcam-ckpt-") as scratch:
-        np.savez(Path(scratch) / VARIABLES_FILE, **arrays)
+        # numpy's stub types **kwds like its allow_pickle flag (bool); the arrays are what savez stores
+        np.savez(Path(scratch) / VARIABLES_FILE, **arrays)  # type: ignore[arg-type]
         (Path(scratch) / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
         if storage.is_gcs(root):
             # A rewrite of the same epoch (a rerun after a kill during its upload):

@@ -66,7 +66,7 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _command_parser(name: str, module_name: str, help_text: str) -> tuple[argparse.ArgumentParser, object]:
+def _command_parser(name: str, module_name: str, help_text: str) -> tuple[argparse.ArgumentParser, typing.Any]:
     module = importlib.import_module(module_name)
     parser = OneLineParser(prog=f"pcam {name}", description=help_text)
     module.add_arguments(parser)
@@ -106,7 +106,7 @@ def environment_error(exc: BaseException, args: argparse.Namespace | None) -> st
         ]
         text = lines[-1] if lines else type(exc).__name__
         where = None
-        if type(exc).__name__ == "DataLossError" and getattr(args, "shards", None):
+        if type(exc).__name__ == "DataLossError" and args is not None and getattr(args, "shards", None):
             from pcam.shard import load_index
 
             try:

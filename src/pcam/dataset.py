@@ -116,7 +116,7 @@ class DatasetWriter:
             raise DataError(f"more patches than announced ({self.capacity})")
         start = self._count
         images = np.ascontiguousarray(images)
-        self._write(memoryview(images).cast("B"))  # batches arrive in order
+        self._write(images.data.cast("B"))  # batches arrive in order; .data: the array's own buffer, no copy
         self._labels[start : start + n] = labels
         for i in range(n):
             self._note_duplicate(start + i, images[i], ids[i])

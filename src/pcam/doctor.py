@@ -101,7 +101,7 @@ def pipeline_needs(path: str | os.PathLike[str]) -> PipelineNeeds:
     if not docs or "deploymentSpec" not in docs[0]:
         raise ConfigError(f"{path}: not a compiled KFP pipeline (no deploymentSpec); run make compile")
     spec = docs[0]
-    platform = next((d for d in docs[1:] if "platforms" in d), {})
+    platform: dict[str, Any] = next((d for d in docs[1:] if "platforms" in d), {})
     executors = platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
     selectors, tolerations, pvcs = [], [], []
     for executor in executors.values():

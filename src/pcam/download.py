@@ -111,7 +111,7 @@ def fetch(
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
                 raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-            if not isinstance(exc, urllib.error.URLError) and getattr(exc, "filename", None):  # local file
+            if isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError) and exc.filename:  # local file
                 raise DataError(f"{exc.filename}: {exc.strerror}") from None
             have = part.stat().st_size if part.exists() else 0
             if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError) and not have:

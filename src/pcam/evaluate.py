@@ -180,7 +180,7 @@ def evaluate_arrays(
     model: keras.Model,
     images: np.ndarray,
     labels: np.ndarray,
-    ids: Sequence[Any],
+    ids: Sequence[Any] | np.ndarray,
     *,
     views: Sequence[str],
     threshold: float = 0.5,

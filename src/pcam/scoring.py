@@ -225,6 +225,7 @@ def load_predictor(
     keras_model = load_model(model_file)
     check_model(keras_model, model_file)
     sha = file_sha256(model_file)
+    point: float | None
     if operating_point_override is not None:
         point, source, target = float(operating_point_override), "--operating-point", None
     else:

@@ -281,7 +281,7 @@ def run(args: argparse.Namespace) -> int:
     from pcam.config import load_config
 
     cfg = load_config(
-        None,
+        "",
         {
             "seed": args.seed,
             "data.synthetic": {"train": args.train, "valid": args.valid, "test": args.test, "slides": args.slides},
