@@ -53,10 +53,12 @@ def bounded(
 class SyntheticConfig:
     """Sizes of the generated official-format HDF5 files (used when data.format is synthetic)."""
 
-    train: int = bounded(2000, ge=0)
-    valid: int = bounded(400, ge=0)
-    test: int = bounded(400, ge=0)
-    slides: int = bounded(40, ge=3)
+    train: int = bounded(2000, ge=2)
+    """Patches per split: at least one per label."""
+    valid: int = bounded(400, ge=2)
+    test: int = bounded(400, ge=2)
+    slides: int = bounded(40, ge=6)
+    """At least a tumour and a normal slide per split."""
 
 
 @dataclass(frozen=True)
@@ -307,6 +309,28 @@ def _check_range(value: Any, metadata: typing.Mapping[str, Any], key: str) -> No
         raise ConfigError(f"config key {key!r}: must be {wanted}, got {value!r}")
 
 
+def check_bounds(obj: Any, prefix: str) -> None:
+    """Check a config section built in code (not loaded) against its fields' :func:`bounded` ranges.
+
+    Args:
+        obj: A config dataclass instance.
+        prefix: Its dotted key (``data.synthetic``), for the message.
+
+    Raises:
+        ConfigError: A field is out of range, naming its dotted key.
+    """
+    for f in dataclasses.fields(obj):
+        _check_range(getattr(obj, f.name), f.metadata, f"{prefix}.{f.name}")
+
+
+def _storage_uri(uri: str, key: str) -> None:
+    """A location pcam.storage can write: a local path, ``file://`` or ``gs://`` (the only object store it speaks)."""
+    scheme, sep, _ = uri.partition("://")
+    _require(
+        not sep or scheme in ("gs", "file"), key, f"{uri!r}: only a local path or gs:// is supported, not {scheme}://"
+    )
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config key {key!r}: {message}")
@@ -328,11 +352,13 @@ def _validate(obj: Any, prefix: str) -> None:
             f"must be three numbers in [0, 1] summing to 1, got {list(obj.ratios)}",
         )
     elif isinstance(obj, TrainConfig):
+        _storage_uri(obj.checkpoint_uri, p + "checkpoint_uri")
         _require(len(obj.models) > 0, p + "models", "needs at least one model")
         _require(len(obj.policies) > 0, p + "policies", "needs at least one policy")
     elif isinstance(obj, EvaluateConfig):
         _require(len(obj.tta_views) > 0, p + "tta_views", "needs at least one view")
     elif isinstance(obj, PromoteConfig):
+        _storage_uri(obj.champion_uri, p + "champion_uri")
         mode, _, name = obj.metric.rpartition(".")
         _require(
             mode in ("", "tta", "single") and name in METRIC_NAMES,

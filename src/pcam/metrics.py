@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-METRIC_NAMES = ("f1", "auc", "recall", "precision", "accuracy", "specificity", "specificity_at_target")
-"""Metrics a run can be ranked or promoted on (all higher-is-better)."""
+from pcam.config import METRIC_NAMES  # noqa: F401 - re-exported: the metrics a run is ranked on
 
 
 def _arrays(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
