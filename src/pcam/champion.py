@@ -81,6 +81,7 @@ def check_location(uri: str, pointer: dict[str, Any] | None, force: bool = False
 
 
 def version_uri(uri: str, version: str) -> str:
+    """The folder of one champion version under the champion location ``uri``."""
     return storage.join(uri, VERSIONS_DIR, version)
 
 

@@ -46,6 +46,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The top-level ``pcam`` parser: global flags and the list of subcommands."""
     parser = argparse.ArgumentParser(
         prog="pcam",
         description="Train, compare and retrain metastatic-cancer classifiers on PatchCamelyon.",
@@ -63,6 +64,7 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (``pcam train: error: ...``) and exit code 2, like every other error."""
 
     def error(self, message: str) -> typing.NoReturn:
+        """Print the usage error as one ``pcam <cmd>: error:`` line and exit with code 2."""
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
@@ -120,6 +122,7 @@ def environment_error(exc: BaseException, args: argparse.Namespace | None) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``pcam`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code, 2 for bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
     top = build_parser()
     known = {name: (module, text) for name, module, text in COMMANDS}

@@ -79,6 +79,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
+    """How the dataset is split into train, valid and test."""
+
     mode: Literal["random", "official"] = "random"
     """``random`` (stratified, seeded; grouped by slide when slide ids are known) or ``official``."""
     ratios: tuple[float, float, float] = (0.7, 0.2, 0.1)
@@ -111,6 +113,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ShardConfig:
+    """How the TFRecord shards are written."""
+
     records_per_shard: int = bounded(4096, gt=0)
     encoding: Literal["raw", "png"] = "raw"
     """``raw`` (uint8 bytes) or ``png``."""
@@ -151,6 +155,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Which (model, policy) pairs train, and the settings every pair shares."""
+
     models: tuple[ModelName, ...] = ("logreg", "cnn", "mobilenetv2", "resnet50")
     policies: tuple[PolicyName, ...] = ("constant", "onecycle", "plateau")
     monitor: Literal["val_auc", "val_accuracy"] = "val_auc"
@@ -171,6 +177,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """Test-time augmentation, decision threshold and operating point of the evaluate step."""
+
     split: SplitName = "test"
     tta_views: tuple[TtaView, ...] = ("identity", "hflip", "vflip", "rot90", "rot270")
     threshold: float = bounded(0.5, ge=0, le=1)
@@ -180,6 +188,8 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class PromoteConfig:
+    """Where the champion model lives and the metric a candidate must beat it on."""
+
     champion_uri: str = ""
     """Directory (local or gs://) holding the current champion model and its metrics JSON."""
     metric: str = "auc"
@@ -188,6 +198,8 @@ class PromoteConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """The whole experiment: one section per step, loaded by :func:`load_config`."""
+
     name: str = "pcam"
     seed: int = bounded(42, ge=0, le=SEED_MAX)
     data: DataConfig = field(default_factory=DataConfig)
@@ -209,6 +221,7 @@ class ExperimentConfig:
         return _build(ModelConfig, {**dataclasses.asdict(self.defaults), **overrides}, f"models.{name}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON/YAML-ready values (tuples as lists)."""
         return _plain(dataclasses.asdict(self))
 
     def digest(self) -> str:
@@ -380,6 +393,7 @@ def _validate(obj: Any, prefix: str) -> None:
 
 
 def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from parsed YAML; None gives the defaults."""
     return _build(ExperimentConfig, data or {})
 
 
@@ -451,6 +465,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``dotted`` ``a.b.c``, creating sections on the way."""
     node = data
     *parents, leaf = dotted.split(".")
     for part in parents:
@@ -461,4 +476,5 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
+    """The config as YAML that :func:`config_from_dict` reads back to an equal config."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

@@ -398,6 +398,7 @@ def _provenance(model_dir: Path) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam evaluate`` options on ``parser``."""
     parser.add_argument("--model", required=True, help="directory holding model.keras (or the .keras file)")
     parser.add_argument("--shards", required=True, help="shards directory (index.json + TFRecords)")
     parser.add_argument("--out", required=True, help="output directory for metrics.json, predictions.csv, ...")
@@ -407,6 +408,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam evaluate`` (evaluate a model with test-time augmentation); returns the exit code."""
     cfg = load_config(args.config)
     result = evaluate(args.model, args.shards, args.out, cfg, split=args.split, force=args.force)
     for mode in ("single", "tta"):

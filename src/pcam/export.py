@@ -259,6 +259,7 @@ def latest_version(serving_dir: str | os.PathLike[str]) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam export`` options on ``parser``."""
     parser.add_argument("--model", required=True, help="directory holding model.keras (or the .keras file)")
     parser.add_argument(
         "--out",
@@ -276,6 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam export``; returns the exit code."""
     from pcam.config import EvaluateConfig, load_config
 
     if args.views:

@@ -74,6 +74,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as indented JSON atomically (temporary name, then rename)."""
     with atomic_open(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
@@ -162,6 +163,7 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
     return file_digest(path, "sha256")
 
 

@@ -46,6 +46,7 @@ class CaffePreprocess(layers.Layer):
     """``keras.applications.resnet50.preprocess_input`` as a layer: RGB->BGR, minus the ImageNet mean."""
 
     def call(self, inputs):
+        """Flip RGB to BGR and subtract the ImageNet channel means."""
         bgr = keras.ops.flip(inputs, axis=-1)
         mean = keras.ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=bgr.dtype)
         return bgr - mean

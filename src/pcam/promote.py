@@ -311,6 +311,7 @@ def promote(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam promote`` options on ``parser``."""
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--eval", help="candidate's evaluate directory (metrics.json)")
     which.add_argument("--runs", nargs="+", help="run directories: promote the best evaluated one")
@@ -332,6 +333,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam promote`` (replace the champion model only if the candidate wins); returns the exit code."""
     from pcam.config import load_config
 
     cfg = load_config(args.config) if args.config else None

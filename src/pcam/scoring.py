@@ -109,6 +109,7 @@ class Predictor:
     info: dict[str, Any] = field(default_factory=dict)
 
     def score(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(TTA mean probability, single-view probability) of every image, batched."""
         return score_images(self.model, images, self.views, batch_size)
 
 

@@ -128,6 +128,7 @@ class Scorer:
     """The SavedModel's signature plus request checks; no HTTP in here (the bench calls it in-process)."""
 
     def __init__(self, version_dir: str | os.PathLike[str], *, resize: bool = False) -> None:
+        """Load the SavedModel version in ``version_dir``; ``resize`` accepts other image sizes."""
         import tensorflow as tf
 
         from pcam.export import INPUT_NAME, SIGNATURE, read_meta
@@ -372,6 +373,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam serve`` options on ``parser``."""
     parser.add_argument(
         "--model",
         required=True,
@@ -398,6 +400,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam serve`` (serve an exported model over HTTP (KServe v1 and v2 protocols)); returns the exit code."""
     from pcam.fsutil import is_remote
 
     if not is_remote(args.model):

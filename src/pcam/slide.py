@@ -154,6 +154,7 @@ class TileGrid:
     height0: int
 
     def origin(self, row: int, col: int) -> tuple[int, int]:
+        """Level-0 pixel coordinates (x, y) of the top-left corner of cell (row, col)."""
         return round(col * self.stride0), round(row * self.stride0)
 
     def cell_edges(self, n: int) -> np.ndarray:

@@ -304,6 +304,7 @@ def load_split(split_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam split`` options on ``parser``."""
     parser.add_argument("--dataset", required=True, help="canonical dataset directory (from `pcam ingest`)")
     parser.add_argument("--out", required=True, help="output directory for split.json")
     parser.add_argument("--mode", choices=MODES, default=None, help="random (default) or official")
@@ -316,6 +317,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam split`` (split a dataset: stratified random (grouped by slide) or official); returns the exit code."""
     from pcam.config import load_config
 
     cfg = load_config(args.config, {"split.mode": args.mode, "split.ratios": args.ratios, "seed": args.seed})

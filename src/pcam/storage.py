@@ -264,6 +264,7 @@ def walk(uri: str) -> list[str]:
 
 
 def read_bytes(uri: str) -> bytes:
+    """The content of a local file or a gs:// object; DataError naming it when missing."""
     if not is_gcs(uri):
         try:
             return local(uri).read_bytes()

@@ -216,6 +216,7 @@ def run_study(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam run`` options on ``parser``."""
     parser.add_argument("--config", required=True, help="experiment YAML (configs/demo.yaml, configs/paper.yaml)")
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--source", help="override data.source (path, gs://, https://, official, synthetic)")
@@ -233,6 +234,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam run`` (run the whole study in-process: ingest to report); returns the exit code."""
     overrides: dict[str, Any] = {}
     if args.source:
         overrides["data.source"] = args.source

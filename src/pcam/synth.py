@@ -259,6 +259,7 @@ def draw_patches(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam synth`` options on ``parser``."""
     defaults = SyntheticConfig()
     parser.add_argument("--out", required=True, help="output directory (official HDF5 layout)")
     parser.add_argument("--train", type=integer, default=defaults.train, help="training patches")
@@ -270,6 +271,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam synth`` (write synthetic PCam files in the official HDF5 format); returns the exit code."""
     from pcam.config import load_config
 
     cfg = load_config(

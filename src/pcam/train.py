@@ -171,9 +171,12 @@ def compile_model(model: Any, model_cfg: ModelConfig, xla: bool = False) -> None
 
 
 def strategy_for_devices() -> Any:
-    """MirroredStrategy across several GPUs; OneDeviceStrategy on one GPU, so that
-    Keras distributes the input through it and batches are prefetched to the device;
-    the default strategy on a CPU."""
+    """The distribution strategy for the devices present.
+
+    MirroredStrategy across several GPUs; OneDeviceStrategy on one GPU, so that Keras
+    distributes the input through it and batches are prefetched to the device; the
+    default strategy on a CPU.
+    """
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")
@@ -817,6 +820,7 @@ def finetune(
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options ``pcam train`` and ``pcam finetune`` share on ``parser``."""
     parser.add_argument("--shards", required=True, help="shards directory (index.json)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--config", required=True, help="experiment YAML")
@@ -835,10 +839,12 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam train`` options on ``parser``."""
     add_common_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam train`` (train one model under one learning-rate policy); returns the exit code."""
     cfg = load_config(args.config)
     summary = train(args.shards, args.out, cfg, args.model, args.policy, resume=args.resume, force=args.force)
     print(summary_line("trained", summary))

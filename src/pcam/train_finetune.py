@@ -8,6 +8,7 @@ from pcam.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam finetune`` options on ``parser``."""
     from pcam.train import add_common_arguments
 
     parser.add_argument("--trained", required=True, help="output directory of `pcam train` (model.keras, history.json)")
@@ -15,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam finetune`` (fine-tune a trained transfer model with top layers unfrozen); returns the exit code."""
     from pcam.train import finetune, summary_line
 
     cfg = load_config(args.config)
