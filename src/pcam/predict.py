@@ -30,7 +30,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pcam.errors import DataError
 from pcam.fsutil import atomic_open, check_output, mark_directory, write_json
@@ -69,6 +69,43 @@ class Inputs:
 
     patches: list[tuple[Path, list[Path] | None]] = field(default_factory=list)
     slides: list[Path] = field(default_factory=list)
+
+
+PatchCounts = TypedDict("PatchCounts", {"patches": int, "positive_at_0.5": int, "positive_at_operating_point": int})
+"""Patches scored, and how many came out positive at 0.5 and at the operating point."""
+
+
+class PatchSummary(PatchCounts):
+    """The ``patches`` section of ``predict.json``."""
+
+    views: list[str]
+    file: str
+    operating_point: float | None
+    operating_point_source: str
+
+
+class SlidesSummary(TypedDict):
+    """The ``slides`` section of ``predict.json`` (per-slide rows are in ``slides.csv``)."""
+
+    count: int
+    file: str
+    views: list[str]
+    operating_point: float | None
+    operating_point_source: str
+
+
+class _PredictCommon(TypedDict):
+    model_file: str
+    model_sha256: str
+    inputs: list[str]
+    pcam_mpp: float
+
+
+class PredictSummary(_PredictCommon, total=False):
+    """``predict.json``: the model, the inputs, and a section per kind of input predicted."""
+
+    patches: PatchSummary
+    slides: SlidesSummary
 
 
 def _local(uri: str, stack: contextlib.ExitStack) -> Path:
@@ -156,7 +193,7 @@ def predict_patches(
     convert: bool = False,
     batch_size: int = 256,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> PatchCounts:
     """Stream every patch source through the model into ``out/predictions.csv`` (atomic)."""
     from tqdm import tqdm
 
@@ -167,7 +204,7 @@ def predict_patches(
     if total == 0:
         raise DataError(f"{', '.join(str(p) for p, _ in opened)}: no patches to predict")
     point = predictor.operating_point
-    counts = {"patches": 0, "positive_at_0.5": 0, "positive_at_operating_point": 0}
+    counts: PatchCounts = {"patches": 0, "positive_at_0.5": 0, "positive_at_operating_point": 0}
     with (
         atomic_open(out / PREDICTIONS_FILE, "w", newline="") as handle,
         tqdm(total=total, unit="patch", desc="predict", disable=not progress) as bar,
@@ -216,7 +253,7 @@ def predict(
     progress: bool = True,
     kinds: tuple[str, ...] = ("patches", "slides"),
     force: bool = False,
-) -> dict[str, Any]:
+) -> PredictSummary:
     """Predict every input with ``model``; returns what ``predict.json`` holds.
 
     ``views`` TTA views for patches (default: the evaluation's five), ``slide_views``
@@ -248,7 +285,7 @@ def predict(
         )
         out.mkdir(parents=True, exist_ok=True)
         mark_directory(out, KIND)  # holds the resumable state of slides scored so far
-        summary: dict[str, Any] = {
+        summary: PredictSummary = {
             "model_file": str(predictor.model_file),
             "model_sha256": predictor.model_sha256,
             "inputs": list(inputs),
