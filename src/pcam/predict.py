@@ -261,15 +261,10 @@ def predict(
     restricts a mixed input to its patches or its slides (the inference pipeline
     predicts them in separate steps).
     """
-    from pcam.slide_predict import SlidePlan, predict_slide
+    from pcam.slide_predict import SlidePlan
 
     out = check_output(out, KIND, inputs=[*inputs, model], force=force)
-    if not 0.0 <= min_tissue <= 1.0:
-        raise DataError(f"--min-tissue {min_tissue}: must be between 0 and 1")
-    if top_k < 1 or batch_size < 1:
-        raise DataError("--top-k and --batch-size must be at least 1")
-    if operating_point_override is not None and not 0.0 <= operating_point_override <= 1.0:
-        raise DataError(f"--operating-point {operating_point_override}: must be a probability (0..1)")
+    _check_options(min_tissue, top_k, batch_size, operating_point_override)
     patch_views = view_names(views if views is not None else len(DEFAULT_VIEWS))
     tile_views = view_names(slide_views)
     with contextlib.ExitStack() as stack:
@@ -305,30 +300,44 @@ def predict(
             }
         if planned.slides:
             slide_predictor = _with_views(predictor, tile_views, operating_point_override)
-            results = [
-                predict_slide(
-                    path,
-                    slide_predictor,
-                    out,
-                    mpp=mpp,
-                    stride=stride,
-                    min_tissue=min_tissue,
-                    top_k=top_k,
-                    batch_size=batch_size,
-                    progress=progress,
-                )
-                for path in planned.slides
-            ]
-            _write_slides_csv(out / SLIDES_FILE, planned.slides, results)
-            summary["slides"] = {
-                "count": len(results),
-                "file": SLIDES_FILE,
-                "views": list(tile_views),
-                "operating_point": slide_predictor.operating_point,
-                "operating_point_source": slide_predictor.operating_point_source,
-            }
+            summary["slides"] = _predict_slides(
+                planned.slides,
+                slide_predictor,
+                out,
+                mpp=mpp,
+                stride=stride,
+                min_tissue=min_tissue,
+                top_k=top_k,
+                batch_size=batch_size,
+                progress=progress,
+            )
         write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def _check_options(min_tissue: float, top_k: int, batch_size: int, operating_point: float | None) -> None:
+    """The options' ranges, before any input is opened."""
+    if not 0.0 <= min_tissue <= 1.0:
+        raise DataError(f"--min-tissue {min_tissue}: must be between 0 and 1")
+    if top_k < 1 or batch_size < 1:
+        raise DataError("--top-k and --batch-size must be at least 1")
+    if operating_point is not None and not 0.0 <= operating_point <= 1.0:
+        raise DataError(f"--operating-point {operating_point}: must be a probability (0..1)")
+
+
+def _predict_slides(slides: list[Path], predictor: Predictor, out: Path, **options: Any) -> SlidesSummary:
+    """Score every slide (:func:`pcam.slide_predict.predict_slide` with ``options``) and write ``slides.csv``."""
+    from pcam.slide_predict import predict_slide
+
+    results = [predict_slide(path, predictor, out, **options) for path in slides]
+    _write_slides_csv(out / SLIDES_FILE, slides, results)
+    return {
+        "count": len(results),
+        "file": SLIDES_FILE,
+        "views": list(predictor.views),
+        "operating_point": predictor.operating_point,
+        "operating_point_source": predictor.operating_point_source,
+    }
 
 
 def _write_slides_csv(path: Path, slides: list[Path], results: list[dict[str, Any]]) -> None:
