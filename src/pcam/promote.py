@@ -246,6 +246,28 @@ def _pointer_info(
     }
 
 
+def _new_pointer(
+    champion_uri: str,
+    info: dict[str, Any],
+    version: str,
+    pointer: dict[str, Any] | None,
+    champ: ChampionScore,
+    serving: bool,
+) -> tuple[dict[str, Any], list[str]]:
+    """The pointer crowning ``version`` over ``pointer``, and every older version, newest first."""
+    previous = pointer or {}
+    history = [*([previous["version"]] if previous.get("version") else []), *previous.get("history", [])]
+    new_pointer = {
+        **info,
+        "version": version,
+        "serving": C.serving_uri(champion_uri, version) if serving else None,
+        "replaced": None if pointer is None else {k: previous.get(k) for k in _REPLACED_KEYS},
+        "replaced_score": champ.get("score"),
+        "history": history[: C.KEEP_VERSIONS],
+    }
+    return new_pointer, history
+
+
 def promote(
     candidate_eval_dir: str | os.PathLike[str],
     candidate_model_dir: str | os.PathLike[str],
@@ -300,16 +322,7 @@ def promote(
             if version is None:
                 views = tuple((cfg.evaluate if cfg is not None else EvaluateConfig()).tta_views) if serving else None
                 version = C.upload_version(champion_uri, model_file, eval_dir / METRICS_FILE, info, serving_views=views)
-            previous = pointer or {}
-            history = [*([previous["version"]] if previous.get("version") else []), *previous.get("history", [])]
-            new_pointer = {
-                **info,
-                "version": version,
-                "serving": C.serving_uri(champion_uri, version) if serving else None,
-                "replaced": None if pointer is None else {k: previous.get(k) for k in _REPLACED_KEYS},
-                "replaced_score": champ.get("score"),
-                "history": history[: C.KEEP_VERSIONS],
-            }
+            new_pointer, history = _new_pointer(champion_uri, info, version, pointer, champ, serving)
             if C.swap_pointer(champion_uri, new_pointer, generation):
                 committed = True
                 C.collect_garbage(
