@@ -32,8 +32,6 @@ import argparse
 import contextlib
 import csv
 import dataclasses
-import hashlib
-import json
 import logging
 import math
 import os
@@ -52,9 +50,12 @@ from pcam.checkpoint import (  # noqa: F401 - re-exported: callers import them f
     CHECKPOINT_PREFIX,
     STATE_FILE,
     VARIABLES_FILE,
+    check_identity,
+    check_resumable,
     checkpoint_root,
     load_checkpoint,
     read_state,
+    run_identity,
     save_checkpoint,
 )
 from pcam.checkpoint import complete_checkpoints as _complete_checkpoints
@@ -65,7 +66,6 @@ from pcam.fsutil import (
     atomic_open,
     atomic_path,
     check_output,
-    file_sha256,
     mark_directory,
     read_json,
     write_json,
@@ -217,76 +217,7 @@ def _precision(mixed: bool) -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- checkpoints
-# (saving, loading and listing them: pcam.checkpoint, on top of pcam.storage)
-
-
-def run_identity(
-    cfg: ExperimentConfig,
-    model_name: str,
-    policy: str,
-    stage: str,
-    shards_dir: str | os.PathLike[str],
-    start_model: str | os.PathLike[str] | None = None,
-) -> dict[str, str]:
-    """What a checkpoint must have been made by for a rerun to resume from it.
-
-    One digest per part, so a refusal can say which part differs: the model and its
-    resolved hyper-parameters, the policy, the stage, the seed, the training and
-    augmentation settings (not where checkpoints live), the data (index.json, which
-    holds every shard's sha256), and for fine-tuning the stage-1 model file.
-    """
-    train_cfg = {
-        k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in ("checkpoint_uri", "models", "policies")
-    }
-    settings = {
-        "model": dataclasses.asdict(cfg.model(model_name)),
-        "train": train_cfg,
-        "augment": dataclasses.asdict(cfg.augment),
-    }
-    parts = {
-        "model": model_name,
-        "policy": policy,
-        "stage": stage,
-        "seed": str(cfg.seed),
-        "config": _digest(settings),
-        "data": file_sha256(_existing(Path(shards_dir) / "index.json")),
-    }
-    if start_model is not None:
-        parts["start_model"] = file_sha256(start_model)
-    return parts
-
-
-def _existing(path: Path) -> Path:
-    if not path.is_file():
-        raise DataError(f"{path}: missing (is {path.parent} a shards directory written by `pcam shard`?)")
-    return path
-
-
-def _digest(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def check_identity(ckpt_root: str, found: dict[str, str] | None, expected: dict[str, str]) -> None:
-    """Refuse to resume from a checkpoint another run made; name what differs."""
-    if found == expected:
-        return
-    what = (
-        f"{', '.join(sorted(k for k in expected if found.get(k) != expected[k]))} differ"
-        if found
-        else "it records no settings: an older pcam"
-    )
-    raise DataError(
-        f"{ckpt_root}: checkpoint made by another run ({what}); "
-        "pass --no-resume to train from scratch, or use a fresh --out"
-    )
-
-
-def check_resumable(ckpt_root: str, identity: dict[str, str]) -> None:
-    """Before any work (and before TensorFlow loads, for local checkpoints): would a resume be refused?"""
-    checkpoints = _complete_checkpoints(ckpt_root)
-    if checkpoints:
-        state = read_state(checkpoints[-1][1])
-        check_identity(ckpt_root, state.get("identity"), identity)
+# (saving, loading, listing them and deciding whether one may be resumed: pcam.checkpoint)
 
 
 # --------------------------------------------------------------------------- the core
