@@ -21,6 +21,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import keras
 from keras import layers
@@ -113,14 +114,7 @@ def _mobilenetv2(cfg: ModelConfig) -> keras.Model:
     if size != IMAGE_SHAPE[0]:
         x = layers.Resizing(size, size, name="resize")(x)
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)  # mobilenet_v2.preprocess_input
-    base = keras.applications.MobileNetV2(
-        input_shape=(size, size, 3), include_top=False, weights=_keras_weights(cfg.weights)
-    )
-    base = _rename(base, BASE_LAYER["mobilenetv2"])
-    _load_base_weights(base, cfg.weights, "mobilenetv2")
-    x = _call_base(base, x, cfg)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    x = _pooled_base(keras.applications.MobileNetV2, "mobilenetv2", x, size, cfg)
     return keras.Model(inputs, _output(x), name="mobilenetv2")
 
 
@@ -131,16 +125,19 @@ def _resnet50(cfg: ModelConfig) -> keras.Model:
     if size != IMAGE_SHAPE[0]:
         x = layers.Resizing(size, size, name="resize")(x)
     x = CaffePreprocess(name="preprocess")(x)
-    base = keras.applications.ResNet50(
-        input_shape=(size, size, 3), include_top=False, weights=_keras_weights(cfg.weights)
-    )
-    base = _rename(base, BASE_LAYER["resnet50"])
-    _load_base_weights(base, cfg.weights, "resnet50")
-    x = _call_base(base, x, cfg)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    x = _pooled_base(keras.applications.ResNet50, "resnet50", x, size, cfg)
     x = layers.BatchNormalization(name="head_bn")(x)
     return keras.Model(inputs, _output(x), name="resnet50")
+
+
+def _pooled_base(application: Any, name: str, x: Any, size: int, cfg: ModelConfig) -> Any:
+    """The Keras application's convolutional base (weights per ``cfg.weights``) on ``x``, pooled, then dropout."""
+    base = application(input_shape=(size, size, 3), include_top=False, weights=_keras_weights(cfg.weights))
+    base = _rename(base, BASE_LAYER[name])
+    _load_base_weights(base, cfg.weights, name)
+    x = _call_base(base, x, cfg)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return layers.Dropout(cfg.dropout, name="dropout")(x)
 
 
 def is_pretrained(cfg: ModelConfig) -> bool:
