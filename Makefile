@@ -66,9 +66,10 @@ test-gcs-pipeline: setup ## The whole kfp.local pipeline with source, checkpoint
 	$(BIN)/python -m pytest -q tests/storage/gcs_pipeline_run.py
 
 LINT_PATHS = src tests components pipelines bench scripts
-lint: setup ## ruff format check, ruff, shellcheck
+lint: setup ## ruff format check, ruff (with Google docstrings), mypy on src/pcam, shellcheck
 	$(BIN)/ruff format --check $(LINT_PATHS)
 	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/mypy
 	$(BIN)/shellcheck scripts/*.sh .ci/run bench/*.sh
 
 GPU_FLAGS = $(if $(GPU),--gpu $(GPU)) $(if $(GPU_LABEL),--gpu-label $(GPU_LABEL)) $(if $(GPU_TAINT),--gpu-taint $(GPU_TAINT))

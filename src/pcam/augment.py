@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 from pcam import IMAGE_SHAPE
-from pcam.config import AugmentConfig
+from pcam.config import TTA_VIEW_NAMES, AugmentConfig
+from pcam.errors import ConfigError
 
 
 def _tf() -> Any:
@@ -58,6 +59,34 @@ def rot90(images: Any, k: int) -> Any:
     if k not in (1, 2, 3):
         raise ValueError(f"rot90 takes k in 1, 2 or 3 (multiples of 90 degrees), got {k!r}")
     return _tf().image.rot90(images, k=k)
+
+
+def view(images: Any, name: str) -> Any:
+    """One named symmetry of a ``(B, H, W, C)`` batch (the TTA views; rotations counter-clockwise, as np.rot90).
+
+    Args:
+        images: A batch of images, any dtype.
+        name: One of :data:`pcam.config.TTA_VIEW_NAMES` (the 8 symmetries of a square).
+
+    Returns:
+        The transformed batch, same dtype.
+
+    Raises:
+        ConfigError: ``name`` is not a view.
+    """
+    if name == "identity":
+        return images
+    if name == "hflip":
+        return hflip(images)
+    if name == "vflip":
+        return vflip(images)
+    if name in ("rot90", "rot180", "rot270"):
+        return rot90(images, int(name[3:]) // 90)
+    if name == "transpose":
+        return _tf().transpose(images, perm=[0, 2, 1, 3])
+    if name == "transverse":  # mirror about the anti-diagonal: transpose, then rotate by 180
+        return rot90(view(images, "transpose"), 2)
+    raise ConfigError(f"unknown TTA view {name!r}; expected one of {', '.join(TTA_VIEW_NAMES)}")
 
 
 def _seeds(seed: Any, n: int) -> list[Any]:

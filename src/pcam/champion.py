@@ -33,14 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from pcam import storage
+from pcam.artifacts import METRICS_FILE, MODEL_FILE
 from pcam.errors import DataError
 from pcam.fsutil import file_sha256, write_json
 
 log = logging.getLogger(__name__)
 
 CHAMPION_FILE = "champion.json"
-MODEL_FILE = "model.keras"
-METRICS_FILE = "metrics.json"
 VERSIONS_DIR = "versions"
 SERVING_DIR = "serving"
 VERSION_MARKER = "version.json"
@@ -82,6 +81,7 @@ def check_location(uri: str, pointer: dict[str, Any] | None, force: bool = False
 
 
 def version_uri(uri: str, version: str) -> str:
+    """The folder of one champion version under the champion location ``uri``."""
     return storage.join(uri, VERSIONS_DIR, version)
 
 

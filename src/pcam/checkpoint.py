@@ -11,18 +11,24 @@ leaves at least one complete checkpoint (after the first).
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
 import json
 import logging
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pcam import storage
 from pcam.errors import DataError
+from pcam.fsutil import file_sha256
+
+if TYPE_CHECKING:
+    from pcam.config import ExperimentConfig
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +79,8 @@ def save_checkpoint(root: str, model: Any, state: dict[str, Any]) -> str:
     arrays = {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(_variables(model))}
     state = {**state, "variable_paths": [v.path for v in _variables(model)]}
     with tempfile.TemporaryDirectory(prefix="pcam-ckpt-") as scratch:
-        np.savez(Path(scratch) / VARIABLES_FILE, **arrays)
+        # numpy's stub types **kwds like its allow_pickle flag (bool); the arrays are what savez stores
+        np.savez(Path(scratch) / VARIABLES_FILE, **arrays)  # type: ignore[arg-type]
         (Path(scratch) / STATE_FILE).write_text(json.dumps(state, indent=1, default=str))
         if storage.is_gcs(root):
             # A rewrite of the same epoch (a rerun after a kill during its upload):
@@ -123,3 +130,75 @@ def load_checkpoint(root: str, model: Any) -> dict[str, Any] | None:
         variable.assign(value)
     log.info("resuming from checkpoint %s (epoch %d done)", path, epoch)
     return state
+
+
+# ---------------------------------------------------------------- which run made a checkpoint
+
+
+def run_identity(
+    cfg: ExperimentConfig,
+    model_name: str,
+    policy: str,
+    stage: str,
+    shards_dir: str | os.PathLike[str],
+    start_model: str | os.PathLike[str] | None = None,
+) -> dict[str, str]:
+    """What a checkpoint must have been made by for a rerun to resume from it.
+
+    One digest per part, so a refusal can say which part differs: the model and its
+    resolved hyper-parameters, the policy, the stage, the seed, the training and
+    augmentation settings (not where checkpoints live), the data (index.json, which
+    holds every shard's sha256), and for fine-tuning the stage-1 model file.
+    """
+    train_cfg = {
+        k: v for k, v in dataclasses.asdict(cfg.train).items() if k not in ("checkpoint_uri", "models", "policies")
+    }
+    settings = {
+        "model": dataclasses.asdict(cfg.model(model_name)),
+        "train": train_cfg,
+        "augment": dataclasses.asdict(cfg.augment),
+    }
+    parts = {
+        "model": model_name,
+        "policy": policy,
+        "stage": stage,
+        "seed": str(cfg.seed),
+        "config": _digest(settings),
+        "data": file_sha256(_existing(Path(shards_dir) / "index.json")),
+    }
+    if start_model is not None:
+        parts["start_model"] = file_sha256(start_model)
+    return parts
+
+
+def _existing(path: Path) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: missing (is {path.parent} a shards directory written by `pcam shard`?)")
+    return path
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_identity(ckpt_root: str, found: dict[str, str] | None, expected: dict[str, str]) -> None:
+    """Refuse to resume from a checkpoint another run made; name what differs."""
+    if found == expected:
+        return
+    what = (
+        f"{', '.join(sorted(k for k in expected if found.get(k) != expected[k]))} differ"
+        if found
+        else "it records no settings: an older pcam"
+    )
+    raise DataError(
+        f"{ckpt_root}: checkpoint made by another run ({what}); "
+        "pass --no-resume to train from scratch, or use a fresh --out"
+    )
+
+
+def check_resumable(ckpt_root: str, identity: dict[str, str]) -> None:
+    """Before any work (and before TensorFlow loads, for local checkpoints): would a resume be refused?"""
+    checkpoints = complete_checkpoints(ckpt_root)
+    if checkpoints:
+        state = read_state(checkpoints[-1][1])
+        check_identity(ckpt_root, state.get("identity"), identity)

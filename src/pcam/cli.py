@@ -46,6 +46,7 @@ COMMANDS: tuple[tuple[str, str, str], ...] = (
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The top-level ``pcam`` parser: global flags and the list of subcommands."""
     parser = argparse.ArgumentParser(
         prog="pcam",
         description="Train, compare and retrain metastatic-cancer classifiers on PatchCamelyon.",
@@ -63,10 +64,11 @@ class OneLineParser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (``pcam train: error: ...``) and exit code 2, like every other error."""
 
     def error(self, message: str) -> typing.NoReturn:
+        """Print the usage error as one ``pcam <cmd>: error:`` line and exit with code 2."""
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
 
 
-def _command_parser(name: str, module_name: str, help_text: str) -> tuple[argparse.ArgumentParser, object]:
+def _command_parser(name: str, module_name: str, help_text: str) -> tuple[argparse.ArgumentParser, typing.Any]:
     module = importlib.import_module(module_name)
     parser = OneLineParser(prog=f"pcam {name}", description=help_text)
     module.add_arguments(parser)
@@ -106,7 +108,7 @@ def environment_error(exc: BaseException, args: argparse.Namespace | None) -> st
         ]
         text = lines[-1] if lines else type(exc).__name__
         where = None
-        if type(exc).__name__ == "DataLossError" and getattr(args, "shards", None):
+        if type(exc).__name__ == "DataLossError" and args is not None and getattr(args, "shards", None):
             from pcam.shard import load_index
 
             try:
@@ -120,6 +122,7 @@ def environment_error(exc: BaseException, args: argparse.Namespace | None) -> st
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run ``pcam`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code, 2 for bad input."""
     argv = list(sys.argv[1:] if argv is None else argv)
     top = build_parser()
     known = {name: (module, text) for name, module, text in COMMANDS}

@@ -53,10 +53,12 @@ def bounded(
 class SyntheticConfig:
     """Sizes of the generated official-format HDF5 files (used when data.format is synthetic)."""
 
-    train: int = bounded(2000, ge=0)
-    valid: int = bounded(400, ge=0)
-    test: int = bounded(400, ge=0)
-    slides: int = bounded(40, ge=3)
+    train: int = bounded(2000, ge=2)
+    """Patches per split: at least one per label."""
+    valid: int = bounded(400, ge=2)
+    test: int = bounded(400, ge=2)
+    slides: int = bounded(40, ge=6)
+    """At least a tumour and a normal slide per split."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SplitConfig:
+    """How the dataset is split into train, valid and test."""
+
     mode: Literal["random", "official"] = "random"
     """``random`` (stratified, seeded; grouped by slide when slide ids are known) or ``official``."""
     ratios: tuple[float, float, float] = (0.7, 0.2, 0.1)
@@ -109,6 +113,8 @@ class AugmentConfig:
 
 @dataclass(frozen=True)
 class ShardConfig:
+    """How the TFRecord shards are written."""
+
     records_per_shard: int = bounded(4096, gt=0)
     encoding: Literal["raw", "png"] = "raw"
     """``raw`` (uint8 bytes) or ``png``."""
@@ -152,6 +158,8 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """Which (model, policy) pairs train, and the settings every pair shares."""
+
     models: tuple[ModelName, ...] = ("logreg", "cnn", "mobilenetv2", "resnet50")
     policies: tuple[PolicyName, ...] = ("constant", "onecycle", "plateau")
     monitor: Literal["val_auc", "val_accuracy"] = "val_auc"
@@ -172,6 +180,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvaluateConfig:
+    """Test-time augmentation, decision threshold and operating point of the evaluate step."""
+
     split: SplitName = "test"
     tta_views: tuple[TtaView, ...] = ("identity", "hflip", "vflip", "rot90", "rot270")
     threshold: float = bounded(0.5, ge=0, le=1)
@@ -181,6 +191,8 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class PromoteConfig:
+    """Where the champion model lives and the metric a candidate must beat it on."""
+
     champion_uri: str = ""
     """Directory (local or gs://) holding the current champion model and its metrics JSON."""
     metric: str = "auc"
@@ -189,6 +201,8 @@ class PromoteConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
+    """The whole experiment: one section per step, loaded by :func:`load_config`."""
+
     name: str = "pcam"
     seed: int = bounded(42, ge=0, le=SEED_MAX)
     data: DataConfig = field(default_factory=DataConfig)
@@ -210,6 +224,7 @@ class ExperimentConfig:
         return _build(ModelConfig, {**dataclasses.asdict(self.defaults), **overrides}, f"models.{name}")
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON/YAML-ready values (tuples as lists)."""
         return _plain(dataclasses.asdict(self))
 
     def digest(self) -> str:
@@ -255,7 +270,7 @@ def _check_type(value: Any, annotation: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r}: expected a mapping, got {type(value).__name__}")
         return {str(k): v for k, v in value.items()}
-    if dataclasses.is_dataclass(annotation):
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         if not isinstance(value, dict):
             raise ConfigError(f"config key {key!r}: expected a mapping, got {type(value).__name__}")
         return _build(annotation, value, key)
@@ -310,6 +325,28 @@ def _check_range(value: Any, metadata: typing.Mapping[str, Any], key: str) -> No
         raise ConfigError(f"config key {key!r}: must be {wanted}, got {value!r}")
 
 
+def check_bounds(obj: Any, prefix: str) -> None:
+    """Check a config section built in code (not loaded) against its fields' :func:`bounded` ranges.
+
+    Args:
+        obj: A config dataclass instance.
+        prefix: Its dotted key (``data.synthetic``), for the message.
+
+    Raises:
+        ConfigError: A field is out of range, naming its dotted key.
+    """
+    for f in dataclasses.fields(obj):
+        _check_range(getattr(obj, f.name), f.metadata, f"{prefix}.{f.name}")
+
+
+def _storage_uri(uri: str, key: str) -> None:
+    """A location pcam.storage can write: a local path, ``file://`` or ``gs://`` (the only object store it speaks)."""
+    scheme, sep, _ = uri.partition("://")
+    _require(
+        not sep or scheme in ("gs", "file"), key, f"{uri!r}: only a local path or gs:// is supported, not {scheme}://"
+    )
+
+
 def _require(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"config key {key!r}: {message}")
@@ -337,11 +374,13 @@ def _validate(obj: Any, prefix: str) -> None:
             f"must be three numbers in [0, 1] summing to 1, got {list(obj.ratios)}",
         )
     elif isinstance(obj, TrainConfig):
+        _storage_uri(obj.checkpoint_uri, p + "checkpoint_uri")
         _require(len(obj.models) > 0, p + "models", "needs at least one model")
         _require(len(obj.policies) > 0, p + "policies", "needs at least one policy")
     elif isinstance(obj, EvaluateConfig):
         _require(len(obj.tta_views) > 0, p + "tta_views", "needs at least one view")
     elif isinstance(obj, PromoteConfig):
+        _storage_uri(obj.champion_uri, p + "champion_uri")
         mode, _, name = obj.metric.rpartition(".")
         _require(
             mode in ("", "tta", "single") and name in METRIC_NAMES,
@@ -363,6 +402,7 @@ def _validate(obj: Any, prefix: str) -> None:
 
 
 def config_from_dict(data: dict[str, Any] | None) -> ExperimentConfig:
+    """Build and validate an :class:`ExperimentConfig` from parsed YAML; None gives the defaults."""
     return _build(ExperimentConfig, data or {})
 
 
@@ -434,6 +474,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ex
 
 
 def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``data[a][b][c] = value`` for ``dotted`` ``a.b.c``, creating sections on the way."""
     node = data
     *parents, leaf = dotted.split(".")
     for part in parents:
@@ -444,4 +485,5 @@ def set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 def dump_config(cfg: ExperimentConfig) -> str:
+    """The config as YAML that :func:`config_from_dict` reads back to an equal config."""
     return yaml.safe_dump(cfg.to_dict(), sort_keys=False)

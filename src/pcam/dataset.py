@@ -68,6 +68,7 @@ class DatasetWriter:
     """
 
     def __init__(self, out_dir: str | os.PathLike[str], capacity: int, *, force: bool = False):
+        """Prepare to write exactly ``capacity`` patches into ``out_dir`` (refused when zero)."""
         if capacity <= 0:
             raise DataError(f"{out_dir}: no patches to write (the source is empty)")
         self.out_dir = Path(out_dir)
@@ -116,7 +117,7 @@ class DatasetWriter:
             raise DataError(f"more patches than announced ({self.capacity})")
         start = self._count
         images = np.ascontiguousarray(images)
-        self._write(memoryview(images).cast("B"))  # batches arrive in order
+        self._write(images.data.cast("B"))  # batches arrive in order; .data: the array's own buffer, no copy
         self._labels[start : start + n] = labels
         for i in range(n):
             self._note_duplicate(start + i, images[i], ids[i])
@@ -149,6 +150,7 @@ class DatasetWriter:
         self._more_by_crc.setdefault(crc, []).append(row)
 
     def abort(self) -> None:
+        """Close and delete the partly written temporary directory; ``out_dir`` is left untouched."""
         self._file.close()
         shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -212,6 +214,8 @@ class DatasetWriter:
 
 @dataclass
 class CanonicalDataset:
+    """A canonical dataset opened read-only: memory-mapped images, labels and metadata."""
+
     root: Path
     images: np.ndarray
     """Read-only memory map, shape (N, 96, 96, 3), uint8."""
@@ -220,10 +224,12 @@ class CanonicalDataset:
     manifest: dict[str, Any]
 
     def __len__(self) -> int:
+        """Number of patches."""
         return len(self.labels)
 
     @property
     def ids(self) -> np.ndarray:
+        """The source id of every patch, in order."""
         return self.meta["id"].to_numpy(dtype=str)
 
     @property
@@ -261,5 +267,6 @@ def open_dataset(path: str | os.PathLike[str], verify: bool = True) -> Canonical
 
 
 def label_counts(labels: np.ndarray) -> dict[str, int]:
+    """Counts per label, keyed ``'0'`` and ``'1'``, of a label array."""
     counts = Counter(int(x) for x in labels)
     return {"0": counts.get(0, 0), "1": counts.get(1, 0)}

@@ -319,6 +319,7 @@ def deploy_champion(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam deploy`` options on ``parser``."""
     parser.add_argument("--name", required=True, help="InferenceService name")
     parser.add_argument(
         "--serving",
@@ -334,6 +335,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam deploy``; returns the exit code."""
     if args.dry_run:
         print(
             json.dumps(

@@ -76,6 +76,7 @@ class Check:
     fix: str = ""
 
     def line(self) -> str:
+        """The check as one report line: status mark, name, detail and the fix when it failed."""
         if self.ok:
             return f"ok    {self.name}: {self.detail}"
         return f"FAIL  {self.name}: {self.detail}" + (f"; fix: {self.fix}" if self.fix else "")
@@ -101,7 +102,7 @@ def pipeline_needs(path: str | os.PathLike[str]) -> PipelineNeeds:
     if not docs or "deploymentSpec" not in docs[0]:
         raise ConfigError(f"{path}: not a compiled KFP pipeline (no deploymentSpec); run make compile")
     spec = docs[0]
-    platform = next((d for d in docs[1:] if "platforms" in d), {})
+    platform: dict[str, Any] = next((d for d in docs[1:] if "platforms" in d), {})
     executors = platform.get("platforms", {}).get("kubernetes", {}).get("deploymentSpec", {}).get("executors", {})
     selectors, tolerations, pvcs = [], [], []
     for executor in executors.values():
@@ -131,6 +132,7 @@ class Kube:
     """The kubernetes client for one kubeconfig context; None-safe when it could not load."""
 
     def __init__(self, kubeconfig: str | None, context: str | None) -> None:
+        """Load ``kubeconfig`` for ``context`` (default: the current one) and make the API clients."""
         from kubernetes import client, config
 
         self.client = client
@@ -158,6 +160,7 @@ def _api_error(exc: Exception) -> str:
 
 
 def check_context(kube: Kube, namespace: str) -> Check:
+    """Whether the cluster answers and ``namespace`` exists."""
     try:
         kube.core.read_namespace(namespace)
     except Exception as exc:  # noqa: BLE001 - any failure is this check's FAIL line
@@ -178,6 +181,7 @@ def check_context(kube: Kube, namespace: str) -> Check:
 
 
 def check_service_account(kube: Kube, namespace: str, account: str) -> Check:
+    """Whether ``account`` exists and may do what the pipeline's pods do (RBAC)."""
     name = f"service account {account}"
     apply = "kubectl apply -k manifests/overlays/<yours>"
     try:
@@ -224,6 +228,7 @@ def check_service_account(kube: Kube, namespace: str, account: str) -> Check:
 
 
 def check_pvc(kube: Kube, namespace: str, pvc: str) -> Check:
+    """Whether the PVC the pipeline mounts exists and is bound (or pending on a class that can bind it)."""
     name = f"pvc {pvc}"
     try:
         claim = kube.core.read_namespaced_persistent_volume_claim(pvc, namespace)
@@ -273,6 +278,7 @@ def _tolerated(taint: Any, tolerations: list[dict[str, str]]) -> bool:
 
 
 def check_gpu_nodes(kube: Kube, needs: PipelineNeeds) -> list[Check]:
+    """Whether nodes exist that match the pipeline's GPU requests, node selectors and tolerations."""
     if not needs.node_selectors:
         return [Check("gpu nodes", True, "the pipeline selects no node pool")]
     checks = []
@@ -359,6 +365,7 @@ def _version(tag: str) -> tuple[int, ...]:
 
 
 def check_kfp(host: str, namespace: str, timeout: float = 10) -> Check:
+    """Whether the KFP API server at ``host`` answers."""
     url = f"{host.rstrip('/')}/apis/v2beta1/healthz"
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - an operator-given URL
@@ -410,6 +417,7 @@ def launcher_root(kube: Kube | None, namespace: str) -> str:
 
 
 def check_pipeline_root(root: str, kube: Kube | None, namespace: str) -> Check:
+    """Whether the pipeline root (gs://, KFP's MinIO/S3 store or a shared volume) is usable from here."""
     name = f"pipeline root {root}"
     if root.startswith("gs://"):
         return _check_gcs(name, root)
@@ -515,6 +523,7 @@ def run_checks(args: argparse.Namespace) -> list[Check]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam doctor`` options on ``parser``."""
     parser.add_argument(
         "--pipeline",
         default="pipelines/compiled/pcam_training.yaml",
@@ -537,6 +546,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam doctor``; returns the exit code."""
     checks = run_checks(args)
     for check in checks:
         print(check.line(), flush=True)

@@ -111,7 +111,7 @@ def fetch(
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             if isinstance(exc, urllib.error.HTTPError) and exc.code < 500:
                 raise DataError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-            if not isinstance(exc, urllib.error.URLError) and getattr(exc, "filename", None):  # local file
+            if isinstance(exc, OSError) and not isinstance(exc, urllib.error.URLError) and exc.filename:  # local file
                 raise DataError(f"{exc.filename}: {exc.strerror}") from None
             have = part.stat().st_size if part.exists() else 0
             if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError) and not have:
@@ -177,6 +177,7 @@ def _transfer(url: str, part: Path, timeout: float) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam download`` options on ``parser``."""
     parser.add_argument("--dest", required=True, help="directory for the downloaded files")
     parser.add_argument("--base-url", default=ZENODO_URL, help="where the files live (a mirror works)")
     parser.add_argument("--files", nargs="+", choices=sorted(OFFICIAL_MD5), help="only these files (default: all)")
@@ -184,6 +185,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam download`` (download the official PCam files from Zenodo, verifying md5); returns the exit code."""
     dest = download_official(args.dest, args.base_url, args.files, retries=args.retries)
     print(dest)
     return 0

@@ -31,45 +31,26 @@ import hashlib
 import logging
 import os
 import time
-import zipfile
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 
 from pcam import metrics as M
-from pcam.config import TTA_VIEW_NAMES, ExperimentConfig, load_config
+from pcam.artifacts import METRICS_FILE, load_model, model_file
+from pcam.augment import view
+from pcam.config import ExperimentConfig, load_config
 from pcam.errors import ConfigError, DataError
 from pcam.fsutil import atomic_dir, check_output, file_sha256, write_json
 
+if TYPE_CHECKING:
+    import keras
+
 log = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
 VOTE_RULE = "majority of thresholded views; ties count as positive"
-
-
-def _view(images: Any, name: str) -> Any:
-    """One view of a (B, H, W, C) batch; rotations are counter-clockwise (as np.rot90)."""
-    import tensorflow as tf
-
-    if name == "identity":
-        return images
-    if name == "hflip":
-        return tf.reverse(images, axis=[2])
-    if name == "vflip":
-        return tf.reverse(images, axis=[1])
-    if name == "rot90":
-        return tf.image.rot90(images, k=1)
-    if name == "rot180":
-        return tf.image.rot90(images, k=2)
-    if name == "rot270":
-        return tf.image.rot90(images, k=3)
-    if name == "transpose":
-        return tf.transpose(images, perm=[0, 2, 1, 3])
-    if name == "transverse":  # mirror about the anti-diagonal: transpose, then rotate by 180
-        return tf.reverse(tf.transpose(images, perm=[0, 2, 1, 3]), axis=[1, 2])
-    raise ConfigError(f"unknown TTA view {name!r}; expected one of {', '.join(TTA_VIEW_NAMES)}")
 
 
 def tta_views(images: Any, names: tuple[str, ...] | list[str]) -> Any:
@@ -88,32 +69,7 @@ def tta_views(images: Any, names: tuple[str, ...] | list[str]) -> Any:
         raise ConfigError("evaluate.tta_views needs at least one view")
     if images.shape[1] != images.shape[2] and any(n in ("rot90", "rot270", "transpose", "transverse") for n in names):
         raise DataError(f"rotated views need square images, got {tuple(images.shape)}")
-    return tf.concat([_view(images, n) for n in names], axis=0)
-
-
-def load_model(model_dir: str | os.PathLike[str]) -> Any:
-    """Load ``model_dir/model.keras`` (or a ``.keras`` file given directly) without compiling.
-
-    A missing or unreadable file is a :class:`DataError` naming it.
-    """
-    path = Path(model_dir)
-    if path.is_dir() or path.suffix != ".keras":
-        path = path / MODEL_FILE
-    if not path.is_file():
-        raise DataError(f"{path}: model file missing (did the train step finish?)")
-    import keras
-
-    try:  # custom layers, if the models module defines any, register on import
-        import pcam.models  # noqa: F401
-    except ImportError:
-        pass
-    try:
-        model = keras.models.load_model(path, compile=False)
-    except (ValueError, OSError, KeyError, TypeError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path}: not a readable Keras model ({type(exc).__name__}: {exc})") from None
-    if not isinstance(model, keras.Model):
-        raise DataError(f"{path}: holds a {type(model).__name__}, not a Keras model")
-    return model
+    return tf.concat([view(images, n) for n in names], axis=0)
 
 
 def predict_views(
@@ -159,19 +115,98 @@ def data_fingerprint(ids: Any, labels: Any) -> str:
     return digest.hexdigest()
 
 
+class Scores(TypedDict):
+    """What :func:`evaluate_arrays` measures: the top of ``metrics.json``."""
+
+    single: dict[str, Any]
+    """:func:`pcam.metrics.binary_metrics` of the identity view alone."""
+    tta: dict[str, Any]
+    """:func:`pcam.metrics.binary_metrics` of the TTA vote (labels) and mean probability (scores)."""
+    views: list[str]
+    n_views: int
+    threshold: float
+    vote_rule: str
+    target_sensitivity: float
+    n: int
+    positives: int
+    negatives: int
+    seconds: float
+    images_per_second: float | None
+    notes: list[str]
+
+
+class EvaluationMetrics(Scores, total=False):
+    """``metrics.json``: the scores plus what :func:`evaluate` knows about the model and data."""
+
+    split: str
+    model: str
+    policy: str | None
+    model_file: str
+    model_sha256: str
+    shards_dir: str
+    data_fingerprint: str
+    config_digest: str
+
+
+@dataclass(frozen=True)
+class PerImage:
+    """Per-patch outputs of an evaluation (the rows of ``predictions.csv``), index-aligned."""
+
+    ids: list[str]
+    labels: np.ndarray
+    probability: np.ndarray
+    """Mean probability over the TTA views."""
+    vote: np.ndarray
+    """Majority-vote label (ties positive)."""
+    positive_votes: np.ndarray
+    single_probability: np.ndarray
+    """The identity view's probability."""
+
+
+@dataclass
+class Evaluation:
+    """An evaluation in memory: ``metrics`` (what ``metrics.json`` holds) and the per-patch arrays beside it.
+
+    ``metrics`` is a plain mapping that callers may extend with provenance before
+    :func:`write_evaluation`; the arrays are never part of it, so writing an
+    evaluation does not change it and may be repeated.
+    """
+
+    metrics: EvaluationMetrics
+    arrays: PerImage
+
+
 def evaluate_arrays(
-    model: Any,
+    model: keras.Model,
     images: np.ndarray,
     labels: np.ndarray,
-    ids: Any,
+    ids: Sequence[Any] | np.ndarray,
     *,
-    views: tuple[str, ...],
+    views: Sequence[str],
     threshold: float = 0.5,
     target_sensitivity: float = 0.95,
     batch_size: int = 256,
     progress: bool = True,
-) -> dict[str, Any]:
-    """Score ``images`` in every view; returns metrics plus per-image arrays (not written)."""
+) -> Evaluation:
+    """Score ``images`` in every view; nothing is written.
+
+    Args:
+        model: A model taking raw 0..255 pixels and giving one sigmoid probability.
+        images: ``(N, H, W, C)`` pixels.
+        labels: ``N`` labels in {0, 1}.
+        ids: ``N`` patch ids (str or bytes).
+        views: TTA views that vote (the identity view is always scored as "single").
+        threshold: Probability at or above which a view votes positive.
+        target_sensitivity: Recall of the operating point reported beside the threshold's.
+        batch_size: Patches per forward pass (the model sees ``len(views)`` times as many images).
+        progress: Show a progress bar.
+
+    Returns:
+        The metrics and the per-patch arrays.
+
+    Raises:
+        DataError: The split is empty, or images, labels and ids differ in length.
+    """
     views = tuple(views)
     labels = np.asarray(labels).reshape(-1).astype(np.int64)
     if len(images) == 0:
@@ -192,7 +227,7 @@ def evaluate_arrays(
     notes = []
     if not M.both_classes(labels):
         notes.append("the split holds one class only: AUC, ROC and the sensitivity operating point are undefined")
-    return {
+    metrics: EvaluationMetrics = {
         "single": M.binary_metrics(labels, single, single_label, target_sensitivity=target_sensitivity),
         "tta": M.binary_metrics(labels, tta_score, tta_label, target_sensitivity=target_sensitivity),
         "views": list(views),
@@ -206,47 +241,60 @@ def evaluate_arrays(
         "seconds": round(seconds, 3),
         "images_per_second": round(len(labels) / seconds, 1) if seconds > 0 else None,
         "notes": notes,
-        "_arrays": {
-            "ids": [i.decode() if isinstance(i, bytes) else str(i) for i in ids],
-            "labels": labels,
-            "probability": tta_score,
-            "vote": tta_label,
-            "positive_votes": positive_votes,
-            "single_probability": single,
-        },
     }
+    arrays = PerImage(
+        ids=[i.decode() if isinstance(i, bytes) else str(i) for i in ids],
+        labels=labels,
+        probability=tta_score,
+        vote=tta_label,
+        positive_votes=positive_votes,
+        single_probability=single,
+    )
+    return Evaluation(metrics, arrays)
 
 
 def write_evaluation(
     out_dir: str | os.PathLike[str],
-    result: dict[str, Any],
+    evaluation: Evaluation,
     *,
     inputs: Sequence[str | os.PathLike[str]] = (),
     force: bool = False,
 ) -> None:
-    """Write an :func:`evaluate_arrays` result (its ``_arrays`` removed) as the evaluate directory."""
+    """Write an evaluation as the evaluate directory (built under a temporary name, then renamed).
+
+    Args:
+        out_dir: The directory to (re)place.
+        evaluation: What :func:`evaluate_arrays` returned, its metrics possibly extended.
+        inputs: Paths ``out_dir`` must not be inside (it would replace them).
+        force: Replace ``out_dir`` even if it is not a pcam evaluation.
+    """
     with atomic_dir(out_dir, "evaluation", inputs=inputs, force=force) as tmp:
-        _write_outputs(tmp, result)
+        _write_predictions(tmp / "predictions.csv", evaluation.arrays)
+        _write_curves(tmp, evaluation)
+        write_json(tmp / METRICS_FILE, M.json_safe(evaluation.metrics))  # last: its presence marks completion
 
 
-def _write_outputs(out: Path, result: dict[str, Any]) -> None:
-    arrays = result.pop("_arrays")
-    labels = arrays["labels"]
-    with open(out / "predictions.csv", "w", newline="") as handle:
+def _write_predictions(path: Path, arrays: PerImage) -> None:
+    with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["id", "label", "probability", "vote", "positive_votes", "single_probability"])
         for row in zip(
-            arrays["ids"],
-            labels,
-            arrays["probability"],
-            arrays["vote"],
-            arrays["positive_votes"],
-            arrays["single_probability"],
+            arrays.ids,
+            arrays.labels,
+            arrays.probability,
+            arrays.vote,
+            arrays.positive_votes,
+            arrays.single_probability,
             strict=True,
         ):
             writer.writerow([row[0], int(row[1]), f"{row[2]:.6f}", int(row[3]), int(row[4]), f"{row[5]:.6f}"])
-    roc = M.roc_curve(labels, arrays["probability"])
-    roc_single = M.roc_curve(labels, arrays["single_probability"])
+
+
+def _write_curves(out: Path, evaluation: Evaluation) -> None:
+    """``roc.json`` and ``confusion.json``."""
+    result, arrays = evaluation.metrics, evaluation.arrays
+    roc = M.roc_curve(arrays.labels, arrays.probability)
+    roc_single = M.roc_curve(arrays.labels, arrays.single_probability)
     write_json(
         out / "roc.json",
         M.json_safe(
@@ -260,16 +308,15 @@ def _write_outputs(out: Path, result: dict[str, Any]) -> None:
             }
         ),
     )
-    confusion = {
+    confusion: dict[str, Any] = {
         "labels": ["normal (0)", "tumour (1)"],
         "layout": "matrix[true][predicted]",
         "threshold": result["threshold"],
     }
     for mode in ("tta", "single"):
-        c = result[mode]["confusion"]
+        c = result["tta"]["confusion"] if mode == "tta" else result["single"]["confusion"]
         confusion[mode] = {**c, "matrix": [[c["tn"], c["fp"]], [c["fn"], c["tp"]]]}
     write_json(out / "confusion.json", confusion)
-    write_json(out / "metrics.json", M.json_safe(result))  # last: its presence marks completion
 
 
 def evaluate(
@@ -281,22 +328,31 @@ def evaluate(
     *,
     progress: bool = True,
     force: bool = False,
-) -> dict[str, Any]:
+) -> EvaluationMetrics:
     """Evaluate ``model_dir/model.keras`` on ``split`` (default ``cfg.evaluate.split``) of the shards.
 
-    Returns what ``metrics.json`` holds (NaN written as null there).
+    Args:
+        model_dir: A train/fine-tune output directory, or a ``.keras`` file.
+        shards_dir: The shards directory (``index.json``).
+        out_dir: The evaluate directory to write.
+        cfg: The experiment config (its ``evaluate`` section).
+        split: Split to score (default ``cfg.evaluate.split``).
+        progress: Show a progress bar.
+        force: Replace ``out_dir`` even if it is not a pcam evaluation.
+
+    Returns:
+        What ``metrics.json`` holds (NaN as None, as written there).
     """
     ecfg = cfg.evaluate
     split = split or ecfg.split
     check_output(out_dir, "evaluation", inputs=[model_dir, shards_dir], force=force)
-    model_dir = Path(model_dir)
-    model = load_model(model_dir)
+    model_path = model_file(model_dir)
+    model = load_model(model_path)
     from pcam.input import load_arrays
 
-    model_path = model_dir if model_dir.suffix == ".keras" else model_dir / MODEL_FILE
     images, labels, ids = load_arrays(shards_dir, split)
     log.info("evaluating %s on %d %s patches with %d views", model_path, len(labels), split, len(ecfg.tta_views))
-    result = evaluate_arrays(
+    evaluation = evaluate_arrays(
         model,
         images,
         labels,
@@ -307,33 +363,33 @@ def evaluate(
         batch_size=ecfg.batch_size,
         progress=progress,
     )
-    provenance = _provenance(model_dir)
-    result.update(
+    provenance = _provenance(model_path.parent)
+    evaluation.metrics.update(
         {
             "split": split,
-            "model": provenance.get("model", model_dir.name),
+            "model": provenance.get("model", Path(model_dir).name),
             "policy": provenance.get("policy"),
             "model_file": str(model_path),
             "model_sha256": file_sha256(model_path),
             "shards_dir": str(shards_dir),
-            "data_fingerprint": data_fingerprint(result["_arrays"]["ids"], labels),
+            "data_fingerprint": data_fingerprint(evaluation.arrays.ids, labels),
             "config_digest": cfg.digest(),
         }
     )
-    write_evaluation(out_dir, result, inputs=[model_dir, shards_dir], force=force)
+    write_evaluation(out_dir, evaluation, inputs=[model_dir, shards_dir], force=force)
     for mode in ("single", "tta"):
-        m = result[mode]
+        m = evaluation.metrics["tta"] if mode == "tta" else evaluation.metrics["single"]
         log.info("%s: auc=%.4f acc=%.4f f1=%.4f", mode, m["auc"], m["accuracy"], m["f1"])
-    return M.json_safe(result)
+    metrics: EvaluationMetrics = M.json_safe(evaluation.metrics)
+    return metrics
 
 
 def _provenance(model_dir: Path) -> dict[str, Any]:
-    """Model name and policy from the train step's ``train.json`` when it is there."""
+    """Model name and policy from the train step's ``train.json`` in ``model_dir``, when it is there."""
     import json
 
-    path = (model_dir.parent if model_dir.suffix == ".keras" else model_dir) / "train.json"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads((model_dir / "train.json").read_text())
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict):
@@ -342,6 +398,7 @@ def _provenance(model_dir: Path) -> dict[str, Any]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam evaluate`` options on ``parser``."""
     parser.add_argument("--model", required=True, help="directory holding model.keras (or the .keras file)")
     parser.add_argument("--shards", required=True, help="shards directory (index.json + TFRecords)")
     parser.add_argument("--out", required=True, help="output directory for metrics.json, predictions.csv, ...")
@@ -351,6 +408,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam evaluate`` (evaluate a model with test-time augmentation); returns the exit code."""
     cfg = load_config(args.config)
     result = evaluate(args.model, args.shards, args.out, cfg, split=args.split, force=args.force)
     for mode in ("single", "tta"):

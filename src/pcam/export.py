@@ -209,12 +209,11 @@ def export_serving(
     version = next_version(dest) if version is None else int(version)
     if version < 1:
         raise ConfigError(f"export: version must be >= 1, got {version}")
-    from pcam.evaluate import MODEL_FILE, load_model
+    from pcam.artifacts import load_model
+    from pcam.artifacts import model_file as model_file_of
 
-    model_file = Path(model_path)
-    if model_file.suffix != ".keras":
-        model_file = model_file / MODEL_FILE
-    model = load_model(model_path)
+    model_file = model_file_of(model_path)
+    model = load_model(model_file)
     if tuple(model.input_shape[1:]) != IMAGE_SHAPE:
         raise DataError(f"{model_file}: model takes {model.input_shape[1:]}, not {IMAGE_SHAPE} PCam patches")
     if is_remote(dest):
@@ -260,6 +259,7 @@ def latest_version(serving_dir: str | os.PathLike[str]) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam export`` options on ``parser``."""
     parser.add_argument("--model", required=True, help="directory holding model.keras (or the .keras file)")
     parser.add_argument(
         "--out",
@@ -277,6 +277,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam export``; returns the exit code."""
     from pcam.config import EvaluateConfig, load_config
 
     if args.views:

@@ -74,6 +74,7 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "w", **kwargs: Any) ->
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> None:
+    """Write ``data`` as indented JSON atomically (temporary name, then rename)."""
     with atomic_open(path, "w") as handle:
         json.dump(data, handle, indent=2, sort_keys=True, default=str)
         handle.write("\n")
@@ -162,6 +163,7 @@ def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
+    """The sha256 hex digest of a file, read in chunks."""
     return file_digest(path, "sha256")
 
 
@@ -174,7 +176,7 @@ def _local_inputs(inputs: Iterable[str | os.PathLike[str] | None]) -> list[Path]
     for item in inputs:
         if item is None or str(item) == "" or is_remote(str(item)):
             continue
-        found.append(Path(str(item).removeprefix("file://")).expanduser().resolve())
+        found.append(local_path(item).resolve())
     return found
 
 
@@ -255,14 +257,14 @@ def atomic_dir(
         raise
 
 
-def is_remote(uri: str) -> bool:
-    return uri.startswith(("gs://", "https://", "http://", "s3://"))
+def is_remote(uri: str | os.PathLike[str]) -> bool:
+    """Whether ``uri`` names an object store or web location rather than a local file."""
+    return str(uri).startswith(("gs://", "https://", "http://", "s3://"))
 
 
-def local_path(uri: str) -> Path:
-    """A local path for a ``file://`` URI or a plain path; remote URIs are an error here."""
-    if uri.startswith("file://"):
-        uri = uri[len("file://") :]
-    if is_remote(uri):
-        raise DataError(f"{uri}: expected a local path here, not a remote URI")
-    return Path(uri).expanduser()
+def local_path(uri: str | os.PathLike[str]) -> Path:
+    """A local path for a ``file://`` URI or a plain path (``~`` expanded); remote URIs are an error here."""
+    text = str(uri).removeprefix("file://")
+    if is_remote(text):
+        raise DataError(f"{text}: expected a local path here, not a remote URI")
+    return Path(text).expanduser()

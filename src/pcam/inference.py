@@ -23,7 +23,9 @@ from pcam.fsutil import atomic_open
 
 def list_source(uri: str) -> dict[str, Any]:
     """``{"slides": [uri, ...], "patches": bool}`` for a file or folder, local or ``gs://``."""
-    if uri.startswith("gs://"):
+    from pcam import storage
+
+    if storage.is_gcs(uri):
         return _list_gcs(uri)
     from pcam.predict import plan_inputs
 

@@ -109,19 +109,19 @@ def make_dataset(
         records = int(index["splits"][split]["records"])
         batches = records // batch_size if drop_remainder else math.ceil(records / batch_size)
         ds = ds.apply(tf.data.experimental.assert_cardinality(batches))
-    augment = training and augment_cfg is not None and augment_cfg.online
+    augment = augment_cfg if training and augment_cfg is not None and augment_cfg.online else None
 
     def decode(serialized: Any) -> tuple[Any, Any]:
         images, labels, _ = parse_example(serialized, encoding)
         return tf.cast(images, tf.float32), tf.cast(labels, tf.float32)
 
-    if augment:
+    if augment is not None:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
 
         def decode_augment(serialized: Any, draw: Any) -> tuple[Any, Any]:
             images, labels, _ = parse_example(serialized, encoding)
             batch_seed = tf.stack([tf.constant(seed, tf.int64), draw])
-            return augment_batch(images, augment_cfg, batch_seed, tf.float32), tf.cast(labels, tf.float32)
+            return augment_batch(images, augment, batch_seed, tf.float32), tf.cast(labels, tf.float32)
 
         ds = tf.data.Dataset.zip((ds, seeds)).map(
             decode_augment, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True

@@ -106,6 +106,7 @@ def suggest(lrs: list[float], losses: list[float]) -> dict[str, float]:
 
 
 def plot(result: dict[str, Any], path: str | os.PathLike[str], title: str = "LR range test") -> None:
+    """Plot loss against learning rate (log scale) with the suggested LR range shaded, as a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,6 +176,7 @@ def lr_find(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam lr-find`` options on ``parser``."""
     parser.add_argument("--shards", required=True, help="shards directory (index.json)")
     parser.add_argument("--out", required=True, help="output directory for lr_find.json/png")
     parser.add_argument("--config", required=True, help="experiment YAML")
@@ -186,6 +188,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam lr-find`` (sweep the learning rate exponentially and plot loss vs LR); returns the exit code."""
     cfg = load_config(args.config)
     result = lr_find(
         args.shards,

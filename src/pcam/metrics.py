@@ -18,8 +18,7 @@ from typing import Any
 
 import numpy as np
 
-METRIC_NAMES = ("f1", "auc", "recall", "precision", "accuracy", "specificity", "specificity_at_target")
-"""Metrics a run can be ranked or promoted on (all higher-is-better)."""
+from pcam.config import METRIC_NAMES  # noqa: F401 - re-exported: the metrics a run is ranked on
 
 
 def _arrays(y_true: Any, y_pred: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -47,6 +46,7 @@ def confusion(y_true: Any, y_label: Any) -> dict[str, int]:
 
 
 def precision(y_true: Any, y_label: Any) -> float:
+    """Share of predicted tumour patches that are tumour (0.0 with no positive prediction)."""
     c = confusion(y_true, y_label)
     return _ratio(c["tp"], c["tp"] + c["fp"])
 
@@ -64,16 +64,19 @@ def specificity(y_true: Any, y_label: Any) -> float:
 
 
 def accuracy(y_true: Any, y_label: Any) -> float:
+    """Share of patches labelled correctly."""
     c = confusion(y_true, y_label)
     return _ratio(c["tp"] + c["tn"], sum(c.values()))
 
 
 def f1(y_true: Any, y_label: Any) -> float:
+    """Harmonic mean of precision and recall."""
     c = confusion(y_true, y_label)
     return _ratio(2 * c["tp"], 2 * c["tp"] + c["fp"] + c["fn"])
 
 
 def both_classes(y_true: Any) -> bool:
+    """Whether both labels occur (AUC and ROC need both)."""
     t = np.asarray(y_true).reshape(-1)
     return bool(np.any(t == 1) and np.any(t == 0))
 

@@ -11,7 +11,7 @@ produces float16 probabilities.
 
 The ResNet50 preprocessing is a small registered layer (:class:`CaffePreprocess`)
 rather than a ``Lambda`` because Keras refuses to deserialize lambdas in safe mode;
-load saved models with :func:`load_model` (or import :mod:`pcam.models` first).
+load saved models with :func:`pcam.artifacts.load_model` (or import :mod:`pcam.models` first).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import keras
 from keras import layers
@@ -46,6 +47,7 @@ class CaffePreprocess(layers.Layer):
     """``keras.applications.resnet50.preprocess_input`` as a layer: RGB->BGR, minus the ImageNet mean."""
 
     def call(self, inputs):
+        """Flip RGB to BGR and subtract the ImageNet channel means."""
         bgr = keras.ops.flip(inputs, axis=-1)
         mean = keras.ops.convert_to_tensor(CAFFE_MEAN_BGR, dtype=bgr.dtype)
         return bgr - mean
@@ -116,14 +118,7 @@ def _mobilenetv2(cfg: ModelConfig) -> keras.Model:
     if size != IMAGE_SHAPE[0]:
         x = layers.Resizing(size, size, name="resize")(x)
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(x)  # mobilenet_v2.preprocess_input
-    base = keras.applications.MobileNetV2(
-        input_shape=(size, size, 3), include_top=False, weights=_keras_weights(cfg.weights)
-    )
-    base = _rename(base, BASE_LAYER["mobilenetv2"])
-    _load_base_weights(base, cfg.weights, "mobilenetv2")
-    x = _call_base(base, x, cfg)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    x = _pooled_base(keras.applications.MobileNetV2, "mobilenetv2", x, size, cfg)
     return keras.Model(inputs, _output(x), name="mobilenetv2")
 
 
@@ -134,16 +129,19 @@ def _resnet50(cfg: ModelConfig) -> keras.Model:
     if size != IMAGE_SHAPE[0]:
         x = layers.Resizing(size, size, name="resize")(x)
     x = CaffePreprocess(name="preprocess")(x)
-    base = keras.applications.ResNet50(
-        input_shape=(size, size, 3), include_top=False, weights=_keras_weights(cfg.weights)
-    )
-    base = _rename(base, BASE_LAYER["resnet50"])
-    _load_base_weights(base, cfg.weights, "resnet50")
-    x = _call_base(base, x, cfg)
-    x = layers.GlobalAveragePooling2D(name="gap")(x)
-    x = layers.Dropout(cfg.dropout, name="dropout")(x)
+    x = _pooled_base(keras.applications.ResNet50, "resnet50", x, size, cfg)
     x = layers.BatchNormalization(name="head_bn")(x)
     return keras.Model(inputs, _output(x), name="resnet50")
+
+
+def _pooled_base(application: Any, name: str, x: Any, size: int, cfg: ModelConfig) -> Any:
+    """The Keras application's convolutional base (weights per ``cfg.weights``) on ``x``, pooled, then dropout."""
+    base = application(input_shape=(size, size, 3), include_top=False, weights=_keras_weights(cfg.weights))
+    base = _rename(base, BASE_LAYER[name])
+    _load_base_weights(base, cfg.weights, name)
+    x = _call_base(base, x, cfg)
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    return layers.Dropout(cfg.dropout, name="dropout")(x)
 
 
 def is_pretrained(cfg: ModelConfig) -> bool:
@@ -263,8 +261,3 @@ def set_trainable_for_stage(model: keras.Model, name: str, stage: str, *, pretra
         cut = len(base.layers) - RESNET_TRAINABLE_LAYERS
         for i, layer in enumerate(base.layers):
             layer.trainable = i >= cut and not isinstance(layer, layers.BatchNormalization)
-
-
-def load_model(path: str | os.PathLike[str], compile: bool = True) -> keras.Model:
-    """Load a ``.keras`` file written by training (this module registers its custom layers)."""
-    return keras.models.load_model(str(path), compile=compile)

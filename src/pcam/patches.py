@@ -83,6 +83,7 @@ def _flat_source(folder: Path, files: list[Path], convert: bool) -> PatchSource:
 
 
 def image_files(folder: Path) -> list[Path]:
+    """The image files (png, jpg, tif) directly in ``folder``, sorted by name."""
     return sorted(
         p
         for p in folder.iterdir()

@@ -39,28 +39,38 @@ PLATEAU_METRIC = "val_accuracy"
 
 
 class ConstantLR:
+    """The same learning rate for every step."""
+
     name = "constant"
 
     def __init__(self, lr: float):
+        """Hold ``lr`` for the whole run."""
         self.lr = float(lr)
 
     def lr_at(self, step: int) -> float:
+        """The constant LR, whatever the step."""
         return self.lr
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        """Nothing to adapt: the LR never changes."""
         return None
 
     def state(self) -> dict[str, Any]:
+        """No state to checkpoint."""
         return {}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Nothing to restore."""
         return None
 
 
 class OneCycleLR:
+    """Smith's one-cycle: warm up linearly to the peak, back down, then anneal to a floor at the end."""
+
     name = "onecycle"
 
     def __init__(self, start_lr: float, max_lr: float, total_steps: int, final_fraction: float = 0.1):
+        """A cycle over ``total_steps`` steps, ``final_fraction`` of them spent annealing."""
         if total_steps <= 0:
             raise ConfigError(f"one-cycle needs at least one training step, got {total_steps}")
         if not 0 <= final_fraction < 1:
@@ -73,6 +83,7 @@ class OneCycleLR:
         self.warmup = self.cycle // 2
 
     def lr_at(self, step: int) -> float:
+        """The LR of global step ``step`` (0-based)."""
         if step < self.warmup:
             return self.start + (self.peak - self.start) * step / self.warmup
         if step < self.cycle:
@@ -82,14 +93,17 @@ class OneCycleLR:
         return self.start + (self.floor - self.start) * progress
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        """Nothing to adapt: the schedule depends on the step only."""
         return None
 
     def state(self) -> dict[str, Any]:
         # The position is the global step, which training restores from the epoch
         # number; the shape is recorded so a resume under another config is caught.
+        """The cycle's shape, so a resume under another schedule is refused."""
         return {"total_steps": self.total, "start": self.start, "peak": self.peak}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Check a checkpoint's cycle has this run's length (epochs or batch size changed otherwise)."""
         if state and int(state["total_steps"]) != self.total:
             raise ConfigError(
                 f"checkpoint was written for a one-cycle of {state['total_steps']} steps, "
@@ -103,6 +117,7 @@ class PlateauLR:
     name = "plateau"
 
     def __init__(self, lr: float, factor: float = 2.0, patience: int = 2, min_lr: float = 1e-8):
+        """Start at ``lr``; divide by ``factor`` after ``patience`` epochs without improvement."""
         self.lr = float(lr)
         self.factor = float(factor)
         self.patience = int(patience)
@@ -111,9 +126,11 @@ class PlateauLR:
         self.wait = 0
 
     def lr_at(self, step: int) -> float:
+        """The current LR (it changes only at epoch ends)."""
         return self.lr
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float]) -> None:
+        """Track the best validation accuracy and lower the LR after a plateau."""
         value = logs.get(PLATEAU_METRIC)
         if value is None or math.isnan(value):
             raise ConfigError(f"reduce-on-plateau needs {PLATEAU_METRIC!r} in the epoch logs (no validation data?)")
@@ -127,9 +144,11 @@ class PlateauLR:
             self.wait = 0
 
     def state(self) -> dict[str, Any]:
+        """LR, best value and epochs waited: what a resume needs to continue the same plateau."""
         return {"lr": self.lr, "best": self.best if math.isfinite(self.best) else None, "wait": self.wait}
 
     def load_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state` saved."""
         if not state:
             return
         self.lr = float(state["lr"])

@@ -30,7 +30,7 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pcam.errors import DataError
 from pcam.fsutil import atomic_open, check_output, mark_directory, write_json
@@ -69,6 +69,43 @@ class Inputs:
 
     patches: list[tuple[Path, list[Path] | None]] = field(default_factory=list)
     slides: list[Path] = field(default_factory=list)
+
+
+PatchCounts = TypedDict("PatchCounts", {"patches": int, "positive_at_0.5": int, "positive_at_operating_point": int})
+"""Patches scored, and how many came out positive at 0.5 and at the operating point."""
+
+
+class PatchSummary(PatchCounts):
+    """The ``patches`` section of ``predict.json``."""
+
+    views: list[str]
+    file: str
+    operating_point: float | None
+    operating_point_source: str
+
+
+class SlidesSummary(TypedDict):
+    """The ``slides`` section of ``predict.json`` (per-slide rows are in ``slides.csv``)."""
+
+    count: int
+    file: str
+    views: list[str]
+    operating_point: float | None
+    operating_point_source: str
+
+
+class _PredictCommon(TypedDict):
+    model_file: str
+    model_sha256: str
+    inputs: list[str]
+    pcam_mpp: float
+
+
+class PredictSummary(_PredictCommon, total=False):
+    """``predict.json``: the model, the inputs, and a section per kind of input predicted."""
+
+    patches: PatchSummary
+    slides: SlidesSummary
 
 
 def _local(uri: str, stack: contextlib.ExitStack) -> Path:
@@ -156,7 +193,7 @@ def predict_patches(
     convert: bool = False,
     batch_size: int = 256,
     progress: bool = True,
-) -> dict[str, Any]:
+) -> PatchCounts:
     """Stream every patch source through the model into ``out/predictions.csv`` (atomic)."""
     from tqdm import tqdm
 
@@ -167,7 +204,7 @@ def predict_patches(
     if total == 0:
         raise DataError(f"{', '.join(str(p) for p, _ in opened)}: no patches to predict")
     point = predictor.operating_point
-    counts = {"patches": 0, "positive_at_0.5": 0, "positive_at_operating_point": 0}
+    counts: PatchCounts = {"patches": 0, "positive_at_0.5": 0, "positive_at_operating_point": 0}
     with (
         atomic_open(out / PREDICTIONS_FILE, "w", newline="") as handle,
         tqdm(total=total, unit="patch", desc="predict", disable=not progress) as bar,
@@ -216,7 +253,7 @@ def predict(
     progress: bool = True,
     kinds: tuple[str, ...] = ("patches", "slides"),
     force: bool = False,
-) -> dict[str, Any]:
+) -> PredictSummary:
     """Predict every input with ``model``; returns what ``predict.json`` holds.
 
     ``views`` TTA views for patches (default: the evaluation's five), ``slide_views``
@@ -224,15 +261,10 @@ def predict(
     restricts a mixed input to its patches or its slides (the inference pipeline
     predicts them in separate steps).
     """
-    from pcam.slide_predict import SlidePlan, predict_slide
+    from pcam.slide_predict import SlidePlan
 
     out = check_output(out, KIND, inputs=[*inputs, model], force=force)
-    if not 0.0 <= min_tissue <= 1.0:
-        raise DataError(f"--min-tissue {min_tissue}: must be between 0 and 1")
-    if top_k < 1 or batch_size < 1:
-        raise DataError("--top-k and --batch-size must be at least 1")
-    if operating_point_override is not None and not 0.0 <= operating_point_override <= 1.0:
-        raise DataError(f"--operating-point {operating_point_override}: must be a probability (0..1)")
+    _check_options(min_tissue, top_k, batch_size, operating_point_override)
     patch_views = view_names(views if views is not None else len(DEFAULT_VIEWS))
     tile_views = view_names(slide_views)
     with contextlib.ExitStack() as stack:
@@ -248,7 +280,7 @@ def predict(
         )
         out.mkdir(parents=True, exist_ok=True)
         mark_directory(out, KIND)  # holds the resumable state of slides scored so far
-        summary: dict[str, Any] = {
+        summary: PredictSummary = {
             "model_file": str(predictor.model_file),
             "model_sha256": predictor.model_sha256,
             "inputs": list(inputs),
@@ -268,30 +300,44 @@ def predict(
             }
         if planned.slides:
             slide_predictor = _with_views(predictor, tile_views, operating_point_override)
-            results = [
-                predict_slide(
-                    path,
-                    slide_predictor,
-                    out,
-                    mpp=mpp,
-                    stride=stride,
-                    min_tissue=min_tissue,
-                    top_k=top_k,
-                    batch_size=batch_size,
-                    progress=progress,
-                )
-                for path in planned.slides
-            ]
-            _write_slides_csv(out / SLIDES_FILE, planned.slides, results)
-            summary["slides"] = {
-                "count": len(results),
-                "file": SLIDES_FILE,
-                "views": list(tile_views),
-                "operating_point": slide_predictor.operating_point,
-                "operating_point_source": slide_predictor.operating_point_source,
-            }
+            summary["slides"] = _predict_slides(
+                planned.slides,
+                slide_predictor,
+                out,
+                mpp=mpp,
+                stride=stride,
+                min_tissue=min_tissue,
+                top_k=top_k,
+                batch_size=batch_size,
+                progress=progress,
+            )
         write_json(out / SUMMARY_FILE, summary)
     return summary
+
+
+def _check_options(min_tissue: float, top_k: int, batch_size: int, operating_point: float | None) -> None:
+    """The options' ranges, before any input is opened."""
+    if not 0.0 <= min_tissue <= 1.0:
+        raise DataError(f"--min-tissue {min_tissue}: must be between 0 and 1")
+    if top_k < 1 or batch_size < 1:
+        raise DataError("--top-k and --batch-size must be at least 1")
+    if operating_point is not None and not 0.0 <= operating_point <= 1.0:
+        raise DataError(f"--operating-point {operating_point}: must be a probability (0..1)")
+
+
+def _predict_slides(slides: list[Path], predictor: Predictor, out: Path, **options: Any) -> SlidesSummary:
+    """Score every slide (:func:`pcam.slide_predict.predict_slide` with ``options``) and write ``slides.csv``."""
+    from pcam.slide_predict import predict_slide
+
+    results = [predict_slide(path, predictor, out, **options) for path in slides]
+    _write_slides_csv(out / SLIDES_FILE, slides, results)
+    return {
+        "count": len(results),
+        "file": SLIDES_FILE,
+        "views": list(predictor.views),
+        "operating_point": predictor.operating_point,
+        "operating_point_source": predictor.operating_point_source,
+    }
 
 
 def _write_slides_csv(path: Path, slides: list[Path], results: list[dict[str, Any]]) -> None:

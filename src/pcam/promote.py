@@ -33,11 +33,12 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from pcam import champion as C
 from pcam import storage
-from pcam.champion import CHAMPION_FILE, METRICS_FILE, MODEL_FILE  # noqa: F401 - re-exported
+from pcam.artifacts import METRICS_FILE, MODEL_FILE, final_model_dir
+from pcam.champion import CHAMPION_FILE  # noqa: F401 - re-exported
 from pcam.config import EvaluateConfig
 from pcam.errors import ConfigError, DataError
 from pcam.fsutil import file_sha256, read_json, write_json
@@ -47,6 +48,35 @@ log = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 50
 """Compare-and-swap rounds before giving up (each lost round means another promotion won)."""
+
+
+class ChampionScore(TypedDict, total=False):
+    """The champion's side of a comparison."""
+
+    exists: bool
+    score: float | None
+    source: str
+    """Where the score came from: re-evaluated on the candidate's shards, or its stored metrics.json."""
+    same_test_data: bool | None
+
+
+class Decision(TypedDict):
+    """``decision.json``: whether the candidate was crowned, why, and the numbers behind it."""
+
+    promoted: bool
+    reason: str
+    metric: str
+    candidate_score: float | None
+    champion_score: float | None
+    champion_uri: str
+    champion_score_source: str | None
+    same_test_data: bool | None
+    candidate_eval_dir: str
+    candidate_model_dir: str
+    version: str | None
+    serving: str | None
+    attempts: int
+    decided_at: str
 
 
 # ---------------------------------------------------------------- scores
@@ -98,19 +128,12 @@ def best_run(run_dirs: Sequence[str | os.PathLike[str]], metric: str = "auc") ->
     return best[1]
 
 
-def final_model_dir(run_dir: str | os.PathLike[str]) -> Path:
-    """The fine-tuned model when there is one, else the stage-1 model."""
-    run_dir = Path(run_dir)
-    finetune = run_dir / "finetune"
-    return finetune if (finetune / MODEL_FILE).exists() else run_dir / "train"
-
-
 # ---------------------------------------------------------------- champion score
 
 
 def _champion_score(
     champion_uri: str, pointer: dict[str, Any] | None, metric: str, shards_dir: Any, cfg: Any, candidate: dict[str, Any]
-) -> dict[str, Any]:
+) -> ChampionScore:
     """Score the champion: re-evaluated on ``shards_dir`` when possible, else its stored metrics."""
     if pointer is None and not C.legacy_champion(champion_uri):
         return {"exists": False}
@@ -153,7 +176,7 @@ def _champion_score(
     return {"exists": True, "score": value, "source": f"stored {metrics_uri}", "same_test_data": same}
 
 
-def _decide(metric: str, candidate_score: float | None, champ: dict[str, Any]) -> tuple[bool, str]:
+def _decide(metric: str, candidate_score: float | None, champ: ChampionScore) -> tuple[bool, str]:
     champion_score = champ.get("score")
     if candidate_score is None:
         return False, f"candidate's {metric} is undefined (one-class test data?)"
@@ -189,6 +212,62 @@ def _check_candidate(eval_dir: Path, model_file: Path, metrics: dict[str, Any]) 
     return sha
 
 
+_REPLACED_KEYS = ("promoted_at", "score", "model", "policy", "model_sha256", "version")
+"""What the new pointer records of the champion it replaced."""
+
+
+def _check_outside(champion_uri: str, eval_dir: Path, model_dir: Path) -> None:
+    """A local champion location must be a directory outside the run it crowns (it would replace its inputs)."""
+    if storage.is_gcs(champion_uri):
+        return
+    where = storage.local(champion_uri).resolve()
+    if where.is_file():
+        raise DataError(f"{champion_uri}: is a file; the champion location must be a directory")
+    for given in (eval_dir, model_dir):
+        if where == given.resolve() or given.resolve() in where.parents:
+            raise DataError(
+                f"--champion {champion_uri}: inside the candidate's {given}; "
+                "choose a location outside the run it crowns"
+            )
+
+
+def _pointer_info(
+    metric: str, score_: float | None, metrics: dict[str, Any], sha: str, eval_dir: Path, model_dir: Path
+) -> dict[str, Any]:
+    """What the champion pointer and the version's marker record about the candidate."""
+    return {
+        "promoted_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "metric": metric,
+        "score": score_,
+        **{k: metrics.get(k) for k in ("model", "policy", "split", "n", "data_fingerprint", "config_digest")},
+        "model_sha256": sha,
+        "candidate_eval_dir": str(eval_dir),
+        "candidate_model_dir": str(model_dir),
+    }
+
+
+def _new_pointer(
+    champion_uri: str,
+    info: dict[str, Any],
+    version: str,
+    pointer: dict[str, Any] | None,
+    champ: ChampionScore,
+    serving: bool,
+) -> tuple[dict[str, Any], list[str]]:
+    """The pointer crowning ``version`` over ``pointer``, and every older version, newest first."""
+    previous = pointer or {}
+    history = [*([previous["version"]] if previous.get("version") else []), *previous.get("history", [])]
+    new_pointer = {
+        **info,
+        "version": version,
+        "serving": C.serving_uri(champion_uri, version) if serving else None,
+        "replaced": None if pointer is None else {k: previous.get(k) for k in _REPLACED_KEYS},
+        "replaced_score": champ.get("score"),
+        "history": history[: C.KEEP_VERSIONS],
+    }
+    return new_pointer, history
+
+
 def promote(
     candidate_eval_dir: str | os.PathLike[str],
     candidate_model_dir: str | os.PathLike[str],
@@ -200,7 +279,7 @@ def promote(
     out_dir: str | os.PathLike[str] | None = None,
     force: bool = False,
     serving: bool = True,
-) -> dict[str, Any]:
+) -> Decision:
     """Promote the candidate if it strictly beats the champion on ``metric``; returns the decision.
 
     ``metric`` names a TTA score (``auc``, ``f1``, ...; ``single.auc`` for single view).
@@ -222,20 +301,11 @@ def promote(
     candidate_score = score(candidate_metrics, metric, str(eval_dir / METRICS_FILE))
     model_file = model_dir / MODEL_FILE
     sha = _check_candidate(eval_dir, model_file, candidate_metrics)
-    if not storage.is_gcs(champion_uri):
-        where = storage.local(champion_uri).resolve()
-        if where.is_file():
-            raise DataError(f"{champion_uri}: is a file; the champion location must be a directory")
-        for given in (eval_dir, model_dir):
-            if where == given.resolve() or given.resolve() in where.parents:
-                raise DataError(
-                    f"--champion {champion_uri}: inside the candidate's {given}; choose a location "
-                    "outside the run it crowns"
-                )
+    _check_outside(champion_uri, eval_dir, model_dir)
 
     version: str | None = None
     committed = False
-    scored: dict[str, dict[str, Any]] = {}  # champion version -> its score (re-evaluated once per version)
+    scored: dict[str, ChampionScore] = {}  # champion version -> its score (re-evaluated once per version)
     try:
         for attempt in range(1, MAX_ATTEMPTS + 1):
             pointer, generation = C.read_pointer(champion_uri)
@@ -248,38 +318,11 @@ def promote(
             promoted, reason = _decide(metric, candidate_score, champ)
             if not promoted:
                 break
-            now = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-            info = {
-                "promoted_at": now,
-                "metric": metric,
-                "score": candidate_score,
-                "model": candidate_metrics.get("model"),
-                "policy": candidate_metrics.get("policy"),
-                "split": candidate_metrics.get("split"),
-                "n": candidate_metrics.get("n"),
-                "data_fingerprint": candidate_metrics.get("data_fingerprint"),
-                "config_digest": candidate_metrics.get("config_digest"),
-                "model_sha256": sha,
-                "candidate_eval_dir": str(eval_dir),
-                "candidate_model_dir": str(model_dir),
-            }
+            info = _pointer_info(metric, candidate_score, candidate_metrics, sha, eval_dir, model_dir)
             if version is None:
                 views = tuple((cfg.evaluate if cfg is not None else EvaluateConfig()).tta_views) if serving else None
                 version = C.upload_version(champion_uri, model_file, eval_dir / METRICS_FILE, info, serving_views=views)
-            previous = pointer or {}
-            history = [*([previous["version"]] if previous.get("version") else []), *previous.get("history", [])]
-            new_pointer = {
-                **info,
-                "version": version,
-                "serving": C.serving_uri(champion_uri, version) if serving else None,
-                "replaced": None
-                if pointer is None
-                else {
-                    k: previous.get(k) for k in ("promoted_at", "score", "model", "policy", "model_sha256", "version")
-                },
-                "replaced_score": champ.get("score"),
-                "history": history[: C.KEEP_VERSIONS],
-            }
+            new_pointer, history = _new_pointer(champion_uri, info, version, pointer, champ, serving)
             if C.swap_pointer(champion_uri, new_pointer, generation):
                 committed = True
                 C.collect_garbage(
@@ -294,7 +337,7 @@ def promote(
             C.discard_version(champion_uri, version)
     if champ.get("source"):
         reason += f"; champion score {champ['source']}"
-    decision = {
+    decision: Decision = {
         "promoted": committed,
         "reason": reason,
         "metric": metric,
@@ -317,6 +360,7 @@ def promote(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam promote`` options on ``parser``."""
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--eval", help="candidate's evaluate directory (metrics.json)")
     which.add_argument("--runs", nargs="+", help="run directories: promote the best evaluated one")
@@ -338,6 +382,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam promote`` (replace the champion model only if the candidate wins); returns the exit code."""
     from pcam.config import load_config
 
     cfg = load_config(args.config) if args.config else None

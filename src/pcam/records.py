@@ -54,6 +54,7 @@ def compression_type(compression: str) -> str:
 
 
 def encode_image(image: np.ndarray, encoding: str) -> bytes:
+    """One patch as the record's image bytes: raw uint8 pixels or PNG."""
     _check_encoding(encoding)
     if image.shape != IMAGE_SHAPE or image.dtype != np.uint8:
         raise DataError(f"expected a uint8 {IMAGE_SHAPE} image, got {image.dtype} {image.shape}")
@@ -143,6 +144,7 @@ class TFRecordFileWriter:
     """
 
     def __init__(self, path: str | os.PathLike[str], compression: str):
+        """Open ``path`` for TFRecords (``compression`` none or gzip), hashing as it writes."""
         compression_type(compression)
         self._sink = _HashingFile(path)
         self._gzip = (
@@ -152,26 +154,32 @@ class TFRecordFileWriter:
         )
 
     def write(self, record: bytes) -> None:
+        """Append one serialized record."""
         length = len(record).to_bytes(8, "little")
         (self._gzip or self._sink).write(b"".join((length, _masked_crc(length), record, _masked_crc(record))))
 
     def close(self) -> None:
+        """Flush and close the file."""
         if self._gzip is not None:
             self._gzip.close()  # writes the gzip trailer through the sink; leaves the file open
         self._sink.close()
 
     @property
     def sha256(self) -> str:
+        """The sha256 of the file as written to disk (final after :meth:`close`)."""
         return self._sink.hash.hexdigest()
 
     @property
     def bytes(self) -> int:
+        """Bytes written so far."""
         return self._sink.bytes
 
     def __enter__(self) -> TFRecordFileWriter:
+        """The writer itself."""
         return self
 
     def __exit__(self, *exc: object) -> None:
+        """Close the file."""
         self.close()
 
 

@@ -24,15 +24,14 @@ from typing import Any
 import numpy as np
 
 from pcam import IMAGE_SHAPE
+from pcam.artifacts import METRICS_FILE, MODEL_FILE
 from pcam.config import EvaluateConfig
 from pcam.errors import DataError
-from pcam.evaluate import MODEL_FILE
 
 log = logging.getLogger(__name__)
 
 DEFAULT_VIEWS: tuple[str, ...] = EvaluateConfig().tta_views
 """The evaluation's default TTA views; ``views=N`` takes the first N of them."""
-METRICS_FILE = "metrics.json"
 _FORWARD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -110,6 +109,7 @@ class Predictor:
     info: dict[str, Any] = field(default_factory=dict)
 
     def score(self, images: np.ndarray, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+        """(TTA mean probability, single-view probability) of every image, batched."""
         return score_images(self.model, images, self.views, batch_size)
 
 
@@ -142,7 +142,7 @@ def resolve_model_file(model: str, stack: contextlib.ExitStack) -> tuple[Path, P
             raise DataError(f"{path}: not a model (expected a directory holding {MODEL_FILE}, or a .keras file)")
         return path, _metrics_beside(path.parent)
     if not (path / MODEL_FILE).is_file():
-        from pcam.promote import final_model_dir
+        from pcam.artifacts import final_model_dir
 
         run_model = final_model_dir(path)
         if (run_model / MODEL_FILE).is_file():  # a run directory: train/ [+ finetune/] + evaluate/
@@ -218,7 +218,7 @@ def load_predictor(
     model: str, views: int | Sequence[str], stack: contextlib.ExitStack, operating_point_override: float | None = None
 ) -> Predictor:
     """Load and check ``model``; see :func:`resolve_model_file` for what it may name."""
-    from pcam.evaluate import load_model
+    from pcam.artifacts import load_model
     from pcam.fsutil import file_sha256
 
     names = view_names(views)
@@ -226,6 +226,7 @@ def load_predictor(
     keras_model = load_model(model_file)
     check_model(keras_model, model_file)
     sha = file_sha256(model_file)
+    point: float | None
     if operating_point_override is not None:
         point, source, target = float(operating_point_override), "--operating-point", None
     else:

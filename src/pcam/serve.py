@@ -128,6 +128,7 @@ class Scorer:
     """The SavedModel's signature plus request checks; no HTTP in here (the bench calls it in-process)."""
 
     def __init__(self, version_dir: str | os.PathLike[str], *, resize: bool = False) -> None:
+        """Load the SavedModel version in ``version_dir``; ``resize`` accepts other image sizes."""
         import tensorflow as tf
 
         from pcam.export import INPUT_NAME, SIGNATURE, read_meta
@@ -272,12 +273,15 @@ def build_server(version_dir: Path, *, name: str = DEFAULT_NAME, resize: bool = 
         async def predict(self, payload: Any, headers: dict[str, str] | None = None) -> Any:
             import asyncio
 
+            scorer = self.scorer
+            if scorer is None:  # kserve marks the model ready only after load(): a bug if reached
+                raise RuntimeError(f"model {self.name} is not loaded")
             try:
                 blobs, v2 = self._blobs(payload)
-                blobs = self.scorer.check(blobs)
+                blobs = scorer.check(blobs)
                 # TensorFlow releases the GIL: scoring in a worker thread keeps the event loop
                 # (health checks, other requests) answering meanwhile.
-                prob, single = await asyncio.get_running_loop().run_in_executor(None, self.scorer.score, blobs)
+                prob, single = await asyncio.get_running_loop().run_in_executor(None, scorer.score, blobs)
             except BadRequest as exc:
                 raise InvalidInput(str(exc)) from None
             if not v2:
@@ -291,7 +295,7 @@ def build_server(version_dir: Path, *, name: str = DEFAULT_NAME, resize: bool = 
                 InferOutput(key, [len(prob)], "FP32", data=values.tolist())
                 for key, values in (("probability", prob), ("single_probability", single))
             ]
-            return InferResponse(payload.id or "", self.name, outputs, model_version=self.scorer.version)
+            return InferResponse(payload.id or "", self.name, outputs, model_version=scorer.version)
 
     server = model_server.ModelServer(enable_grpc=False, workers=1)
     model = PcamModel()
@@ -369,6 +373,7 @@ def check_port(host: str, port: int) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam serve`` options on ``parser``."""
     parser.add_argument(
         "--model",
         required=True,
@@ -395,6 +400,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam serve`` (serve an exported model over HTTP (KServe v1 and v2 protocols)); returns the exit code."""
     from pcam.fsutil import is_remote
 
     if not is_remote(args.model):

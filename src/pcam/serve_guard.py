@@ -27,11 +27,13 @@ class RequestGuard:
     """
 
     def __init__(self, app: Any, max_body: int, model_name: str | None = None) -> None:
+        """Guard ``app``: bodies up to ``max_body`` bytes, requests for ``model_name`` only (when given)."""
         self.app = app
         self.max_body = max_body
         self.model_name = model_name
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        """Check a POST request's model, content type and size, then pass it to the app."""
         if scope["type"] != "http" or scope["method"] != "POST":
             return await self.app(scope, receive, send)
         asked = _MODEL_PATH.match(scope.get("path", ""))

@@ -78,6 +78,7 @@ CHUNK = 1024
 
 
 def shard_name(split: str, i: int, n: int) -> str:
+    """File name of shard ``i`` of ``n`` of a split (``train-00001-of-00004.tfrecord``)."""
     return f"{split}-{i:05d}-of-{n:05d}.tfrecord"
 
 
@@ -254,6 +255,7 @@ def load_index(shards_dir: str | os.PathLike[str], verify: bool = True) -> dict[
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam shard`` options on ``parser``."""
     parser.add_argument("--dataset", required=True, help="canonical dataset directory (from `pcam ingest`)")
     parser.add_argument("--split", required=True, help="split directory holding split.json (from `pcam split`)")
     parser.add_argument("--out", required=True, help="output directory for the shards and index.json")
@@ -263,6 +265,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam shard`` (augment and write TFRecord shards with index.json); returns the exit code."""
     cfg = load_config(args.config, {"seed": args.seed})
     index = write_shards(args.dataset, args.split, args.out, cfg.augment, cfg.shard, cfg.seed, force=args.force)
     for name, info in index["splits"].items():

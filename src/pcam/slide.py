@@ -154,6 +154,7 @@ class TileGrid:
     height0: int
 
     def origin(self, row: int, col: int) -> tuple[int, int]:
+        """Level-0 pixel coordinates (x, y) of the top-left corner of cell (row, col)."""
         return round(col * self.stride0), round(row * self.stride0)
 
     def cell_edges(self, n: int) -> np.ndarray:
@@ -330,7 +331,7 @@ def iter_tile_batches(
 
     OpenSlide is thread-safe and decodes outside the GIL, so reading overlaps the model.
     """
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import Future, ThreadPoolExecutor
 
     blocks = tile_blocks(grid, cells)
     pending_cells: list[np.ndarray] = []
@@ -338,9 +339,13 @@ def iter_tile_batches(
     held = 0
     with ThreadPoolExecutor(max_workers=workers) as pool:
         ahead = 2 * workers
-        futures = [pool.submit(read_tiles, slide, path, grid, b) for b in blocks[:ahead]]
+        futures: list[Future[np.ndarray] | None] = [
+            pool.submit(read_tiles, slide, path, grid, b) for b in blocks[:ahead]
+        ]
         for i, block in enumerate(blocks):
-            tiles = futures[i].result()
+            future = futures[i]
+            assert future is not None  # each block is consumed once, in order
+            tiles = future.result()
             futures[i] = None  # let the block's pixels go once consumed
             if i + ahead < len(blocks):
                 futures.append(pool.submit(read_tiles, slide, path, grid, blocks[i + ahead]))

@@ -17,6 +17,7 @@ rings.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -118,7 +119,7 @@ def _simplify(ring: list[tuple[int, int]]) -> list[tuple[int, int]]:
     return [*keep, keep[0]]
 
 
-def _area(ring: list[tuple[float, float]]) -> float:
+def _area(ring: Sequence[tuple[float, float]]) -> float:
     return 0.5 * sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(ring, ring[1:], strict=False))
 
 

@@ -65,6 +65,7 @@ class SlidePlan:
     """An opened slide, its grid and its tissue tiles: everything checked before any model runs."""
 
     def __init__(self, path: Path, mpp: float | None, stride: int, min_tissue: float):
+        """Open the slide, lay its tile grid and find the tissue tiles (``min_tissue`` share or more)."""
         self.path = path
         self.slide = open_slide(path)
         self.mpp0 = slide_mpp(self.slide, path, mpp)
@@ -80,6 +81,7 @@ class SlidePlan:
         self.stride, self.min_tissue = stride, min_tissue
 
     def identity(self, predictor: Predictor) -> dict[str, Any]:
+        """What a partial result must match to be resumed: the slide file, the model, the grid."""
         stat = self.path.stat()
         g = self.grid
         return {
@@ -100,6 +102,7 @@ class SlidePlan:
         }
 
     def close(self) -> None:
+        """Close the slide file."""
         self.slide.close()
 
 

@@ -18,6 +18,7 @@ import math
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -76,7 +77,7 @@ def write_slide(
             for k in range(levels):
                 ds = 2**k
                 width, height = math.ceil(width0 / ds), math.ceil(height0 / ds)
-                extra = {}
+                extra: dict[str, Any] = {}
                 if resolution:
                     per_cm = 1e4 / (mpp0 * ds)
                     extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}

@@ -79,15 +79,15 @@ def split_dataset(
     check_output(out_dir, "split", inputs=[dataset_dir], force=force)
     if mode not in MODES:
         raise ConfigError(f"config key 'split.mode': unknown mode {mode!r}; expected one of {', '.join(MODES)}")
-    ratios = tuple(float(r) for r in ratios)
-    if len(ratios) != 3 or any(r < 0 for r in ratios) or abs(sum(ratios) - 1) > 1e-6:
-        raise ConfigError(
-            f"config key 'split.ratios': need three non-negative numbers summing to 1, got {list(ratios)}"
-        )
+    given = [float(r) for r in ratios]
+    if len(given) != 3 or any(r < 0 for r in given) or abs(sum(given) - 1) > 1e-6:
+        raise ConfigError(f"config key 'split.ratios': need three non-negative numbers summing to 1, got {given}")
+    ratios = (given[0], given[1], given[2])
     ds = open_dataset(dataset_dir, verify=False)
     labels = ds.labels
     slides = ds.slides
     notes: list[str] = []
+    origin: dict[str, dict[str, Any]]
     if mode == "random":
         assignment = _assign(np.arange(len(labels)), labels, slides, ratios, seed)
         origin = {s: {"from": "all", "carved": True, "text": "a random share of all patches"} for s in SPLITS}
@@ -115,7 +115,7 @@ def split_dataset(
 
 def _official(
     ds: CanonicalDataset, ratios: tuple[float, float, float], seed: int
-) -> tuple[dict[str, np.ndarray], list[str], dict[str, str]]:
+) -> tuple[dict[str, np.ndarray], list[str], dict[str, dict[str, Any]]]:
     """Source splits kept; (assignment, notes, origin of each split)."""
     source = ds.meta["source_split"].to_numpy(dtype=str)
     out = {s: np.flatnonzero(source == s) for s in SPLITS}
@@ -304,6 +304,7 @@ def load_split(split_dir: str | os.PathLike[str]) -> dict[str, np.ndarray]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam split`` options on ``parser``."""
     parser.add_argument("--dataset", required=True, help="canonical dataset directory (from `pcam ingest`)")
     parser.add_argument("--out", required=True, help="output directory for split.json")
     parser.add_argument("--mode", choices=MODES, default=None, help="random (default) or official")
@@ -316,6 +317,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam split`` (split a dataset: stratified random (grouped by slide) or official); returns the exit code."""
     from pcam.config import load_config
 
     cfg = load_config(args.config, {"split.mode": args.mode, "split.ratios": args.ratios, "seed": args.seed})

@@ -343,17 +343,20 @@ def promote(run_dirs: Sequence[str], shards_dir: str, config_yaml: str, decision
         result = {"promoted": False, "reason": "no champion location (promote.champion_uri) configured"}
     else:
         from pcam import promote as champion
+        from pcam.artifacts import final_model_dir
 
         best = champion.best_run([Path(r) for r in run_dirs], cfg.promote.metric)
         with tempfile.TemporaryDirectory() as tmp:  # decision.json: returned, not written into an input
-            result = champion.promote(
-                best / "evaluate",
-                champion.final_model_dir(best),
-                cfg.promote.champion_uri,
-                cfg.promote.metric,
-                shards_dir=shards_dir,
-                cfg=cfg,
-                out_dir=tmp,
+            result = dict(
+                champion.promote(
+                    best / "evaluate",
+                    final_model_dir(best),
+                    cfg.promote.champion_uri,
+                    cfg.promote.metric,
+                    shards_dir=shards_dir,
+                    cfg=cfg,
+                    out_dir=tmp,
+                )
             )
         result = {**result, "candidate": json.loads((best / "pair.json").read_text())}
     lines = ["# Champion decision", "", *(f"- **{key}**: {value}" for key, value in result.items())]
@@ -415,7 +418,7 @@ def predict(model_uri: str, source_uri: str, out: str, **options: Any) -> dict[s
     from pcam.predict import predict as run_predict
 
     logging.basicConfig(level=logging.INFO)
-    return run_predict(model_uri, [source_uri], out, progress=False, **options)
+    return dict(run_predict(model_uri, [source_uri], out, progress=False, **options))
 
 
 def list_source(source_uri: str, kind: str) -> list[str]:

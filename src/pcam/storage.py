@@ -43,6 +43,7 @@ from typing import Any
 
 from pcam.errors import DataError
 from pcam.fsutil import atomic_path, temp_dir_beside
+from pcam.fsutil import local_path as local  # the one rule for plain paths and file:// URIs
 
 log = logging.getLogger(__name__)
 
@@ -61,13 +62,8 @@ def _env_float(name: str, default: float) -> float:
 
 
 def is_gcs(uri: str | os.PathLike[str]) -> bool:
+    """Whether ``uri`` is a ``gs://`` URI (everything else is a local path here)."""
     return str(uri).startswith("gs://")
-
-
-def local(uri: str | os.PathLike[str]) -> Path:
-    """The local path of a plain path or ``file://`` URI."""
-    text = str(uri)
-    return Path(text[len("file://") :] if text.startswith("file://") else text).expanduser()
 
 
 def split_gcs(uri: str) -> tuple[str, str]:
@@ -268,6 +264,7 @@ def walk(uri: str) -> list[str]:
 
 
 def read_bytes(uri: str) -> bytes:
+    """The content of a local file or a gs:// object; DataError naming it when missing."""
     if not is_gcs(uri):
         try:
             return local(uri).read_bytes()

@@ -14,13 +14,18 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from pcam.artifacts import final_model_dir
 from pcam.config import TRANSFER_MODELS, ExperimentConfig, load_config
 from pcam.errors import DataError
 from pcam.fsutil import check_output, mark_directory, read_json, write_json
+
+if TYPE_CHECKING:
+    from pcam.report import Summary
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +63,7 @@ def step_seconds_from_runs(run_dirs: list[Path]) -> dict[str, float]:
         totals[step] = round(totals.get(step, 0.0) + float(seconds or 0.0), 2)
 
     for run_dir in map(Path, run_dirs):
-        model_dir = run_dir / "finetune" if (run_dir / "finetune").is_dir() else run_dir / "train"
+        model_dir = final_model_dir(run_dir)
         if (model_dir / "history.json").exists():
             for epoch in read_json(model_dir / "history.json"):
                 add(epoch.get("stage", "train"), epoch.get("seconds"))
@@ -119,11 +124,14 @@ def _check_study_resumable(out: Path, identity: dict[str, str]) -> None:
 
 
 class _StepTimer:
+    """Wall seconds per step name."""
+
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
 
     @contextmanager
-    def step(self, name: str):
+    def step(self, name: str) -> Iterator[None]:
+        """Log the step's start and add its wall time to :attr:`seconds` (summed over repeats)."""
         log.info("── %s", name)
         start = time.perf_counter()
         try:
@@ -132,29 +140,11 @@ class _StepTimer:
             self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - start, 2)
 
 
-def run_study(
-    cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, resume: bool = True, force: bool = False
-) -> dict[str, Any]:
-    """Run every (model, policy) pair of ``cfg`` and build the report; returns the report's summary.
+def _data_steps(cfg: ExperimentConfig, out: Path, timer: _StepTimer) -> None:
+    """Ingest (generating the synthetic source first if asked), split and shard under ``out``."""
+    from pcam import ingest, shard, split
 
-    Rerun into the same ``out_dir``, data steps are redone and training resumes from its
-    checkpoints only where they were made by the same settings and data (else it stops,
-    unless ``resume`` is False).
-    """
-    from pcam import evaluate, ingest, report, shard, split, train
-
-    source_input = None if cfg.data.source in ("official", "synthetic") else cfg.data.source
-    out = check_output(out_dir, STUDY_KIND, inputs=[source_input], force=force)
-    identity = study_identity(cfg)
-    if resume:
-        _check_study_resumable(out, identity)
-    out.mkdir(parents=True, exist_ok=True)
-    mark_directory(out, STUDY_KIND)
-    write_json(out / STUDY_FILE, {"identity": identity})
-    out = Path(out_dir)
-    timer = _StepTimer()
     dataset_dir, split_dir, shards_dir = out / "dataset", out / "split", out / "shards"
-
     with timer.step("ingest"):
         source, fmt = cfg.data.source, cfg.data.format
         if source == "synthetic":
@@ -175,22 +165,63 @@ def run_study(
     with timer.step("shard"):
         shard.write_shards(dataset_dir, split_dir, shards_dir, cfg.augment, cfg.shard, cfg.seed)
 
-    run_dirs = []
+
+def _pair(
+    cfg: ExperimentConfig, pair_dir: Path, shards_dir: Path, pair: tuple[str, str], timer: _StepTimer, *, resume: bool
+) -> Path:
+    """Train (and fine-tune, for a transfer model with fine-tune epochs) one pair; evaluate its final model.
+
+    Returns:
+        The directory of the model that was evaluated.
+    """
+    from pcam import evaluate, train
+
+    model_name, policy = pair
+    pair_dir.mkdir(parents=True, exist_ok=True)
+    write_json(pair_dir / "pair.json", {"model": model_name, "policy": policy})
+    with timer.step("train"):
+        train.train(shards_dir, pair_dir / "train", cfg, model_name, policy, resume=resume)
+    # The stage this call ran decides, not what is on disk: a rerun with fine-tuning
+    # switched off must not evaluate (or crown) an earlier run's finetune/model.keras.
+    final_dir = pair_dir / "train"
+    if model_name in TRANSFER_MODELS and cfg.model(model_name).finetune_epochs > 0:
+        with timer.step("finetune"):
+            train.finetune(final_dir, shards_dir, pair_dir / "finetune", cfg, model_name, policy, resume=resume)
+        final_dir = pair_dir / "finetune"
+    with timer.step("evaluate"):
+        evaluate.evaluate(final_dir, shards_dir, pair_dir / "evaluate", cfg)
+    return final_dir
+
+
+def run_study(
+    cfg: ExperimentConfig, out_dir: str | os.PathLike[str], *, resume: bool = True, force: bool = False
+) -> Summary:
+    """Run every (model, policy) pair of ``cfg`` and build the report; returns the report's summary.
+
+    Rerun into the same ``out_dir``, data steps are redone and training resumes from its
+    checkpoints only where they were made by the same settings and data (else it stops,
+    unless ``resume`` is False).
+    """
+    from pcam import report
+
+    source_input = None if cfg.data.source in ("official", "synthetic") else cfg.data.source
+    out = check_output(out_dir, STUDY_KIND, inputs=[source_input], force=force)
+    identity = study_identity(cfg)
+    if resume:
+        _check_study_resumable(out, identity)
+    out.mkdir(parents=True, exist_ok=True)
+    mark_directory(out, STUDY_KIND)
+    write_json(out / STUDY_FILE, {"identity": identity})
+    out = Path(out_dir)
+    timer = _StepTimer()
+    dataset_dir, shards_dir = out / "dataset", out / "shards"
+    _data_steps(cfg, out, timer)
+    final_dirs: dict[Path, Path] = {}  # run directory -> the directory of the model it evaluated
     for model_name in cfg.train.models:
         for policy in cfg.train.policies:
             pair_dir = out / "runs" / f"{model_name}-{policy}"
-            pair_dir.mkdir(parents=True, exist_ok=True)
-            write_json(pair_dir / "pair.json", {"model": model_name, "policy": policy})
-            with timer.step("train"):
-                train.train(shards_dir, pair_dir / "train", cfg, model_name, policy, resume=resume)
-            final_dir = pair_dir / "train"
-            if model_name in TRANSFER_MODELS and cfg.model(model_name).finetune_epochs > 0:
-                with timer.step("finetune"):
-                    train.finetune(final_dir, shards_dir, pair_dir / "finetune", cfg, model_name, policy, resume=resume)
-                final_dir = pair_dir / "finetune"
-            with timer.step("evaluate"):
-                evaluate.evaluate(final_dir, shards_dir, pair_dir / "evaluate", cfg)
-            run_dirs.append(pair_dir)
+            final_dirs[pair_dir] = _pair(cfg, pair_dir, shards_dir, (model_name, policy), timer, resume=resume)
+    run_dirs = list(final_dirs)
 
     with timer.step("report"):
         context = run_context(cfg, dataset_dir, shards_dir, timer.seconds)
@@ -201,10 +232,9 @@ def run_study(
 
         with timer.step("promote"):
             best = promote.best_run(run_dirs, cfg.promote.metric)
-            model_dir = best / "finetune" if (best / "finetune").exists() else best / "train"
             summary["promotion"] = promote.promote(
                 best / "evaluate",
-                model_dir,
+                final_dirs[best],
                 cfg.promote.champion_uri,
                 cfg.promote.metric,
                 shards_dir=shards_dir,
@@ -216,6 +246,7 @@ def run_study(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam run`` options on ``parser``."""
     parser.add_argument("--config", required=True, help="experiment YAML (configs/demo.yaml, configs/paper.yaml)")
     parser.add_argument("--out", required=True, help="output directory (created)")
     parser.add_argument("--source", help="override data.source (path, gs://, https://, official, synthetic)")
@@ -233,6 +264,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam run`` (run the whole study in-process: ingest to report); returns the exit code."""
     overrides: dict[str, Any] = {}
     if args.source:
         overrides["data.source"] = args.source

@@ -40,8 +40,7 @@ import pandas as pd
 import scipy.fft as sfft
 
 from pcam.argtypes import integer
-from pcam.config import SyntheticConfig
-from pcam.errors import ConfigError
+from pcam.config import SyntheticConfig, check_bounds
 from pcam.fsutil import atomic_dir, write_json
 
 log = logging.getLogger(__name__)
@@ -70,15 +69,8 @@ def write_synthetic(out_dir: str | os.PathLike[str], sizes: SyntheticConfig, see
     Deterministic for ``(sizes, seed)``. The directory is built under a temporary name
     and renamed into place, so an interrupted run leaves nothing behind.
     """
+    check_bounds(sizes, "data.synthetic")  # the ranges the config loader checks, for sizes built in code
     counts = {"train": sizes.train, "valid": sizes.valid, "test": sizes.test}
-    for split, n in counts.items():
-        if n < 2:
-            raise ConfigError(f"config key 'data.synthetic.{split}': need at least 2 patches (one per label), got {n}")
-    if sizes.slides < 2 * len(SPLIT_NAMES):
-        raise ConfigError(
-            f"config key 'data.synthetic.slides': need at least {2 * len(SPLIT_NAMES)} "
-            f"(a tumor and a normal slide per split), got {sizes.slides}"
-        )
     slides_per_split = _slides_per_split(counts, sizes.slides)
     out = Path(out_dir)
     with atomic_dir(out, "synthetic", force=force) as tmp:
@@ -267,6 +259,7 @@ def draw_patches(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam synth`` options on ``parser``."""
     defaults = SyntheticConfig()
     parser.add_argument("--out", required=True, help="output directory (official HDF5 layout)")
     parser.add_argument("--train", type=integer, default=defaults.train, help="training patches")
@@ -278,10 +271,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Run ``pcam synth`` (write synthetic PCam files in the official HDF5 format); returns the exit code."""
     from pcam.config import load_config
 
     cfg = load_config(
-        None,
+        "",
         {
             "seed": args.seed,
             "data.synthetic": {"train": args.train, "valid": args.valid, "test": args.test, "slides": args.slides},

@@ -8,6 +8,7 @@ from pcam.config import load_config
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``pcam finetune`` options on ``parser``."""
     from pcam.train import add_common_arguments
 
     parser.add_argument("--trained", required=True, help="output directory of `pcam train` (model.keras, history.json)")
@@ -15,14 +16,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pcam.train import finetune
+    """Run ``pcam finetune`` (fine-tune a trained transfer model with top layers unfrozen); returns the exit code."""
+    from pcam.train import finetune, summary_line
 
     cfg = load_config(args.config)
     summary = finetune(
         args.trained, args.shards, args.out, cfg, args.model, args.policy, resume=args.resume, force=args.force
     )
-    print(
-        f"fine-tuned {summary['model']}/{summary['policy']}: best {summary['monitor']} "
-        f"{summary['best']} at epoch {summary['best_epoch']}; model {summary['model_path']}"
-    )
+    print(summary_line("fine-tuned", summary))
     return 0

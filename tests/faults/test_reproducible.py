@@ -127,7 +127,7 @@ def test_same_config_and_seed_give_byte_identical_dataset_split_and_shards(chain
 
 
 def _weights(run: Path) -> list[np.ndarray]:
-    from pcam.models import load_model
+    from pcam.artifacts import load_model
 
     return load_model(run / "model.keras", compile=False).get_weights()
 

@@ -8,6 +8,7 @@ from PIL import Image
 from sklearn import metrics as skm
 
 from pcam import evaluate as E
+from pcam.artifacts import load_model
 from pcam.config import ExperimentConfig, config_from_dict
 from pcam.errors import DataError
 
@@ -107,14 +108,14 @@ def test_evaluate_arrays_metrics_agree_with_sklearn(real_patches):
     images, labels, ids = real_patches
     model = _colour_model(images, labels)
     out = E.evaluate_arrays(model, images, labels, ids, views=VIEWS5, batch_size=32, progress=False)
-    arrays = out["_arrays"]
-    assert out["n"] == 120 and out["positives"] == 60 and out["n_views"] == 5
-    assert out["tta"]["auc"] == pytest.approx(skm.roc_auc_score(labels, arrays["probability"]))
-    assert out["single"]["auc"] == pytest.approx(skm.roc_auc_score(labels, arrays["single_probability"]))
-    assert out["tta"]["f1"] == pytest.approx(skm.f1_score(labels, arrays["vote"], zero_division=0))
-    assert out["tta"]["auc"] > 0.6  # mean colour separates PCam classes somewhat
-    single = (arrays["single_probability"] >= 0.5).astype(int)
-    assert out["single"]["accuracy"] == pytest.approx(skm.accuracy_score(labels, single))
+    arrays, m = out.arrays, out.metrics
+    assert m["n"] == 120 and m["positives"] == 60 and m["n_views"] == 5
+    assert m["tta"]["auc"] == pytest.approx(skm.roc_auc_score(labels, arrays.probability))
+    assert m["single"]["auc"] == pytest.approx(skm.roc_auc_score(labels, arrays.single_probability))
+    assert m["tta"]["f1"] == pytest.approx(skm.f1_score(labels, arrays.vote, zero_division=0))
+    assert m["tta"]["auc"] > 0.6  # mean colour separates PCam classes somewhat
+    single = (arrays.single_probability >= 0.5).astype(int)
+    assert m["single"]["accuracy"] == pytest.approx(skm.accuracy_score(labels, single))
 
 
 def test_identity_is_scored_even_when_not_a_voting_view(real_patches):
@@ -122,25 +123,37 @@ def test_identity_is_scored_even_when_not_a_voting_view(real_patches):
     model = _flat_model()
     out = E.evaluate_arrays(model, images[:20], labels[:20], ids[:20], views=("hflip", "vflip"), progress=False)
     direct = model.predict(images[:20].astype(np.float32), verbose=0)[:, 0]
-    np.testing.assert_allclose(out["_arrays"]["single_probability"], direct, atol=1e-5)
+    np.testing.assert_allclose(out.arrays.single_probability, direct, atol=1e-5)
     hv = np.stack(
         [model.predict(NUMPY_VIEWS[n](images[:20]).astype(np.float32), verbose=0)[:, 0] for n in ("hflip", "vflip")]
     )
-    np.testing.assert_allclose(out["_arrays"]["probability"], hv.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(out.arrays.probability, hv.mean(axis=0), atol=1e-5)
+
+
+def test_an_evaluation_can_be_written_twice_and_is_not_changed_by_writing(real_patches, tmp_path):
+    images, labels, ids = real_patches
+    out = E.evaluate_arrays(_flat_model(), images[:12], labels[:12], ids[:12], views=VIEWS5, progress=False)
+    before = json.dumps(out.metrics, sort_keys=True, default=str)
+    E.write_evaluation(tmp_path / "a", out)
+    E.write_evaluation(tmp_path / "b", out)  # the arrays used to be popped out of the result: KeyError here
+    assert json.dumps(out.metrics, sort_keys=True, default=str) == before
+    assert (tmp_path / "a" / "predictions.csv").read_text() == (tmp_path / "b" / "predictions.csv").read_text()
+    written = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert written["n"] == 12 and "_arrays" not in written and "arrays" not in written
 
 
 def test_one_class_split_gives_null_auc_and_a_note(real_patches):
     images, labels, ids = real_patches
     out = E.evaluate_arrays(_flat_model(), images[:10], labels[:10], ids[:10], views=VIEWS5, progress=False)
-    assert math.isnan(out["tta"]["auc"]) and out["notes"]
+    assert math.isnan(out.metrics["tta"]["auc"]) and out.metrics["notes"]
 
 
 def test_load_model_errors_name_the_file(tmp_path):
     with pytest.raises(DataError, match="model.keras: model file missing"):
-        E.load_model(tmp_path)
+        load_model(tmp_path)
     (tmp_path / "model.keras").write_bytes(b"not a zip file at all")
     with pytest.raises(DataError, match=r"model\.keras: not a readable Keras model"):
-        E.load_model(tmp_path)
+        load_model(tmp_path)
 
 
 def test_evaluate_writes_all_outputs_from_shards(tiny_shards, tmp_path):

@@ -43,7 +43,8 @@ def test_layout_is_what_tf_serving_loads(exported):
 def test_savedmodel_equals_keras_tta_on_real_patches(exported, cnn_model_dir, pcam_sample):
     import tensorflow as tf
 
-    from pcam.evaluate import load_model, predict_views
+    from pcam.artifacts import load_model
+    from pcam.evaluate import predict_views
 
     jpegs, pixels = real_jpegs(pcam_sample)
     probs = predict_views(load_model(cnn_model_dir), pixels, VIEWS, progress=False)  # (V, N), identity first

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from pcam.artifacts import load_model
 from pcam.config import ModelConfig
 from pcam.errors import ConfigError
 from pcam.models import (
@@ -13,7 +14,6 @@ from pcam.models import (
     _load_base_weights,
     base_network,
     build_model,
-    load_model,
     set_trainable_for_stage,
 )
 from pcam.train import compile_model

@@ -47,7 +47,7 @@ def _candidate(root, name, model, images, labels, ids):
     model_dir.mkdir(parents=True)
     model.save(model_dir / "model.keras")
     result = E.evaluate_arrays(model, images, labels, ids, views=VIEWS, progress=False)
-    result.update(
+    result.metrics.update(
         {
             "split": "test",
             "model": name,

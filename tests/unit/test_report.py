@@ -76,7 +76,7 @@ def make_run(root, model, policy, seed, patches, *, finetune=False, one_class=Fa
             run / "finetune" / "train.json", {"model": model, "policy": policy, "train_seconds": 6.0, "params": 1234}
         )
     result = E.evaluate_arrays(_model(seed), images, labels, ids, views=VIEWS, progress=False)
-    result.update({"split": "test", "model": model, "policy": policy})
+    result.metrics.update({"split": "test", "model": model, "policy": policy})
     E.write_evaluation(run / "evaluate", result)
     return run
 

@@ -46,7 +46,8 @@ def model_dirs(cnn_model_dir, cnn_champion) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def reference(model_dirs, pcam_sample):
     """Real JPEG bytes and the Keras model's (V, N) view probabilities on their Pillow pixels."""
-    from pcam.evaluate import load_model, predict_views
+    from pcam.artifacts import load_model
+    from pcam.evaluate import predict_views
 
     jpegs, pixels = real_jpegs(pcam_sample, per_class=16)
     return jpegs, pixels, predict_views(load_model(model_dirs[0]), pixels, VIEWS, progress=False)

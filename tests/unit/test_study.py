@@ -1,10 +1,12 @@
 """`pcam run`: the whole study in-process on tiny real data."""
 
 import csv
+import json
 
 import yaml
 
 from pcam.cli import main
+from pcam.fsutil import file_sha256
 
 
 def test_pcam_run_writes_a_row_per_pair_and_a_report_with_plots(tmp_path, pcam_sample):
@@ -17,6 +19,7 @@ def test_pcam_run_writes_a_row_per_pair_and_a_report_with_plots(tmp_path, pcam_s
         "defaults": {"epochs": 1, "batch_size": 16},
         "train": {"models": ["logreg", "cnn"], "policies": ["constant", "plateau"]},
         "evaluate": {"batch_size": 64},
+        "promote": {"champion_uri": str(tmp_path / "champion")},
     }
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -42,7 +45,12 @@ def test_pcam_run_writes_a_row_per_pair_and_a_report_with_plots(tmp_path, pcam_s
     assert "test (slide-disjoint from train: yes)" in html and "train / valid: MAY SHARE SLIDES" in html
     assert {r["slide_disjoint_from_train"] for r in rows} == {"yes"}
     steps = yaml.safe_load((out / "steps.json").read_text())
-    assert {"ingest", "split", "shard", "train", "evaluate", "report"} <= set(steps)
+    assert {"ingest", "split", "shard", "train", "evaluate", "report", "promote"} <= set(steps)
+    # the first champion: the best evaluated run's own model, as that run's evaluation scored it
+    pointer = json.loads((tmp_path / "champion" / "champion.json").read_text())
+    best = out / "runs" / f"{pointer['model']}-{pointer['policy']}"
+    assert pointer["model_sha256"] == file_sha256(best / "train" / "model.keras")
+    assert pointer["model_sha256"] == json.loads((best / "evaluate" / "metrics.json").read_text())["model_sha256"]
 
 
 def test_step_seconds_are_summed_from_the_pairs_outputs(tmp_path):
@@ -55,6 +63,8 @@ def test_step_seconds_are_summed_from_the_pairs_outputs(tmp_path):
         tmp_path / "resnet50-constant" / "finetune" / "history.json",
         [*history, {"epoch": 2, "stage": "finetune", "seconds": 7.0}],
     )
+    # a finished fine-tune leaves its model (pcam.artifacts.final_model_dir looks for it)
+    (tmp_path / "resnet50-constant" / "finetune" / "model.keras").write_bytes(b"")
     for name in ("cnn-constant", "resnet50-constant"):
         write_json(tmp_path / name / "evaluate" / "metrics.json", {"seconds": 2.0})
     assert step_seconds_from_runs([tmp_path / "cnn-constant", tmp_path / "resnet50-constant"]) == {

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pcam.artifacts import load_model
 from pcam.cli import main
 from pcam.config import ModelConfig, TrainConfig, config_from_dict
 from pcam.errors import ConfigError
-from pcam.models import build_model, load_model
+from pcam.models import build_model
 from pcam.policies import PlateauLR, make_policy
 from pcam.train import HISTORY_COLUMNS, compile_model, finetune, fit_model, load_checkpoint, train
 from tests.unit._train_helpers import datasets, load_real

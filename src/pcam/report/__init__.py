@@ -100,7 +100,7 @@ class Summary(TypedDict):
     synthetic: bool
     split_mode: str
     split_warnings: list[str]
-    promotion: NotRequired[dict[str, Any]]
+    promotion: NotRequired[Mapping[str, Any]]
     """Added by ``pcam run`` when it promotes the best model (:func:`pcam.promote.promote`)."""
 
 
