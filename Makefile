@@ -62,8 +62,8 @@ test: setup ## Run the whole test suite (what CI runs)
 test-fast: setup ## Unit tests and in-process component bodies, without the slow ones (~3 min)
 	$(BIN)/python -m pytest -q tests/unit tests/components/test_python_func.py tests/components/test_report_component.py -m "not slow"
 
-test-gcs-pipeline: setup ## The whole kfp.local pipeline with source, checkpoints and champion on gs:// (fake-gcs-server; 400 s at load 15, outside make test)
-	$(BIN)/python -m pytest -q tests/storage/gcs_pipeline_run.py
+test-gcs-pipeline: setup ## Only the whole kfp.local pipeline with source, checkpoints and champion on gs:// (fake-gcs-server; 75 s; part of make test)
+	$(BIN)/python -m pytest -q tests/storage/test_gcs_pipeline.py
 
 LINT_PATHS = src tests components pipelines bench scripts
 lint: setup ## ruff format check, ruff (with Google docstrings), mypy on src/pcam, shellcheck
