@@ -1,12 +1,12 @@
 """Per-epoch training checkpoints, local or on gs://, through :mod:`pcam.storage`.
 
 A checkpoint is a folder ``<root>/epoch-NNNNN/`` holding ``variables.npz`` (every
-model and optimizer variable, in order) and ``state.json`` (epoch, history, LR-policy
-state, best metric), written last as the commit marker: a folder without it is
-ignored. Locally the folder is built under a temporary name and renamed; on gs:// the
-objects are uploaded one by one, each atomic, ``state.json`` last. The previous
-checkpoint is deleted only once the new one is complete, so a kill at any moment
-leaves at least one complete checkpoint (after the first).
+model and optimizer variable, keyed by its path; a restore checks names and shapes)
+and ``state.json`` (epoch, history, LR-policy state, best metric), written last as the
+commit marker: a folder without it is ignored. Locally the folder is built under a
+temporary name and renamed; on gs:// the objects are uploaded one by one, each atomic,
+``state.json`` last. The previous checkpoint is deleted only once the new one is
+complete, so a kill at any moment leaves at least one complete checkpoint (after the first).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import io
 import json
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +66,25 @@ def _variables(model: Any) -> list[Any]:
     return list(model.variables) + list(model.optimizer.variables)
 
 
+def _variable_keys(variables: list[Any]) -> list[str]:
+    """Each variable's path, stable across processes.
+
+    Keras makes the first segment unique per process (``adam`` then ``adam_1``,
+    ``seed_generator_3``...), so a second model built in one process, or a resume in a
+    process that built other models first, would not find its own names. The key drops
+    that numeric suffix and counts repeats in the (deterministic) variable order instead.
+    """
+    seen: dict[str, int] = {}
+    keys = []
+    for variable in variables:
+        head, sep, rest = variable.path.partition("/")
+        base = re.sub(r"_\d+$", "", head) + sep + rest
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        keys.append(base if count == 0 else f"{base}#{count}")
+    return keys
+
+
 def _ensure_optimizer_built(model: Any) -> None:
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
@@ -76,8 +96,10 @@ def save_checkpoint(root: str, model: Any, state: dict[str, Any]) -> str:
     name = f"{CHECKPOINT_PREFIX}{epoch:05d}"
     final = storage.join(root, name)
     _ensure_optimizer_built(model)
-    arrays = {f"v{i:05d}": np.asarray(v.numpy()) for i, v in enumerate(_variables(model))}
-    state = {**state, "variable_paths": [v.path for v in _variables(model)]}
+    # Keyed by each variable's path, so a restore matches variables by name and a changed
+    # model is named, not silently misassigned (see _variable_keys).
+    variables = _variables(model)
+    arrays = {key: np.asarray(v.numpy()) for key, v in zip(_variable_keys(variables), variables, strict=True)}
     with tempfile.TemporaryDirectory(prefix="pcam-ckpt-") as scratch:
         # numpy's stub types **kwds like its allow_pickle flag (bool); the arrays are what savez stores
         np.savez(Path(scratch) / VARIABLES_FILE, **arrays)  # type: ignore[arg-type]
@@ -114,22 +136,27 @@ def load_checkpoint(root: str, model: Any) -> dict[str, Any] | None:
         return None
     epoch, path = checkpoints[-1]
     state = read_state(path)
-    arrays = np.load(io.BytesIO(storage.read_bytes(storage.join(path, VARIABLES_FILE))))
-    values = [arrays[f"v{i:05d}"] for i in range(len(arrays.files))]
+    with np.load(io.BytesIO(storage.read_bytes(storage.join(path, VARIABLES_FILE)))) as npz:
+        saved = {name: npz[name] for name in npz.files}
     _ensure_optimizer_built(model)
-    variables = _variables(model)
-    shapes_ok = len(values) == len(variables) and all(
-        tuple(v.shape) == a.shape for v, a in zip(variables, values, strict=False)
-    )
-    if not shapes_ok:
-        raise DataError(
-            f"{path}: checkpoint does not match this model ({len(values)} saved variables, "
-            f"{len(variables)} in the model); delete it or pass --no-resume"
-        )
-    for variable, value in zip(variables, values, strict=True):
-        variable.assign(value)
+    model_variables = _variables(model)
+    variables = dict(zip(_variable_keys(model_variables), model_variables, strict=True))
+    _check_paths(path, saved, variables)
+    for name, variable in variables.items():
+        variable.assign(saved[name])
     log.info("resuming from checkpoint %s (epoch %d done)", path, epoch)
     return state
+
+
+def _check_paths(path: str, saved: dict[str, np.ndarray], variables: dict[str, Any]) -> None:
+    """Refuse a checkpoint whose variables are not exactly this model's, by path and shape."""
+    missing, extra = sorted(set(variables) - set(saved)), sorted(set(saved) - set(variables))
+    wrong = [name for name, v in variables.items() if name in saved and tuple(v.shape) != saved[name].shape]
+    if missing or extra or wrong:
+        raise DataError(
+            f"{path}: checkpoint does not match this model (missing {missing[:3]}, unexpected {extra[:3]}, "
+            f"other shapes {wrong[:3]}); delete it or pass --no-resume"
+        )
 
 
 # ---------------------------------------------------------------- which run made a checkpoint

@@ -12,7 +12,7 @@ import pytest
 from pcam.artifacts import load_model
 from pcam.cli import main
 from pcam.config import ModelConfig, TrainConfig, config_from_dict
-from pcam.errors import ConfigError
+from pcam.errors import ConfigError, DataError
 from pcam.models import build_model
 from pcam.policies import PlateauLR, make_policy
 from pcam.train import HISTORY_COLUMNS, compile_model, finetune, fit_model, load_checkpoint, train
@@ -98,6 +98,26 @@ def test_no_resume_starts_over(real, tmp_path):
     _, summary = _fit(real, tmp_path, 1, resume=False)
     assert summary["resumed_from"] == [] and summary["last_epoch"] == 1
     assert load_checkpoint(str(tmp_path / "checkpoint"), build_and_compile())["epoch"] == 1
+
+
+def test_checkpoint_is_keyed_by_variable_path_and_a_changed_model_is_named(tmp_path):
+    from pcam.checkpoint import save_checkpoint
+
+    model = build_and_compile()
+    model.get_layer(model.layers[-1].name).kernel.assign(np.full(model.layers[-1].kernel.shape, 0.25))
+    save_checkpoint(str(tmp_path), model, {"epoch": 1})
+    with np.load(tmp_path / "epoch-00001" / "variables.npz") as saved:
+        assert "prediction/kernel" in saved.files and "sgd/prediction_kernel_momentum" in saved.files
+    fresh = build_and_compile()
+    assert load_checkpoint(str(tmp_path), fresh)["epoch"] == 1
+    for a, b in zip(model.variables, fresh.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    other = build_model("cnn", ModelConfig(cnn_filters=(4,), cnn_head="gap"))
+    compile_model(other, ModelConfig())
+    with pytest.raises(
+        DataError, match=r"epoch-00001: checkpoint does not match this model \(missing \['adam/bn1_beta"
+    ):
+        load_checkpoint(str(tmp_path), other)
 
 
 def build_and_compile():
