@@ -49,8 +49,8 @@ def _from_parts(parts: list, description: str) -> PatchSource:
 def _h5_source(path: Path, stack: contextlib.ExitStack) -> PatchSource:
     """One HDF5 file holding dataset ``x`` (N, 96, 96, 3) uint8; ids are ``<file name>/<row>``."""
     scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pcam-predict-")))
-    handle = stack.enter_context(I._open_h5(path, scratch))
-    x = I._dataset(handle, "x", path)
+    handle = stack.enter_context(I.open_h5(path, scratch))
+    x = I.h5_dataset(handle, "x", path)
     if x.ndim != 4 or x.shape[1:] != IMAGE_SHAPE or x.dtype != np.uint8:
         raise DataError(f"{path}: dataset 'x' is {x.dtype} {x.shape}; expected uint8 (N, 96, 96, 3)")
     name = path.name.removesuffix(".gz")
@@ -63,7 +63,7 @@ def _h5_source(path: Path, stack: contextlib.ExitStack) -> PatchSource:
             except (OSError, ValueError) as exc:
                 raise DataError(
                     f"{path}: dataset 'x' rows {start}..{stop - 1} cannot be read, truncated or "
-                    f"corrupt ({I._first_line(exc)})"
+                    f"corrupt ({I.first_line(exc)})"
                 ) from None
             yield images, [f"{name}/{row}" for row in range(start, stop)], None
 
@@ -73,7 +73,7 @@ def _h5_source(path: Path, stack: contextlib.ExitStack) -> PatchSource:
 def _flat_source(folder: Path, files: list[Path], convert: bool) -> PatchSource:
     """Image files with no labels; ids are paths relative to ``folder``."""
     ids = [p.relative_to(folder).as_posix() for p in files]
-    inner = I._file_batches(files, np.zeros(len(files), dtype=np.uint8), ids, None, convert, I._Stats(), None)
+    inner = I.file_batches(files, np.zeros(len(files), dtype=np.uint8), ids, None, convert, I.Stats(), None)
 
     def batches() -> Iterator[Batch]:
         for images, _labels, chunk_ids, _slides in inner():
@@ -112,11 +112,11 @@ def open_patch_source(
         fmt = None
     if fmt in ("hdf5", "synthetic"):
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pcam-predict-")))
-        return _from_parts(I._hdf5_parts(path, 0, 0, convert, scratch, I._Stats()), f"HDF5 splits in {path}")
+        return _from_parts(I.hdf5_parts(path, 0, 0, convert, scratch, I.Stats()), f"HDF5 splits in {path}")
     if fmt == "kaggle":
-        return _from_parts(I._kaggle_parts(path, 0, 0, convert, I._Stats(), None), f"Kaggle layout in {path}")
+        return _from_parts(I.kaggle_parts(path, 0, 0, convert, I.Stats(), None), f"Kaggle layout in {path}")
     if fmt == "folders":
-        return _from_parts(I._folder_parts(path, 0, 0, convert, I._Stats(), None), f"class folders in {path}")
+        return _from_parts(I.folder_parts(path, 0, 0, convert, I.Stats(), None), f"class folders in {path}")
     flat = image_files(path)
     if not flat:
         raise DataError(

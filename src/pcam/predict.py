@@ -112,10 +112,10 @@ def _local(uri: str, stack: contextlib.ExitStack) -> Path:
     if uri.startswith("gs://"):
         import tempfile
 
-        from pcam.ingest import _copy_gcs
+        from pcam.ingest import copy_gcs
 
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pcam-input-")))
-        return _copy_gcs(uri, tmp / "input")
+        return copy_gcs(uri, tmp / "input")
     from pcam.fsutil import local_path
 
     return local_path(uri)

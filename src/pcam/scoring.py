@@ -127,10 +127,10 @@ def resolve_model_file(model: str, stack: contextlib.ExitStack) -> tuple[Path, P
         champion.fetch(model.removeprefix("file://"), tmp)
         return tmp / MODEL_FILE, (tmp / METRICS_FILE if (tmp / METRICS_FILE).is_file() else None)
     if model.startswith("gs://"):
-        from pcam.ingest import _copy_gcs
+        from pcam.ingest import copy_gcs
 
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pcam-model-")))
-        path = _copy_gcs(model, tmp / "model")
+        path = copy_gcs(model, tmp / "model")
     else:
         from pcam.fsutil import local_path
 

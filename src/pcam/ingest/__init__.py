@@ -104,18 +104,6 @@ __all__ = [
     "select",
 ]
 
-# The names these had when ingest was one module: pcam.patches, pcam.predict and
-# pcam.scoring still use them (their owners can move to the public names above).
-_copy_gcs = copy_gcs
-_dataset = h5_dataset
-_file_batches = file_batches
-_first_line = first_line
-_folder_parts = folder_parts
-_hdf5_parts = hdf5_parts
-_kaggle_parts = kaggle_parts
-_open_h5 = open_h5
-_Stats = Stats
-
 log = logging.getLogger(__name__)
 
 
