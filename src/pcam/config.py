@@ -148,12 +148,15 @@ class ModelConfig:
     cnn_filters: tuple[int, ...] = (16, 32, 64, 128, 256)
     """Filters of the CNN's conv blocks (each: 3x3 conv, BatchNorm, ReLU, 2x2 max-pool); 1 to 6 blocks."""
     cnn_head: Literal["dense", "gap"] = "dense"
+    """``dense`` (the study's: flatten, 512, 128) or ``gap`` (global average pooling, then the sigmoid unit)."""
     cnn_crop: int = bounded(0, ge=0, le=96)
     """Centre crop (pixels) the CNN sees, inside the model (0 = the whole 96-px patch). The label is
     about the centre 32x32; a 64-px crop costs 2.25x less per image, so the same minutes buy more epochs."""
-    """``dense`` (the study's: flatten, 512, 128) or ``gap`` (global average pooling, then the sigmoid unit)."""
     label_smoothing: float = bounded(0.0, ge=0, lt=1)
     """Binary cross-entropy label smoothing: targets become ``y * (1 - s) + s / 2``."""
+    ema: float = bounded(0.0, ge=0, lt=1)
+    """Decay of an exponential moving average of the weights, updated every step (e.g. 0.999; 0 = off).
+    Training goes on from the raw weights; validation, the best model and ``model.keras`` use the average."""
 
 
 @dataclass(frozen=True)

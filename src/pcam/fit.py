@@ -25,6 +25,7 @@ first step.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import logging
@@ -33,6 +34,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -131,6 +133,57 @@ def _step_lr(policy: Any, first_step: int) -> Any:
                 self.train_seconds = time.perf_counter() - self._t0
 
     return StepLR()
+
+
+def _ema_pairs(model: keras.Model) -> list[tuple[Any, Any]]:
+    """(weight, its moving average) for a model compiled with ``ema``; empty otherwise."""
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)  # under LossScaleOptimizer
+    if not getattr(optimizer, "use_ema", False):
+        return []
+    # The averages were built from model.trainable_variables, in that order (compile_model);
+    # Keras's own SwapEMAWeights pairs them the same way.
+    return list(zip(model.trainable_variables, optimizer._model_variables_moving_average, strict=True))
+
+
+def _swap(pairs: list[tuple[Any, Any]]) -> None:
+    for weight, average in pairs:
+        held = weight.numpy()
+        weight.assign(average)
+        average.assign(held)
+
+
+@contextlib.contextmanager
+def ema_weights(model: keras.Model) -> Iterator[None]:
+    """Inside, the model holds its weights' moving average (``ema``); outside, the raw weights again.
+
+    A no-op for a model compiled without ``ema``. The swap goes both ways, so the
+    average is intact afterwards and a checkpoint written outside holds the raw weights
+    plus the average (an exact resume).
+    """
+    pairs = _ema_pairs(model)
+    _swap(pairs)
+    try:
+        yield
+    finally:
+        _swap(pairs)
+
+
+def _ema_validation(model: keras.Model) -> list[Any]:
+    """A callback that validates the moving average (``ema``); none without it."""
+    import keras
+
+    pairs = _ema_pairs(model)
+    if not pairs:
+        return []
+
+    class EmaValidation(keras.callbacks.Callback):
+        def on_test_begin(self, logs: Any = None) -> None:
+            _swap(pairs)
+
+        def on_test_end(self, logs: Any = None) -> None:
+            _swap(pairs)
+
+    return [EmaValidation()]
 
 
 def _write_tensorboard(log_dir: Path, row: dict[str, Any]) -> None:
@@ -234,7 +287,7 @@ def _fit_epoch(
         initial_epoch=epoch - 1,
         epochs=epoch,
         steps_per_epoch=steps,
-        callbacks=[step_lr],
+        callbacks=[step_lr, *_ema_validation(model)],
         verbose=verbose,
         shuffle=False,  # tf.data shuffles
     )
@@ -331,7 +384,7 @@ def fit_model(
         value = logs.get(monitor, float("nan"))
         if _improved(value, progress.best):
             progress.best, progress.best_epoch = value, epoch
-            with atomic_path(best_path) as tmp:
+            with atomic_path(best_path) as tmp, ema_weights(model):
                 model.save(tmp)
             log.info("epoch %d: %s improved to %.4f; saved %s", epoch, monitor, value, best_path)
         progress.history.append(row)
@@ -345,7 +398,7 @@ def fit_model(
         raise DataError(f"{out}: no epochs to train (epochs={epochs})")
     if not best_path.exists():
         # Every monitored value was NaN: keep the last model rather than none.
-        with atomic_path(best_path) as tmp:
+        with atomic_path(best_path) as tmp, ema_weights(model):
             model.save(tmp)
         progress.best_epoch = progress.history[-1]["epoch"]
     os.replace(best_path, out / MODEL_FILE)

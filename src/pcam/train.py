@@ -83,14 +83,21 @@ class TrainSummary(FitSummary, StageSettings):
 def compile_model(model: Any, model_cfg: ModelConfig, xla: bool = False) -> None:
     """Compile with binary cross-entropy (label-smoothed if asked), accuracy and AUC.
 
-    The optimizer is Adam, or SGD (momentum 0.9) for ``optimizer: sgd``.
+    The optimizer is Adam, or SGD (momentum 0.9) for ``optimizer: sgd``; with ``ema`` it
+    also keeps the weights' moving average (:func:`pcam.fit.ema_weights`).
     """
     import keras
 
+    ema = {"use_ema": True, "ema_momentum": model_cfg.ema} if model_cfg.ema > 0 else {}
     if model_cfg.optimizer == "sgd":
-        optimizer = keras.optimizers.SGD(learning_rate=model_cfg.learning_rate, momentum=0.9)
+        optimizer = keras.optimizers.SGD(learning_rate=model_cfg.learning_rate, momentum=0.9, **ema)
     else:
-        optimizer = keras.optimizers.Adam(learning_rate=model_cfg.learning_rate)
+        optimizer = keras.optimizers.Adam(learning_rate=model_cfg.learning_rate, **ema)
+    if ema:
+        # Keras overwrites the weights with their average at the end of every fit(); ours
+        # is one fit() per epoch, so training would restart from the average each epoch.
+        # pcam.fit swaps the average in only to validate and to save (fit.ema_weights).
+        optimizer.finalize_variable_values = lambda var_list: None
     if keras.mixed_precision.global_policy().name == "mixed_float16":
         optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
     loss = (

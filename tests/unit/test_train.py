@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from pcam.artifacts import load_model
 from pcam.cli import main
 from pcam.config import ModelConfig, TrainConfig, config_from_dict
 from pcam.errors import ConfigError, DataError
+from pcam.fit import ema_weights
 from pcam.models import build_model
 from pcam.policies import PlateauLR, make_policy
 from pcam.train import HISTORY_COLUMNS, compile_model, finetune, fit_model, load_checkpoint, train
@@ -26,12 +28,12 @@ def real(pcam_sample):
     return load_real(pcam_sample, per_class=40)
 
 
-def _fit(real, out, epochs, policy="plateau", resume=True, train_cfg=None):
+def _fit(real, out, epochs, policy="plateau", resume=True, train_cfg=None, model_cfg=LOGREG):
     x, y = real
     train_ds, val_ds, steps = datasets(x, y, batch_size=16, n_valid=16, seed=5)
-    model = build_model("logreg", LOGREG, seed=5)
-    compile_model(model, LOGREG)
-    lr_policy = make_policy(policy, LOGREG, 3, train_cfg or TrainConfig(plateau_patience=1), steps)
+    model = build_model("logreg", model_cfg, seed=5)
+    compile_model(model, model_cfg)
+    lr_policy = make_policy(policy, model_cfg, 3, train_cfg or TrainConfig(plateau_patience=1), steps)
     summary = fit_model(
         model,
         train_ds,
@@ -91,6 +93,33 @@ def test_resume_continues_exactly_and_ignores_half_written_checkpoints(real, tmp
     # a finished run resumed again trains nothing more and keeps its history
     _, again = _fit(real, tmp_path / "cut", 3, policy="onecycle")
     assert again["resumed_from"] == [2, 3] and again["epochs"] == 3
+
+
+def test_ema_validates_and_saves_the_average_trains_on_and_resumes_exactly(real, tmp_path):
+    ema = dataclasses.replace(LOGREG, learning_rate=1e-3, ema=0.9)
+    model, summary = _fit(real, tmp_path / "one", 1, model_cfg=ema)
+    raw = [w.numpy() for w in model.trainable_variables]
+    with ema_weights(model):
+        average = [w.numpy() for w in model.trainable_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(raw, [w.numpy() for w in model.trainable_variables]))
+    assert not np.allclose(raw[0], average[0])  # training holds the raw weights, not the average
+    saved = load_model(tmp_path / "one" / "model.keras")
+    for a, b in zip(average, [w.numpy() for w in saved.trainable_variables], strict=True):
+        np.testing.assert_array_equal(a, b)  # the best model is the average
+    x, y = real
+    compile_model(saved, LOGREG)
+    val = saved.evaluate(x[:16], y[:16], batch_size=16, verbose=0, return_dict=True)
+    assert val["auc"] == pytest.approx(summary["best"], abs=1e-6)  # and the average is what was validated
+    full_model, _ = _fit(real, tmp_path / "full", 3, policy="onecycle", model_cfg=ema)
+    _fit(real, tmp_path / "cut", 2, policy="onecycle", model_cfg=ema)
+    model, cut = _fit(real, tmp_path / "cut", 3, policy="onecycle", model_cfg=ema)
+    assert cut["resumed_from"] == [2]
+    optimizer_vars = {v.path: v.numpy() for v in model.optimizer.variables}
+    assert any(path.endswith("_average") for path in optimizer_vars)
+    for a, b in zip(full_model.optimizer.variables, model.optimizer.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())  # the average resumes bit-identically too
+    for a, b in zip(full_model.variables, model.variables, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
 def test_no_resume_starts_over(real, tmp_path):
