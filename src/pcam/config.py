@@ -149,6 +149,10 @@ class ModelConfig:
     """Filters of the CNN's conv blocks (each: 3x3 conv, BatchNorm, ReLU, 2x2 max-pool); 1 to 6 blocks."""
     cnn_head: Literal["dense", "gap"] = "dense"
     """``dense`` (the study's: flatten, 512, 128) or ``gap`` (global average pooling, then the sigmoid unit)."""
+    cnn_group: Literal["none", "p4m"] = "none"
+    """``p4m``: every CNN filter used in all 8 orientations of the square (:mod:`pcam.gconv`), so the
+    prediction is the same for every flip and quarter turn of a patch. ``cnn_filters`` then counts
+    learned filters, each giving 8 maps: (2, 4, 8, 16, 32) costs what the plain (16, ..., 256) does."""
     cnn_crop: int = bounded(0, ge=0, le=96)
     """Centre crop (pixels) the CNN sees, inside the model (0 = the whole 96-px patch). The label is
     about the centre 32x32; a 64-px crop costs 2.25x less per image, so the same minutes buy more epochs."""

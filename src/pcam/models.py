@@ -26,7 +26,7 @@ from typing import Any
 import keras
 from keras import layers
 
-from pcam import IMAGE_SHAPE
+from pcam import IMAGE_SHAPE, gconv
 from pcam.config import MODEL_NAMES, TRANSFER_MODELS, ModelConfig
 from pcam.errors import ConfigError, DataError
 
@@ -89,22 +89,36 @@ def _cnn(cfg: ModelConfig) -> keras.Model:
     by global average pooling + dropout + the sigmoid unit (fewer parameters to
     overfit 20,000 patches, the same cost per image in the conv layers). ``cfg.cnn_crop``
     crops the centre inside the model, so every caller (evaluate, predict, serve) still
-    feeds whole 96-px patches.
+    feeds whole 96-px patches. ``cfg.cnn_group: p4m`` makes the blocks P4M group
+    convolutions (:mod:`pcam.gconv`) and the head orientation-pooled and globally
+    averaged before its dense layers, so the model is invariant to flips and quarter turns.
     """
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
     if cfg.cnn_crop:
         x = layers.CenterCrop(cfg.cnn_crop, cfg.cnn_crop, name="center_crop")(x)
+    p4m = cfg.cnn_group == "p4m"
     for i, filters in enumerate(cfg.cnn_filters, start=1):
-        x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-        x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{i}")(x)
+        if p4m:
+            x = gconv.P4MConv2D(filters, 3, lifting=i == 1, name=f"conv{i}")(x)
+            x = gconv.GroupBatchNorm(momentum=cfg.bn_momentum, name=f"bn{i}")(x)
+        else:
+            x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+            x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{i}")(x)
         x = layers.ReLU(name=f"relu{i}")(x)
         x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
-    if cfg.cnn_head == "gap":
+    if p4m:  # invariant features: the strongest orientation of each filter, averaged over positions
+        x = gconv.OrientationPool(name="orientation_pool")(x)
+        x = layers.GlobalAveragePooling2D(name="gap")(x)
+        if cfg.cnn_head == "gap":
+            x = layers.Dropout(cfg.dropout, name="dropout")(x)
+            return keras.Model(inputs, _output(x), name="cnn")
+    elif cfg.cnn_head == "gap":
         x = layers.GlobalAveragePooling2D(name="gap")(x)
         x = layers.Dropout(cfg.dropout, name="dropout")(x)
         return keras.Model(inputs, _output(x), name="cnn")
-    x = layers.Flatten(name="flatten")(x)
+    if not p4m:
+        x = layers.Flatten(name="flatten")(x)
     for i, units in enumerate((512, 128), start=1):
         x = layers.Dense(units, activation="relu", name=f"fc{i}")(x)
         x = layers.Dropout(cfg.dropout, name=f"dropout{i}")(x)
