@@ -72,3 +72,33 @@ def test_real_cnn_runs_sample_yaml_through_the_product_path(
     assert metrics["split"] == "test" and metrics["n"] == 40 and metrics["n_views"] == 8
     page = (tmp_path / "sample" / "report" / "report.html").read_text()
     assert "test (slide-disjoint from train: yes)" in page and "NOT slide-disjoint" not in page
+
+
+def test_stain_groups_writes_pseudo_slides_that_split_keeps_apart(
+    shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bench.stain_groups: a labels.csv whose `slide` is the stain group, and a split that holds whole groups out."""
+    import csv
+
+    import numpy as np
+
+    from bench import stain_groups
+    from pcam.ingest import ingest
+    from pcam.split import split_dataset
+
+    monkeypatch.setenv("PCAM_SHARED", str(shared_dir))
+    out = tmp_path / "stain"
+    written = stain_groups.build(out, patches=80, groups=4, seed=1)
+    with open(out / "labels.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows == written and len(rows) == 80 and {r["label"] for r in rows} == {"0", "1"}
+    assert sorted({r["slide"] for r in rows}) == ["stain00", "stain01", "stain02", "stain03"]
+    # patches of one group are closer in stain than patches at large
+    features = stain_groups.stain_features([shared_dir / "pcam-sample" / r["path"] for r in rows])
+    features = (features - features.mean(0)) / features.std(0)
+    groups = np.array([r["slide"] for r in rows])
+    within = np.mean([features[groups == g].var(0).sum() for g in set(groups) if (groups == g).sum() > 1])
+    assert within < features.var(0).sum() * 0.7
+    ingest(str(out), tmp_path / "dataset", fmt="folders")
+    result = split_dataset(tmp_path / "dataset", tmp_path / "split", "random", (0.5, 0.25, 0.25), seed=0)
+    assert result["grouped_by_slide"] and all(pair["slide_disjoint"] for pair in result["pairs"].values())
