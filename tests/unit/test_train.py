@@ -101,7 +101,8 @@ def test_ema_validates_and_saves_the_average_trains_on_and_resumes_exactly(real,
     raw = [w.numpy() for w in model.trainable_variables]
     with ema_weights(model):
         average = [w.numpy() for w in model.trainable_variables]
-    assert all(np.array_equal(a, b) for a, b in zip(raw, [w.numpy() for w in model.trainable_variables]))
+    after = [w.numpy() for w in model.trainable_variables]
+    assert all(np.array_equal(a, b) for a, b in zip(raw, after, strict=True))  # the swap back is exact
     assert not np.allclose(raw[0], average[0])  # training holds the raw weights, not the average
     saved = load_model(tmp_path / "one" / "model.keras")
     for a, b in zip(average, [w.numpy() for w in saved.trainable_variables], strict=True):
