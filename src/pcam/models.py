@@ -110,15 +110,13 @@ def _cnn(cfg: ModelConfig) -> keras.Model:
     if p4m:  # invariant features: the strongest orientation of each filter, averaged over positions
         x = gconv.OrientationPool(name="orientation_pool")(x)
         x = layers.GlobalAveragePooling2D(name="gap")(x)
-        if cfg.cnn_head == "gap":
-            x = layers.Dropout(cfg.dropout, name="dropout")(x)
-            return keras.Model(inputs, _output(x), name="cnn")
     elif cfg.cnn_head == "gap":
         x = layers.GlobalAveragePooling2D(name="gap")(x)
+    else:
+        x = layers.Flatten(name="flatten")(x)
+    if cfg.cnn_head == "gap":
         x = layers.Dropout(cfg.dropout, name="dropout")(x)
         return keras.Model(inputs, _output(x), name="cnn")
-    if not p4m:
-        x = layers.Flatten(name="flatten")(x)
     for i, units in enumerate((512, 128), start=1):
         x = layers.Dense(units, activation="relu", name=f"fc{i}")(x)
         x = layers.Dropout(cfg.dropout, name=f"dropout{i}")(x)
