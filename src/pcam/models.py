@@ -89,8 +89,9 @@ def _cnn(cfg: ModelConfig) -> keras.Model:
     by global average pooling + dropout + the sigmoid unit (fewer parameters to
     overfit 20,000 patches, the same cost per image in the conv layers). ``cfg.cnn_crop``
     crops the centre inside the model, so every caller (evaluate, predict, serve) still
-    feeds whole 96-px patches. ``cfg.cnn_group: p4m`` makes the blocks P4M group
-    convolutions (:mod:`pcam.gconv`) and the head orientation-pooled and globally
+    feeds whole 96-px patches. ``cfg.cnn_pool_first`` pools right after each convolution,
+    so BatchNorm and ReLU see a quarter of the pixels (1.5x faster, same weights).
+    ``cfg.cnn_group: p4m`` makes the blocks P4M group convolutions (:mod:`pcam.gconv`) and the head orientation-pooled and globally
     averaged before its dense layers, so the model is invariant to flips and quarter turns.
     """
     inputs = keras.Input(IMAGE_SHAPE, name="image")
@@ -101,12 +102,15 @@ def _cnn(cfg: ModelConfig) -> keras.Model:
     for i, filters in enumerate(cfg.cnn_filters, start=1):
         if p4m:
             x = gconv.P4MConv2D(filters, 3, lifting=i == 1, name=f"conv{i}")(x)
-            x = gconv.GroupBatchNorm(momentum=cfg.bn_momentum, name=f"bn{i}")(x)
+            norm = gconv.GroupBatchNorm(momentum=cfg.bn_momentum, name=f"bn{i}")
         else:
             x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
-            x = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{i}")(x)
-        x = layers.ReLU(name=f"relu{i}")(x)
-        x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+            norm = layers.BatchNormalization(momentum=cfg.bn_momentum, name=f"bn{i}")
+        if cfg.cnn_pool_first:
+            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
+        x = layers.ReLU(name=f"relu{i}")(norm(x))
+        if not cfg.cnn_pool_first:
+            x = layers.MaxPooling2D(2, name=f"pool{i}")(x)
     if p4m:  # invariant features: the strongest orientation of each filter, averaged over positions
         x = gconv.OrientationPool(name="orientation_pool")(x)
         x = layers.GlobalAveragePooling2D(name="gap")(x)

@@ -86,6 +86,23 @@ def test_cnn_centre_crop_sees_only_the_centre_and_trains(real_batch):
     _one_step(model, cfg, *real_batch)
 
 
+def test_cnn_pool_first_computes_the_same_function_with_the_same_weights(real_batch):
+    # max-pool commutes with ReLU and with BatchNorm's per-channel affine map while its scale
+    # is positive, so at inference the reordered blocks give the study's CNN's answers.
+    study = build_model("cnn", ModelConfig(), seed=1)
+    cfg = ModelConfig(cnn_pool_first=True)
+    fast = build_model("cnn", cfg, seed=2)
+    assert [w.shape for w in fast.weights] == [w.shape for w in study.weights]
+    fast.set_weights(study.get_weights())
+    images = real_batch[0][:8].astype(np.float32)
+    np.testing.assert_allclose(fast.predict(images, verbose=0), study.predict(images, verbose=0), atol=1e-5)
+    gamma, beta, mean, var = fast.get_layer("bn2").get_weights()
+    fast.get_layer("bn2").set_weights([-gamma, beta, mean, var])  # a negative scale: max and min swap
+    study.get_layer("bn2").set_weights([-gamma, beta, mean, var])
+    assert np.abs(fast.predict(images, verbose=0) - study.predict(images, verbose=0)).max() > 1e-4
+    _one_step(fast, cfg, *real_batch)
+
+
 def test_same_seed_same_weights():
     a = build_model("cnn", ModelConfig(), seed=3).get_weights()
     b = build_model("cnn", ModelConfig(), seed=3).get_weights()
