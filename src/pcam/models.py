@@ -91,8 +91,9 @@ def _cnn(cfg: ModelConfig) -> keras.Model:
     crops the centre inside the model, so every caller (evaluate, predict, serve) still
     feeds whole 96-px patches. ``cfg.cnn_pool_first`` pools right after each convolution,
     so BatchNorm and ReLU see a quarter of the pixels (1.5x faster, same weights).
-    ``cfg.cnn_group: p4m`` makes the blocks P4M group convolutions (:mod:`pcam.gconv`) and the head orientation-pooled and globally
-    averaged before its dense layers, so the model is invariant to flips and quarter turns.
+    ``cfg.cnn_group: p4m`` makes the blocks P4M group convolutions (:mod:`pcam.gconv`) and
+    the head orientation-pooled and globally averaged before its dense layers, so the model
+    is invariant to flips and quarter turns.
     """
     inputs = keras.Input(IMAGE_SHAPE, name="image")
     x = layers.Rescaling(1.0 / 255, name="rescale")(inputs)
