@@ -57,6 +57,23 @@ def dataset_size(shards_dir: str | os.PathLike[str], split: str) -> int:
     return int(index["splits"][split]["records"])
 
 
+def _without_autotune_thread(ds: Any) -> Any:
+    """``ds`` with tf.data's autotuning optimizer off (AUTOTUNE still picks the parallelism once).
+
+    Why: in TensorFlow 2.21, destroying an iterator waits for the autotuner's background
+    thread to wake from its sleep, and that sleep grows to a minute on long epochs. Keras
+    makes a new iterator per ``fit`` call and we call ``fit`` once per epoch (resume,
+    reseeding), so every epoch ended with a wait of up to 60 s with the CPU idle: 45 s per
+    epoch in a 96-s epoch of configs/sample.yaml (bench/RESULTS.md, round 4). With the
+    optimizer off the epochs are as fast and end at once.
+    """
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return ds.with_options(options)
+
+
 def _records(index: dict[str, Any], files: list[str], *, training: bool, seed: int) -> Any:
     import tensorflow as tf
 
@@ -128,7 +145,7 @@ def make_dataset(
         )
     else:
         ds = ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return _without_autotune_thread(ds.prefetch(tf.data.AUTOTUNE))
 
 
 def load_arrays(
@@ -143,9 +160,8 @@ def load_arrays(
     index, files = _split_files(shards_dir, split)
     encoding = index["encoding"]
     ds = _records(index, files, training=False, seed=0).batch(batch_size)
-    ds = ds.map(lambda s: parse_example(s, encoding), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(
-        tf.data.AUTOTUNE
-    )
+    ds = ds.map(lambda s: parse_example(s, encoding), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _without_autotune_thread(ds.prefetch(tf.data.AUTOTUNE))
     n = int(index["splits"][split]["records"])
     images = np.empty((n, *index["image_shape"]), dtype=np.uint8)
     labels = np.empty(n, dtype=np.uint8)

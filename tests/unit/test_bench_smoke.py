@@ -61,7 +61,7 @@ def test_real_cnn_runs_sample_yaml_through_the_product_path(
         "shard.records_per_shard": 64,
         "split.ratios": [0.75, 0.25, 0.0],
     }
-    figures = {f.name: f for f in real_cnn.run_variant("sample", real_cnn.CONFIG, tmp_path, extra)}
+    figures = {f.name: f for f in real_cnn.run_variant("sample", real_cnn.CONFIG, tmp_path / "sample", extra)}
     assert {"real_sample_auc_tta", "real_sample_train_minutes", "real_sample_process_cpu_minutes"} <= set(figures)
     assert 0 <= figures["real_sample_auc_tta"].value <= 1 and figures["real_sample_process_cpu_minutes"].value > 0
     assert LINE.match(figures["real_sample_auc_tta"].line())
@@ -102,3 +102,34 @@ def test_stain_groups_writes_pseudo_slides_that_split_keeps_apart(
     ingest(str(out), tmp_path / "dataset", fmt="folders")
     result = split_dataset(tmp_path / "dataset", tmp_path / "split", "random", (0.5, 0.25, 0.25), seed=0)
     assert result["grouped_by_slide"] and all(pair["slide_disjoint"] for pair in result["pairs"].values())
+
+
+@pytest.mark.slow
+def test_real_cnn_proxy_tunes_on_pseudo_slides_once_per_seed(
+    shared_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """bench.real_cnn --proxy: the stain-grouped train patches, whole groups held out, one run per --seed, a mean."""
+    from bench import real_cnn, stain_groups
+    from pcam.fsutil import read_json
+
+    monkeypatch.setenv("PCAM_SHARED", str(shared_dir))
+    groups = tmp_path / "stain"
+    with pytest.raises(SystemExit):  # no labels.csv yet: a clear usage error, not a run on the wrong data
+        real_cnn.main(["--variant", "sample", "--proxy", str(groups)])
+    assert "python -m bench.stain_groups" in capsys.readouterr().err
+    stain_groups.build(groups, patches=160, groups=10, seed=1)
+    small = ["defaults.epochs=1", "defaults.batch_size=16", "shard.records_per_shard=64"]
+    small.append("evaluate.tta_views=[identity]")
+    argv = ["--variant", "sample", "--proxy", str(groups), "--seed", "1", "--seed", "2"]
+    argv += ["--out", str(tmp_path / "runs"), *(f"--set={item}" for item in small)]
+    assert real_cnn.main(argv) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines() if LINE.match(line)}
+    assert {"proxy_seed1_sample_auc_tta", "proxy_seed2_sample_auc_tta", "proxy_sample_auc_tta_mean"} <= set(lines)
+    assert not any(name.startswith("real_") or "MISSED" in line for name, line in lines.items())  # no valid goal here
+    mean = float(lines["proxy_sample_auc_tta_mean"].split()[1])
+    each = [float(lines[f"proxy_seed{s}_sample_auc_tta"].split()[1]) for s in (1, 2)]
+    assert mean == pytest.approx(sum(each) / 2, abs=1e-3)
+    for seed in (1, 2):
+        split = read_json(tmp_path / "runs" / f"sample-seed{seed}" / "split" / "split.json")
+        assert split["seed"] == seed and split["grouped_by_slide"]
+        assert all(pair["slide_disjoint"] for pair in split["pairs"].values())

@@ -109,6 +109,15 @@ def test_drop_remainder_and_repeat(tiny_shards):
     assert sum(1 for _ in repeated.take(n // 64 + 3)) == n // 64 + 3
 
 
+def test_pipelines_run_without_the_autotune_thread_that_stalls_each_epochs_end(tiny_shards):
+    # TF 2.21 waits for that thread's sleep (up to 60 s) whenever an iterator is destroyed,
+    # and Keras destroys one per fit call: once per epoch here.
+    for training in (True, False):
+        ds = make_dataset(tiny_shards, "train", 64, training=training, augment_cfg=AugmentConfig())
+        assert ds.options().autotune.enabled is False
+        assert sum(int(y.shape[0]) for _, y in ds) == dataset_size(tiny_shards, "train")
+
+
 def test_unknown_empty_or_damaged_split_is_an_error(tiny_shards, tmp_path):
     with pytest.raises(DataError, match="no split 'holdout'"):
         make_dataset(tiny_shards, "holdout", 8, training=False)
