@@ -7,6 +7,12 @@
   cost at all), stage-1 trainable settings and the same compile as ``pcam train``.
 
 Goal: the pipeline feeds at least 3x what the fastest model eats, on the same cores.
+
+Also the wait at an epoch's end: ``fit`` once per epoch on a fresh training pipeline, as
+:mod:`pcam.fit` does, and the seconds from Keras' ``on_train_end`` to ``fit`` returning,
+when Keras drops the epoch's iterator. With tf.data's autotune thread on (TensorFlow's
+default) the drop waits for that thread's sleep; ``make_dataset`` turns it off
+(:func:`pcam.input._without_autotune_thread`).
 """
 
 from __future__ import annotations
@@ -39,6 +45,50 @@ def pipeline_rate(shards, training: bool, repeats: int) -> float:
             best = min(best, time.perf_counter() - start)
     assert seen == n, (seen, n)
     return n / best
+
+
+def epoch_end_wait(shards, autotune_thread: bool, epochs: int = 4, steps: int = 32) -> float:
+    """Mean seconds between Keras' ``on_train_end`` and ``fit`` returning, one ``fit`` per epoch.
+
+    As :mod:`pcam.fit` trains: a fresh training dataset per epoch, the CNN, ``steps`` steps;
+    the first epoch (tracing) is left out.
+    """
+    import keras
+    import tensorflow as tf
+
+    from pcam.config import AugmentConfig, ModelConfig
+    from pcam.input import make_dataset
+    from pcam.models import build_model
+    from pcam.train import compile_model
+
+    class EndTimer(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            self.ended = time.perf_counter()
+
+    cfg = ModelConfig(batch_size=BATCH)
+    keras.utils.set_random_seed(0)
+    model = build_model("cnn", cfg)
+    compile_model(model, cfg)
+    waits = []
+    for epoch in range(1, epochs + 1):
+        ds = make_dataset(shards, "train", BATCH, training=True, augment_cfg=AugmentConfig(), seed=epoch)
+        if autotune_thread:
+            options = tf.data.Options()
+            options.autotune.enabled = True  # TensorFlow's default, which make_dataset turns off
+            ds = ds.with_options(options)
+        timer = EndTimer()
+        model.fit(
+            ds,
+            initial_epoch=epoch - 1,
+            epochs=epoch,
+            steps_per_epoch=steps,
+            callbacks=[timer],
+            verbose=0,
+            shuffle=False,
+        )
+        if epoch > 1:
+            waits.append(time.perf_counter() - timer.ended)
+    return sum(waits) / len(waits)
 
 
 def augment_rate(repeats: int = 50) -> float:
@@ -98,6 +148,9 @@ def run(quick: bool = False) -> list[Figure]:
         Figure("input_pipeline_vs_decode_only", pipe / decode, "ratio", load=load),
         Figure(f"input_pipeline_vs_fastest_model_{fastest}", ratio, "x", f">={GOAL:g}", ratio >= GOAL, load),
     ]
+    for label, thread in (("tf_default", True), ("pcam", False)):
+        wait = epoch_end_wait(shards, thread, epochs=2 if quick else 4, steps=4 if quick else 32)
+        figures.append(Figure(f"input_epoch_end_wait_{label}_s", wait, "s", load=loadavg()))
     return figures
 
 

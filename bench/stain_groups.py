@@ -1,8 +1,8 @@
 """A tuning source that sees stain shift, built from pcam-sample/train only: pseudo-slides by stain clustering.
 
     python -m bench.stain_groups --out /tmp/stain-groups              # 10,000 train patches, 12 groups
-    python -m bench.real_cnn --variant sample --set data.source=/tmp/stain-groups \
-        --set split.mode=random "--set=split.ratios=[0.7, 0.1, 0.2]" --set defaults.epochs=5
+    python -m bench.real_cnn --variant sample --proxy /tmp/stain-groups \
+        --seed 42 --seed 7 --seed 3 --set defaults.epochs=5        # a candidate, three seeds
 
 Why: the sample has no slide ids, so a random split of train puts the same slides on
 both sides and cannot tell a recipe that generalises to new slides from one that does
@@ -17,8 +17,8 @@ stains the model never trained on.
 The output directory holds ``labels.csv`` (path,split,label,slide) and a ``train``
 symlink to the sample's train folder; the command prints each group's size and tumour
 fraction, since stain also follows the label (tumour is darker). One seed of it is a
-noisy judge (bench/RESULTS.md, tuning round 3): average several seeds before ranking
-recipes that differ by less than a few hundredths.
+noisy judge (bench/RESULTS.md, tuning round 3): average several seeds (``--seed``, as
+above) before ranking recipes that differ by less than a few hundredths.
 """
 
 from __future__ import annotations
